@@ -1,0 +1,21 @@
+# `make demo` and `make test` are all a newcomer needs; both run `make setup` first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/slimtune run --config examples/emotion/config.yaml --output-dir runs/demo
+	$(BIN)/python examples/emotion/show_results.py runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q -ra tests
+
+lint: setup
+	$(BIN)/ruff check slimtune tests benchmarks && $(BIN)/ruff format --check slimtune tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from slimtune.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""`slimtune cache ls|clean`: pass outputs kept by content key."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cache", help="inspect or clean the pass cache")
+    p.add_argument("--cache-dir", default=".slimtune-cache", help="cache folder (default .slimtune-cache)")
+    verbs = p.add_subparsers(dest="cache_verb", metavar="VERB")
+    ls = verbs.add_parser("ls", help="list cache entries")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_ls)
+    clean = verbs.add_parser("clean", help="remove cache entries")
+    clean.add_argument("--pass-type", help="only entries of this pass type")
+    clean.add_argument("--partial", action="store_true", help="only leftovers of interrupted passes")
+    clean.set_defaults(func=_clean)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _ls(args) -> int:
+    from slimtune.engine.cache import ls_command
+
+    return ls_command(args)
+
+
+def _clean(args) -> int:
+    from slimtune.engine.cache import clean_command
+
+    return clean_command(args)

@@ -1,0 +1,19 @@
+"""`slimtune generate --model DIR (--prompt TEXT | --input JSON_ROW)`: stream a completion."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from an ONNX GenAI or Hugging Face model folder")
+    p.add_argument("--model", required=True, help="model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="raw prompt text")
+    src.add_argument("--input", help="a JSON row, formatted with the model's recorded template")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from slimtune.evaluate.generate import generate_command
+
+    return generate_command(args)

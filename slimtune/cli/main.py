@@ -1,0 +1,74 @@
+"""Entry point: builds the argument parser from one module per verb and maps errors to exit codes.
+
+Every module imported here must stay light (no torch, transformers, datasets): `slimtune --help` and
+`slimtune validate` never load them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from slimtune import __version__
+from slimtune.errors import EXIT_INTERNAL, EXIT_USER, SlimtuneError
+
+# verb -> module under slimtune.cli exposing `register(subparsers)`; each sets `func` on its parser
+VERBS = ["run", "validate", "config", "passes", "data", "models", "cache", "generate", "evaluate", "report"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 on bad arguments, which is our user-error code too
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER, f"slimtune: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="slimtune",
+        description="Fine-tune a small language model, merge the adapter, export int4 ONNX, evaluate: one config.",
+    )
+    parser.add_argument("--version", action="version", version=f"slimtune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show more detail (e.g. config key mappings)")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    for verb in VERBS:
+        importlib.import_module(f"slimtune.cli.{verb}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER if args.verb else 0
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(message)s" if not args.debug else "%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except SlimtuneError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug in slimtune, or an environment problem we did not name
+        if args.debug:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"internal error: {type(err).__name__}: {err}\n(please report this; --debug shows more)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

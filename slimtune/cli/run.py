@@ -1,0 +1,23 @@
+"""`slimtune run --config FILE`: run the workflow."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a workflow config end to end")
+    p.add_argument("--config", required=True, help="config file (.json or .yaml), old or current Olive schema")
+    p.add_argument("--output-dir", help="override the config's output_dir")
+    p.add_argument("--cache-dir", help="override the config's cache_dir")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from slimtune.config.validate import load_config
+    from slimtune.engine.runner import run_workflow
+
+    loaded = load_config(args.config)
+    if args.output_dir:
+        loaded.config.output_dir = str(__import__("pathlib").Path(args.output_dir).resolve())
+    if args.cache_dir:
+        loaded.config.cache_dir = str(__import__("pathlib").Path(args.cache_dir).resolve())
+    return run_workflow(loaded, verbose=args.verbose)

@@ -1,0 +1,116 @@
+"""Reading config files: JSON or YAML, with the line of every key kept for error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from slimtune.errors import ConfigError, ConfigIssue, UserError
+
+Path_ = tuple  # a key path: ("passes", "lora", "r") or ("data_configs", 0, "name")
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """The parsed mapping and {key path: 1-based line}. Parse errors are user errors with the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    data = _parse_yaml(text, path) if is_yaml else _parse_json(text, path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    return data, _key_lines(text)
+
+
+def _parse_json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = ""
+        if path.suffix.lower() not in (".json", ""):
+            hint = " (name the file .yaml to write YAML)"
+        raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}{hint}") from None
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
+
+
+def _key_lines(text: str) -> dict[Path_, int]:
+    """Line of each key, read from YAML's node marks (JSON is YAML too); empty if that fails."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except Exception:  # noqa: BLE001 - line numbers are a nicety; the parse above decides validity
+        return {}
+    lines: dict[Path_, int] = {}
+
+    def walk(node: Any, path: Path_) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, key.value)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def interpolate_env(data: Any, file: str | None = None) -> tuple[Any, set[str]]:
+    """Replace `${NAME}` in strings with environment values. Returns the new data and the values used
+    (secrets to keep out of logs and records). A name that is not set is a config error."""
+    used: set[str] = set()
+    missing: list[ConfigIssue] = []
+
+    def sub(value: Any, path: Path_) -> Any:
+        if isinstance(value, dict):
+            return {k: sub(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v, (*path, i)) for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+
+            def repl(match: re.Match) -> str:
+                name = match.group(1)
+                if name not in os.environ:
+                    missing.append(ConfigIssue(dotted(path), f"environment variable {name} is not set"))
+                    return match.group(0)
+                used.add(os.environ[name])
+                return os.environ[name]
+
+            return _ENV.sub(repl, value)
+        return value
+
+    out = sub(data, ())
+    if missing:
+        raise ConfigError(missing, file)
+    return out, {v for v in used if v}
+
+
+def dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,291 @@
+"""The current config form (Olive's current schema, plus slimtune's additions), as pydantic models.
+
+Old-form configs are migrated to this form first (`slimtune.config.migrate`). Pass parameters are
+validated by each pass's own model (`slimtune.passes`), so this module imports no pass code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slimtune.config.base import Strict
+
+# ---------------------------------------------------------------- remote resources
+
+
+class AzureMLClient(Strict):
+    subscription_id: str | None = Field(None, description="Azure subscription id")
+    resource_group: str | None = Field(None, description="Azure resource group")
+    workspace_name: str | None = Field(None, description="Azure ML workspace name")
+    keyvault_name: str | None = Field(None, description="key vault holding secrets such as the HF token")
+    read_timeout: int | None = Field(None, description="seconds")
+    max_operation_retries: int | None = None
+    operation_retry_interval: int | None = None
+    default_auth_params: dict[str, Any] | None = None
+
+
+class AzureMLRegistryModel(Strict):
+    type: Literal["azureml_registry_model"]
+    name: str = Field(description="model name in the registry")
+    registry_name: str = Field(description="Azure ML registry name, e.g. azureml-msr")
+    version: str | int = Field(description="model version")
+
+
+class AzureMLModel(Strict):
+    type: Literal["azureml_model"]
+    azureml_client: AzureMLClient | None = None
+    name: str
+    version: str | int
+
+
+class AzureMLDatastore(Strict):
+    type: Literal["azureml_datastore"]
+    azureml_client: AzureMLClient | None = None
+    datastore_name: str = Field(description="datastore name, e.g. workspaceblobstore")
+    relative_path: str = Field(description="path of the file or folder inside the datastore")
+
+
+RESOURCE_TYPES = {"azureml_registry_model": AzureMLRegistryModel, "azureml_model": AzureMLModel,
+                  "azureml_datastore": AzureMLDatastore}
+
+
+def _resource(value: Any) -> Any:
+    """A path is a string, or a resource dict validated by its `type`."""
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if kind == "local_file" or kind == "local_folder":
+            return value.get("path") or value.get("config", {}).get("path")
+        if kind not in RESOURCE_TYPES:
+            raise ValueError(f"unknown resource type {kind!r}; expected one of {sorted(RESOURCE_TYPES)} or a path")
+        return RESOURCE_TYPES[kind].model_validate(value)
+    return value
+
+
+# ---------------------------------------------------------------- model
+
+
+class LoadKwargs(Strict):
+    renamed = {"torch_dtype": "dtype"}
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code (off unless set)")
+    dtype: str | None = Field(None, description="weights dtype when loading: float32, bfloat16, float16, auto")
+    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2 ...")
+    revision: str | None = Field(None, description="hub revision")
+    low_cpu_mem_usage: bool | None = None
+    device_map: str | dict[str, Any] | None = None
+    variant: str | None = None
+    gguf_file: str | None = Field(None, description="GGUF file inside model_path to convert")
+    use_safetensors: bool | None = Field(None, description="refuse pickled .bin weights unless false")
+
+
+class InputModel(Strict):
+    type: Literal["HfModel", "ONNXModel"] = Field("HfModel", description="HfModel (PyTorch) or ONNXModel")
+    model_path: Any = Field(description="local folder, .gguf file, known model name, hub name, remote resource")
+    model_name: str | None = Field(None, description="Hugging Face name, when model_path is a remote resource")
+    task: str = Field("text-generation", description="only text-generation is supported")
+    load_kwargs: LoadKwargs = Field(default_factory=LoadKwargs)
+    adapter_path: str | None = Field(None, description="a PEFT adapter to apply on top of the model")
+    model_file_format: str | None = Field(None, description="e.g. PyTorch.MLflow for Azure ML registry models")
+    model_attributes: dict[str, Any] | None = None
+
+    _path = field_validator("model_path", mode="before")(classmethod(lambda cls, v: _resource(v)))
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        if value not in ("text-generation", "text-generation-with-past", "causal-lm"):
+            raise ValueError(f"task {value!r} is not supported; slimtune works on text-generation models")
+        return value
+
+
+# ---------------------------------------------------------------- data
+
+
+class LoadDatasetConfig(Strict):
+    data_name: str = Field("json", description="json, csv, parquet, text (local files) or a hub data set name")
+    data_files: Any = Field(None, description="a path, a list of paths, a split -> paths mapping, or a resource")
+    subset: str | None = Field(None, description="hub data set configuration")
+    split: str = Field("train", description="split to read")
+    col_filters: dict[str, Any] | None = Field(None, description="keep rows whose column equals the value")
+    max_samples: int | None = Field(None, gt=0, description="keep the first N rows")
+    trust_remote_code: bool = False
+
+    _files = field_validator("data_files", mode="before")(classmethod(lambda cls, v: _resource(v)))
+
+
+class PreProcessDataConfig(Strict):
+    renamed = {"corpus_strategy": "strategy", "source_max_len": "max_seq_len"}
+    strategy: Literal["line-by-line", "join", "join-random", "join-sliding-window"] = Field(
+        "line-by-line", description="one row per sample, or rows joined into max_seq_len blocks"
+    )
+    max_seq_len: int = Field(1024, gt=0, description="tokens per sample (longer rows are truncated)")
+    text_cols: list[str] | str | None = Field(None, description="columns joined into the text (no template)")
+    text_template: str | None = Field(None, description="Python format string over columns, e.g. '{phrase}'")
+    chat_template: bool = Field(False, description="render rows through the model's chat template")
+    messages_col: str | None = Field(None, description="column holding chat messages (role/content dicts)")
+    stride: int | None = Field(None, gt=0, description="join-sliding-window: tokens between window starts")
+    pad_to_max_len: bool = Field(True, description="pad every sample to max_seq_len")
+    use_attention_mask: bool = Field(True, description="pass an attention mask to the model")
+    add_special_tokens: bool = Field(True, description="add the tokenizer's BOS/EOS around each text")
+    loss_on_answer_only: bool = Field(False, description="labels -100 on the prompt: learn the answer only")
+    max_samples: int | None = Field(None, gt=0, description="keep at most N samples after pre-processing")
+    random_seed: int = Field(0, description="seed for join-random and shuffles")
+    joiner: str | None = Field(None, description="text between joined rows (default: the EOS token)")
+
+
+class DataloaderConfig(Strict):
+    batch_size: int = Field(1, gt=0)
+    drop_last: bool = False
+
+
+class DataConfig(Strict):
+    name: str = Field(description="referred to by passes and metrics")
+    type: Literal["HuggingfaceContainer", "TextGenerationContainer"] = "HuggingfaceContainer"
+    load_dataset_config: LoadDatasetConfig = Field(default_factory=LoadDatasetConfig)
+    pre_process_data_config: PreProcessDataConfig = Field(default_factory=PreProcessDataConfig)
+    dataloader_config: DataloaderConfig = Field(default_factory=DataloaderConfig)
+
+
+# ---------------------------------------------------------------- systems
+
+
+class Accelerator(Strict):
+    device: Literal["cpu", "gpu", "cuda", "npu"] = "cpu"
+    execution_providers: list[str] | None = Field(None, description="e.g. CPUExecutionProvider, CUDAExecutionProvider")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class DockerConfig(Strict):
+    base_image: str | None = None
+    conda_file_path: str | None = None
+    dockerfile: str | None = None
+    build_context_path: str | None = None
+
+
+class System(Strict):
+    type: Literal["LocalSystem", "AzureML", "PythonEnvironment", "Docker"] = "LocalSystem"
+    accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()])
+    # AzureML
+    aml_compute: str | None = Field(None, description="Azure ML compute cluster name")
+    aml_docker_config: DockerConfig | None = None
+    aml_environment_config: dict[str, Any] | None = None
+    azureml_client: AzureMLClient | None = None
+    hf_token: bool | None = Field(None, description="fetch the HF token from the workspace key vault")
+    instance_count: int | None = None
+    tags: dict[str, str] | None = None
+    is_dev: bool | None = None
+    # PythonEnvironment
+    python_environment_path: str | None = None
+    prepend_to_path: list[str] | None = None
+    olive_managed_env: bool | None = None
+    requirements_file: str | None = None
+    # Docker
+    local_docker_config: DockerConfig | None = None
+
+    @field_validator("accelerators", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"device": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class Goal(Strict):
+    type: Literal[
+        "threshold", "max-degradation", "min-improvement",
+        "percent-max-degradation", "percent-min-improvement",
+    ]
+    value: float
+
+
+class SubMetric(Strict):
+    name: str
+    priority: int = Field(-1, description="1 ranks first; -1 not ranked")
+    higher_is_better: bool | None = None
+    goal: Goal | None = None
+    metric_config: dict[str, Any] | None = None
+
+
+class Metric(Strict):
+    name: str
+    type: Literal["accuracy", "latency", "throughput", "perplexity", "size", "memory", "custom"]
+    data_config: str | None = Field(None, description="name of a data config")
+    sub_types: list[SubMetric] = Field(default_factory=list)
+    user_config: dict[str, Any] | None = None
+    backend: str | None = None
+
+
+class Evaluator(Strict):
+    metrics: list[Metric] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- search
+
+
+class SearchStrategy(Strict):
+    renamed = {"search_algorithm": "sampler", "search_algorithm_config": "sampler_config"}
+    execution_order: Literal["joint", "pass-by-pass"] = "joint"
+    sampler: Literal["exhaustive", "sequential", "random", "tpe"] = "sequential"
+    sampler_config: dict[str, Any] | None = None
+    max_iter: int | None = Field(None, gt=0)
+    max_time: float | None = Field(None, gt=0)
+    max_samples: int | None = Field(None, gt=0)
+    stop_when_goals_met: bool = False
+    output_model_num: int | None = None
+    include_pass_params: bool | None = None
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- the run
+
+
+class PassEntry(Strict):
+    """One pass: `type` names it; its parameters are validated by the pass's own model."""
+
+    model_config = Strict.model_config | {"extra": "allow"}
+    type: str = Field(description="pass type, e.g. LoRA, MergeAdapterWeights, ModelBuilder")
+    disable_search: bool = False
+    host: str | None = None
+
+
+class RunConfig(Strict):
+    renamed = {"engine": "<top level>"}
+    workflow_id: str | None = None
+    input_model: InputModel
+    data_configs: list[DataConfig] = Field(default_factory=list)
+    systems: dict[str, System] = Field(default_factory=dict)
+    passes: dict[str, PassEntry] = Field(default_factory=dict)
+    evaluators: dict[str, Evaluator] = Field(default_factory=dict)
+    azureml_client: AzureMLClient | None = None
+    # engine settings (top level in the current form; under `engine` in the old one)
+    host: str | None = Field(None, description="system that runs the passes")
+    target: str | None = Field(None, description="system the model is optimized for and evaluated on")
+    search_strategy: Literal[False] | SearchStrategy | None = None
+    evaluator: str | None = Field(None, description="name of an evaluator in `evaluators`")
+    evaluate_input_model: bool = True
+    cache_dir: str = Field(".slimtune-cache", description="pass outputs, keyed by content")
+    output_dir: str = Field("slimtune-output", description="final model/ and run.json")
+    log_severity_level: int = Field(1, ge=0, le=4, description="0 verbose ... 4 fatal")
+    clean_cache: bool = False
+    plot_pareto_frontier: bool = False
+
+    @field_validator("search_strategy", mode="before")
+    @classmethod
+    def _true_means_default(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+    @model_validator(mode="after")
+    def _unique_data_names(self) -> RunConfig:
+        names = [d.name for d in self.data_configs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"data_configs: duplicate names {dup}")
+        return self

@@ -1,0 +1,236 @@
+"""From a config file to a validated, migrated, path-resolved run description; every problem at once."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from slimtune.config.base import Strict
+from slimtune.config.loader import Path_, dotted, interpolate_env, read_config_file
+from slimtune.config.migrate import Migration, migrate
+from slimtune.config.schema import RunConfig
+from slimtune.errors import ConfigError, ConfigIssue
+
+
+@dataclass
+class PassPlan:
+    name: str  # the key under `passes`
+    type: str
+    params: Strict
+    version: int
+
+
+@dataclass
+class LoadedConfig:
+    file: Path | None
+    raw: dict[str, Any]  # as written (before ${ENV} interpolation: holds no secrets)
+    migrated: dict[str, Any]  # current form, paths as written
+    config: RunConfig  # validated, paths resolved
+    passes: list[PassPlan]
+    notes: list[str]  # key mappings applied
+    warnings: list[str] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.file.parent if self.file else Path.cwd()
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    path = Path(path)
+    raw, lines = read_config_file(path)
+    return load_config_dict(raw, base_dir=path.parent, file=path, lines=lines)
+
+
+def load_config_dict(raw: dict[str, Any], *, base_dir: Path | None = None, file: Path | None = None,
+                     lines: dict[Path_, int] | None = None) -> LoadedConfig:
+    lines = lines or {}
+    label = str(file) if file else None
+    data, secrets = interpolate_env(raw, label)
+    migrated, m = migrate(data)
+    issues = list(m.issues)
+    config, model_issues = _validate_model(RunConfig, migrated, (), m)
+    issues += model_issues
+    plans: list[PassPlan] = []
+    if isinstance(migrated.get("passes"), dict):
+        plans, pass_issues = _validate_passes(migrated["passes"], m)
+        issues += pass_issues
+    issues += _cross_references(migrated, m)
+    if issues:
+        raise ConfigError([_with_line(i, lines) for i in _dedupe(issues)], label)
+    from slimtune.config.resolve import resolve_paths
+
+    warnings = resolve_paths(config, plans, base_dir or Path.cwd())
+    return LoadedConfig(file, raw, migrated, config, plans, m.notes, warnings, secrets)
+
+
+def _validate_model(model: type[BaseModel], data: Any, prefix: Path_, m: Migration):
+    try:
+        return model.model_validate(data), []
+    except ValidationError as err:
+        return None, [_issue(model, data, prefix, e, m) for e in err.errors()]
+
+
+def _validate_passes(passes: dict[str, Any], m: Migration) -> tuple[list[PassPlan], list[ConfigIssue]]:
+    from slimtune.passes.registry import all_passes, get_pass
+
+    plans, issues = [], []
+    for name, entry in passes.items():
+        path = ("passes", name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            continue  # RunConfig validation reports it
+        spec = get_pass(entry["type"])
+        if spec is None:
+            known = sorted(all_passes())
+            close = difflib.get_close_matches(entry["type"], known, n=2, cutoff=0.5)
+            hint = f"; did you mean {' / '.join(close)}?" if close else f"; known passes: {', '.join(known)}"
+            issues.append(ConfigIssue(dotted(m.original((*path, "type"))), f"unknown pass type {entry['type']!r}{hint}"))
+            continue
+        params = {k: v for k, v in entry.items() if k not in ("type", "disable_search", "host")}
+        validated, errs = _validate_model(spec.params, params, path, m)
+        issues += errs
+        if validated is not None:
+            plans.append(PassPlan(name, spec.type, validated, spec.version))
+    return plans, issues
+
+
+def _cross_references(cfg: dict[str, Any], m: Migration) -> list[ConfigIssue]:
+    """Names that point at other sections (systems, data configs, evaluators) must exist. Works on the
+    migrated dict so that these are reported together with every other problem."""
+    issues: list[ConfigIssue] = []
+
+    def names(section: str, key: str | None = None) -> list[str]:
+        value = cfg.get(section)
+        if isinstance(value, dict):
+            return [str(k) for k in value]
+        if isinstance(value, list):
+            return [str(v.get(key)) for v in value if isinstance(v, dict) and v.get(key) is not None]
+        return []
+
+    def check(path: Path_, value: Any, known: list[str], what: str) -> None:
+        if isinstance(value, str) and value not in known:
+            close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
+            hint = (f"; did you mean `{close[0]}`?" if close else
+                    f"; defined: {', '.join(known)}" if known else f"; no {what} is defined")
+            issues.append(ConfigIssue(dotted(m.original(path)), f"names {what} `{value}`, which is not defined{hint}"))
+
+    systems, data_names, evaluators = names("systems"), names("data_configs", "name"), names("evaluators")
+    for key in ("host", "target"):
+        check((key,), cfg.get(key), systems, "system")
+    check(("evaluator",), cfg.get("evaluator"), evaluators, "evaluator")
+    for name, evaluator in (cfg.get("evaluators") or {}).items() if isinstance(cfg.get("evaluators"), dict) else ():
+        metrics = evaluator.get("metrics") if isinstance(evaluator, dict) else None
+        for i, metric in enumerate(metrics if isinstance(metrics, list) else []):
+            if isinstance(metric, dict):
+                check(("evaluators", name, "metrics", i, "data_config"), metric.get("data_config"), data_names,
+                      "data config")
+    passes = cfg.get("passes")
+    for name, entry in passes.items() if isinstance(passes, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        check(("passes", name, "host"), entry.get("host"), systems, "system")
+        for key in ("train_data_config", "eval_data_config", "data_config"):
+            check(("passes", name, key), entry.get(key), data_names, "data config")
+    return issues
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def _issue(model: type[BaseModel], data: Any, prefix: Path_, error: dict, m: Migration) -> ConfigIssue:
+    loc = _data_path(data, error["loc"])
+    path = m.original((*prefix, *loc))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = _model_at(model, loc[:-1])
+        message = "unknown key" + _suggest(str(loc[-1]), section)
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], (dict, list)):
+            message += f" (got {error['input']!r})"
+    return ConfigIssue(dotted(path), message)
+
+
+def _data_path(data: Any, loc: tuple) -> Path_:
+    """pydantic locations name union branches ('str', 'SearchStrategy'); keep only keys that are in the data."""
+    out: list = []
+    node = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif last and isinstance(part, str) and isinstance(node, dict):
+            out.append(part)  # a missing key
+    return tuple(out)
+
+
+def _model_at(model: type[BaseModel], loc: Path_) -> type[BaseModel] | None:
+    """The config section model at a location (following fields, list items and dict values)."""
+    current: Any = model
+    skip = False  # the next part is a list index or a dict key
+    for part in loc:
+        if skip:
+            skip = False
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        skip = typing.get_origin(annotation) in (list, dict)
+        current = _inner_model(annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _suggest(key: str, section: type[BaseModel] | None) -> str:
+    if section is None:
+        return ""
+    known = section.known_keys() if issubclass(section, Strict) else {k: k for k in section.model_fields}
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    if not close:
+        close = [k for k in known if key.lower() in k.lower() or k.lower() in key.lower()][:3]
+    if not close:
+        return f"; valid keys here: {', '.join(sorted(set(known.values())))}"
+    names = []
+    for c in close:
+        names.append(f"`{c}`" if known[c] == c else f"`{c}` / `{known[c]}`")
+    return f"; did you mean {' or '.join(dict.fromkeys(names))}?"
+
+
+def _with_line(issue: ConfigIssue, lines: dict[Path_, int]) -> ConfigIssue:
+    parts: list = []
+    for token in issue.path.replace("[", ".[").split("."):
+        if token.startswith("[") and token.endswith("]") and token[1:-1].isdigit():
+            parts.append(int(token[1:-1]))
+        elif token:
+            parts.append(token)
+    for cut in range(len(parts), 0, -1):
+        line = lines.get(tuple(parts[:cut]))
+        if line:
+            return ConfigIssue(issue.path, issue.message, line)
+    return issue
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return list(dict.fromkeys(issues))

@@ -1,0 +1,111 @@
+"""LoRA, QLoRA and DoRA fine-tuning on transformers Trainer + peft.
+
+Parameters follow Olive's LoRA pass (old names `lora_r`, `lora_alpha` still work). The training loop
+itself is in `slimtune.passes.lora_train`, imported only when the pass runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from slimtune.config.base import Strict
+from slimtune.passes.registry import PassSpec, register_pass
+
+
+class LoRAParams(Strict):
+    renamed: ClassVar[dict[str, str]] = {"lora_r": "r", "lora_alpha": "alpha"}
+    r: int = Field(16, gt=0, description="rank of the adapter matrices", json_schema_extra={"searchable": True})
+    alpha: float = Field(32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | str | None = Field(
+        None,
+        description="linear layer names to adapt (fused/split names are mapped between architectures); "
+        "None or 'all-linear': every linear layer but the output head",
+    )
+    modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved with the adapter")
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the frozen base weights; auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    train_data_config: str = Field(description="name of the training data config")
+    eval_data_config: str | None = Field(None, description="name of the evaluation data config")
+    eval_dataset_size: float | None = Field(
+        None, gt=0, description="held-out share (<1) or row count (>=1) split from the training data"
+    )
+    training_args: dict[str, Any] = Field(default_factory=dict, description="transformers TrainingArguments")
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    init_lora_weights: str | bool = Field(True, description="peft init: true, gaussian, pissa, loftq ...")
+    loftq_iter: int | None = Field(None, gt=0, description="LoftQ initialisation iterations (sets init to loftq)")
+    bias: Literal["none", "all", "lora_only"] = "none"
+    # QLoRA (bitsandbytes, CUDA only)
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="4-bit base weights (QLoRA)")
+    double_quant: bool | None = Field(None, description="QLoRA: quantize the quantization constants")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(None, description="QLoRA compute dtype")
+    # speed
+    pack_sequences: bool = Field(
+        False, description="pack rows into full sequences (examples do not attend to each other)"
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("empty list; leave it out to adapt every linear layer")
+        return value
+
+    @field_validator("training_args")
+    @classmethod
+    def _known_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from slimtune.passes.training_args import check_training_args
+
+        problems = check_training_args(value)
+        lr = value.get("learning_rate")
+        if isinstance(lr, (int, float)) and lr <= 0:
+            problems.append(("learning_rate", f"must be > 0, got {lr}"))
+        if problems:
+            raise ValueError("; ".join(f"training_args.{k}: {m}" for k, m in problems))
+        return value
+
+    @classmethod
+    def migrate_old(cls, entry: dict[str, Any], path: tuple, m: Any) -> None:
+        """Olive's old LoRA pass took QLoRA settings (the seed's "QLoRA" example); transformers 5 renamed
+        or removed some training arguments."""
+        from slimtune.passes.training_args import migrate_training_args
+
+        if entry.get("type") == "LoRA":
+            if entry.get("double_quant") or entry.get("quant_type"):
+                entry["type"] = "QLoRA"
+                m.note((*path, "type"), "quantization settings on a LoRA pass: running it as QLoRA (CUDA only)")
+            elif "double_quant" in entry:
+                entry.pop("double_quant")
+                m.note((*path, "double_quant"), "false on a LoRA pass has no effect; key dropped")
+        args = entry.get("training_args")
+        if isinstance(args, dict):
+            def moved(old: str, new: str) -> None:
+                m.moved((*path, "training_args", old), (*path, "training_args", new), "removed in transformers 5")
+
+            entry["training_args"] = migrate_training_args(args, moved)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.quant_type or self.double_quant or self.compute_dtype)
+
+
+class QLoRAParams(LoRAParams):
+    quant_type: Literal["nf4", "fp4"] | None = Field("nf4", description="4-bit base weights")
+    double_quant: bool | None = Field(False, description="quantize the quantization constants")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field("bfloat16", description="compute dtype")
+
+
+class DoRAParams(LoRAParams):
+    use_dora: bool = Field(True, description="weight-decomposed LoRA (DoRA)")
+
+
+_RUN = "slimtune.passes.lora_train:run"
+register_pass(PassSpec("LoRA", LoRAParams, _RUN, version=1, summary="LoRA fine-tuning (transformers + peft)",
+                       output_kind="adapter"))
+register_pass(PassSpec("QLoRA", QLoRAParams, _RUN, version=1, summary="LoRA on a 4-bit base (bitsandbytes, CUDA)",
+                       output_kind="adapter"))
+register_pass(PassSpec("DoRA", DoRAParams, _RUN, version=1, summary="weight-decomposed LoRA (peft use_dora)",
+                       output_kind="adapter"))

@@ -1,0 +1,62 @@
+"""transformers TrainingArguments as configs write them: old names mapped, unknown names rejected.
+
+The list of valid names is read from transformers when it is importable and from a snapshot otherwise,
+so `slimtune validate` checks training_args without importing transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+# removed from transformers 5 (see SPEC.md): old name -> how it maps
+OLD_TRAINING_ARGS = {
+    "evaluation_strategy": "eval_strategy",
+    "warmup_ratio": "warmup_steps (as a ratio of total steps)",
+    "group_by_length": "train_sampling_strategy='group_by_length'",
+}
+# set by slimtune itself: the pass owns where checkpoints go
+RESERVED_TRAINING_ARGS = {"output_dir"}
+
+
+@cache
+def training_arg_names() -> frozenset[str]:
+    snapshot = json.loads((Path(__file__).with_name("training_args_fields.json")).read_text())
+    return frozenset(snapshot["fields"])
+
+
+def migrate_training_args(args: dict[str, Any], note) -> dict[str, Any]:
+    """Map the old names to transformers 5 names; `note(old, new)` records each mapping."""
+    out = dict(args)
+    if "evaluation_strategy" in out:
+        value = out.pop("evaluation_strategy")
+        out.setdefault("eval_strategy", value)
+        note("evaluation_strategy", "eval_strategy")
+    if "warmup_ratio" in out:
+        ratio = out.pop("warmup_ratio")
+        if not out.get("warmup_steps"):
+            out["warmup_steps"] = float(ratio)  # transformers 5 reads a float in [0, 1) as a ratio
+        note("warmup_ratio", "warmup_steps")
+    if "group_by_length" in out:
+        if out.pop("group_by_length"):
+            out.setdefault("train_sampling_strategy", "group_by_length")
+        note("group_by_length", "train_sampling_strategy")
+    return out
+
+
+def check_training_args(args: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, message) for each key transformers does not know or slimtune sets itself."""
+    import difflib
+
+    names = training_arg_names()
+    problems = []
+    for key in args:
+        if key in RESERVED_TRAINING_ARGS:
+            problems.append((key, "is set by slimtune (checkpoints go to the cache); remove it"))
+        elif key not in names:
+            close = difflib.get_close_matches(key, sorted(names | set(OLD_TRAINING_ARGS)), n=2, cutoff=0.7)
+            hint = f"; did you mean {' / '.join(f'`{c}`' for c in close)}?" if close else ""
+            problems.append((key, f"unknown training argument{hint}"))
+    return problems
