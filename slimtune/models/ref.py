@@ -1,0 +1,53 @@
+"""What a pass receives and returns: a model on disk, its kind, and what it was trained with.
+
+A model folder made by slimtune carries `slimtune.json` (MODEL_META): the prompt template, the answer column
+and the label set it was trained with, and the base model. Later commands (`generate`, `evaluate`) read it
+so they can format inputs without the config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MODEL_META = "slimtune.json"
+ModelKind = Literal["hf", "adapter", "onnx"]
+
+
+@dataclass
+class ModelRef:
+    path: str  # folder (hf, adapter, onnx)
+    kind: ModelKind
+    base_path: str | None = None  # adapter: the folder of the base model it applies to
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelRef:
+        return cls(**data)
+
+
+@dataclass
+class ModelMeta:
+    """Task metadata kept beside the weights (slimtune.json)."""
+
+    template: str | None = None  # e.g. "### Text: {phrase}\n### The tone is:\n{tone}"
+    answer_column: str | None = None  # the template's last field, when the template ends with it
+    labels: list[str] | None = None  # the label set seen in training, when the answer is a label
+    chat_template: bool = False  # prompts were rendered through the tokenizer's chat template
+    base_model: str | None = None  # name or path of the original base model
+    history: list[str] = field(default_factory=list)  # passes applied, in order
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, MODEL_META).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelMeta | None:
+        path = Path(folder, MODEL_META)
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
