@@ -12,6 +12,7 @@ from slimtune.errors import ConfigError, ConfigIssue, UserError
 
 Path_ = tuple  # a key path: ("passes", "lora", "r") or ("data_configs", 0, "name")
 
+COMMENT_KEYS = ("//", "$comment")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -28,6 +29,8 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]
     data = _parse_yaml(text, path) if is_yaml else _parse_json(text, path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    for key in COMMENT_KEYS:  # JSON has no comments; these top-level keys hold them
+        data.pop(key, None)
     return data, _key_lines(text)
 
 

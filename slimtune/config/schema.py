@@ -257,7 +257,6 @@ class PassEntry(Strict):
 
 
 class RunConfig(Strict):
-    renamed = {"engine": "<top level>"}
     workflow_id: str | None = None
     input_model: InputModel
     data_configs: list[DataConfig] = Field(default_factory=list)

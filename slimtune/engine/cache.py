@@ -1,0 +1,168 @@
+"""Pass outputs on disk, addressed by their full content key.
+
+Layout under cache_dir:
+  entries/<key>/output/     the pass's output folder (a model)
+  entries/<key>/entry.json  what made it; its presence marks the entry complete
+  tmp/<key>.<pid>.<n>/      an attempt in progress; renamed into entries/ when complete
+  work/<key>/               checkpoints kept across interrupted attempts (removed on success)
+  locks/<key>.lock          one process works on a key at a time; others wait, then reuse
+An interrupted attempt leaves only tmp/ and work/ behind, which never look finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_counter = itertools.count()
+
+
+def folder_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@dataclass
+class Entry:
+    key: str
+    path: Path  # entries/<key>
+    info: dict[str, Any]
+
+    @property
+    def output(self) -> Path:
+        return self.path / "output"
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _entry_dir(self, key: str) -> Path:
+        return self.root / "entries" / key
+
+    def lookup(self, key: str) -> Entry | None:
+        info_file = self._entry_dir(key) / "entry.json"
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return Entry(key, info_file.parent, info)
+
+    def work_dir(self, key: str) -> Path:
+        path = self.root / "work" / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def new_attempt(self, key: str) -> Path:
+        """An empty folder to build the entry in: tmp/<key>.<pid>.<n>/output."""
+        attempt = self.root / "tmp" / f"{key}.{os.getpid()}.{next(_counter)}"
+        shutil.rmtree(attempt, ignore_errors=True)
+        (attempt / "output").mkdir(parents=True)
+        return attempt
+
+    def commit(self, key: str, attempt: Path, info: dict[str, Any]) -> Entry:
+        """Write entry.json into the attempt and rename it into place (atomic on one file system)."""
+        info = {**info, "key": key, "created": time.time(), "size_bytes": folder_size(attempt / "output")}
+        (attempt / "entry.json").write_text(json.dumps(info, indent=2, default=str))
+        final = self._entry_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a broken leftover without entry.json (lookup failed): replace it
+            shutil.rmtree(final)
+        os.rename(attempt, final)
+        shutil.rmtree(self.root / "work" / key, ignore_errors=True)
+        return Entry(key, final, info)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another run working on cache entry {key[:12]}...", flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def entries(self) -> list[Entry]:
+        found = []
+        for folder in sorted((self.root / "entries").glob("*")):
+            entry = self.lookup(folder.name)
+            if entry:
+                found.append(entry)
+        return found
+
+    def leftovers(self) -> list[Path]:
+        """Folders of attempts that did not finish (not locked by a live process)."""
+        paths = [p for p in (self.root / "tmp").glob("*")] + [p for p in (self.root / "work").glob("*")]
+        return [p for p in paths if not self._in_use(p.name.split(".")[0])]
+
+    def _in_use(self, key: str) -> bool:
+        path = self.root / "locks" / f"{key}.lock"
+        if not path.exists():
+            return False
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def remove(self, entry: Entry) -> None:
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def ls_command(args) -> int:
+    cache = Cache(args.cache_dir)
+    rows = [
+        {"key": e.key, "pass_type": e.info.get("pass_type"), "pass_name": e.info.get("pass_name"),
+         "size_bytes": e.info.get("size_bytes"), "created": e.info.get("created"), "path": str(e.output)}
+        for e in cache.entries()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"cache {cache.root}: empty")
+        return 0
+    print(f"{'key':14} {'pass':22} {'size':>10}  created")
+    for r in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
+        print(f"{r['key'][:12]}.. {str(r['pass_type']):22} {r['size_bytes'] / 1e6:8.1f}MB  {created}")
+    leftovers = cache.leftovers()
+    if leftovers:
+        print(f"{len(leftovers)} leftover folders of interrupted passes (`slimtune cache clean --partial`)")
+    return 0
+
+
+def clean_command(args) -> int:
+    cache = Cache(args.cache_dir)
+    removed = 0
+    for path in cache.leftovers():
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    if not args.partial:
+        for entry in cache.entries():
+            if args.pass_type and entry.info.get("pass_type") != args.pass_type:
+                continue
+            cache.remove(entry)
+            removed += 1
+    print(f"removed {removed} folder{'s' if removed != 1 else ''} from {cache.root}")
+    return 0

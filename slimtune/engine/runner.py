@@ -1,0 +1,212 @@
+"""Plan -> run passes (each through the cache) -> publish the final model and the run record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from slimtune.config.validate import LoadedConfig, PassPlan
+from slimtune.engine import preflight
+from slimtune.engine.cache import Cache, folder_size
+from slimtune.engine.context import PassContext
+from slimtune.engine.fingerprint import cache_key, fingerprint_path, library_versions
+from slimtune.engine.monitor import PeakMemory, Stopwatch
+from slimtune.errors import EXIT_OK
+from slimtune.models.ref import ModelMeta, ModelRef
+
+
+def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
+    cfg = loaded.config
+    started = time.time()
+    preflight.check_systems(loaded)
+    preflight.check_remote_inputs(loaded)
+    device, ep = preflight.device_for(loaded)
+    input_ref = _input_model(loaded)
+    preflight.check_pass_chain(loaded, input_ref.kind)
+    if verbose and loaded.notes:
+        print("config keys mapped from the old schema:")
+        for note in loaded.notes:
+            print(f"  {note}")
+
+    cache = Cache(cfg.cache_dir)
+    libraries = library_versions()
+    fingerprint = fingerprint_path(input_ref.path, cache.root)
+    meta = ModelMeta.load(input_ref.path) or ModelMeta(base_model=_base_name(loaded))
+    records: list[dict[str, Any]] = []
+    current = input_ref
+    total = len(loaded.passes)
+    for index, plan in enumerate(loaded.passes, 1):
+        print(f"[{index}/{total}] {plan.name} ({plan.type})", flush=True)
+        current, fingerprint, meta, record = _run_pass(
+            plan, current, fingerprint, meta, loaded, cache, libraries, device, ep
+        )
+        records.append(record)
+        status = "cache hit" if record["cache_hit"] else f"done in {record['wall_s']:.1f} s"
+        print(f"      {status}: {current.path}", flush=True)
+
+    output_dir = Path(cfg.output_dir)
+    final = publish_model(current, output_dir / "model")
+    record = {
+        "slimtune_version": libraries.get("slimtune"),
+        "status": "ok",
+        "started": started,
+        "finished": time.time(),
+        "wall_s": time.time() - started,
+        "config_file": str(loaded.file) if loaded.file else None,
+        "config_as_given": loaded.raw,
+        "config_migrated": redact(loaded.migrated, loaded.secrets),
+        "key_mappings": loaded.notes,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "device": device, "execution_provider": ep},
+        "library_versions": libraries,
+        "input_model": {"path": input_ref.path, "kind": input_ref.kind, "fingerprint": fingerprint_path(
+            input_ref.path, cache.root)},
+        "passes": records,
+        "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
+    }
+    write_json_atomic(output_dir / "run.json", record)
+    print_summary(records, final)
+    return EXIT_OK
+
+
+def _base_name(loaded: LoadedConfig) -> str:
+    path = loaded.config.input_model.model_path
+    return path if isinstance(path, str) else str(path)
+
+
+def _input_model(loaded: LoadedConfig) -> ModelRef:
+    from slimtune.models.loading import resolve_model
+
+    model = loaded.config.input_model
+    path = resolve_model(model.model_path)
+    if model.type == "ONNXModel":
+        return ModelRef(str(path), "onnx")
+    if model.adapter_path:
+        return ModelRef(str(resolve_model_adapter(model.adapter_path)), "adapter", base_path=str(path))
+    return ModelRef(str(path), "hf")
+
+
+def resolve_model_adapter(path: str) -> Path:
+    from slimtune.errors import ModelError
+
+    folder = Path(path)
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"input_model.adapter_path: {folder} holds no adapter_config.json (not a PEFT adapter)")
+    return folder
+
+
+def _data_fingerprints(plan: PassPlan, loaded: LoadedConfig) -> dict[str, str]:
+    from slimtune.data.fingerprint import data_fingerprint
+
+    found = {}
+    for key in ("train_data_config", "eval_data_config", "data_config"):
+        name = getattr(plan.params, key, None)
+        if name:
+            data = next(d for d in loaded.config.data_configs if d.name == name)
+            found[key] = data_fingerprint(data)
+    return found
+
+
+def _run_pass(plan: PassPlan, current: ModelRef, fingerprint: str, meta: ModelMeta, loaded: LoadedConfig,
+              cache: Cache, libraries: dict, device: str, ep: str):
+    from slimtune.passes.registry import get_pass
+
+    spec = get_pass(plan.type)
+    params = plan.params.model_dump(mode="json")
+    key = cache_key(
+        input_fingerprint=fingerprint, pass_type=spec.type, pass_version=spec.version, params=params,
+        data_fingerprints=_data_fingerprints(plan, loaded), libraries=libraries,
+        extra={"device": device, "execution_provider": ep, "input_kind": current.kind},
+    )
+    record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
+    entry = cache.lookup(key)
+    if entry is None:
+        with cache.lock(key):
+            entry = cache.lookup(key)  # another run may have finished it while we waited
+            if entry is None:
+                attempt = cache.new_attempt(key)
+                ctx = PassContext(input=current, meta=ModelMeta(**vars(meta)), output_dir=attempt / "output",
+                                  work_dir=cache.work_dir(key), run_config=loaded.config, device=device,
+                                  execution_provider=ep)
+                ctx.meta.history = [*meta.history, plan.type]
+                with Stopwatch() as clock, PeakMemory() as memory:
+                    produced = spec.load_run()(ctx, plan.params)
+                ctx.meta.save(ctx.output_dir)
+                info = {
+                    "pass_name": plan.name, "pass_type": plan.type, "pass_version": spec.version,
+                    "params": params, "input": current.to_json(), "input_fingerprint": fingerprint,
+                    "kind": produced.kind, "base_path": produced.base_path, "wall_s": clock.seconds,
+                    "peak_rss_bytes": memory.peak_bytes, "metrics": ctx.metrics, "library_versions": libraries,
+                }
+                entry = cache.commit(key, attempt, info)
+                record["cache_hit"] = False
+    record.setdefault("cache_hit", True)
+    info = entry.info
+    produced = ModelRef(str(entry.output), info["kind"], info.get("base_path"))
+    record.update({
+        "wall_s": info["wall_s"] if not record["cache_hit"] else 0.0,
+        "original_wall_s": info["wall_s"],
+        "peak_rss_bytes": info["peak_rss_bytes"],
+        "output_size_bytes": info["size_bytes"],
+        "metrics": info["metrics"],
+        "library_versions": info["library_versions"],
+        "output_path": str(entry.output),
+    })
+    new_meta = ModelMeta.load(entry.output) or meta
+    return produced, key, new_meta, record
+
+
+def publish_model(ref: ModelRef, dest: Path) -> Path:
+    """Place a complete copy of the model folder at `dest` (hard links where possible), atomically:
+    it is built beside `dest` and renamed, so `dest` is never half-written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ref.path, tmp, copy_function=_link_or_copy)
+    old = dest.parent / f".{dest.name}.old{os.getpid()}"
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def redact(value: Any, secrets: set[str]) -> Any:
+    if not secrets:
+        return value
+    if isinstance(value, dict):
+        return {k: redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+    return value
+
+
+def print_summary(records: list[dict[str, Any]], final: Path) -> None:
+    print()
+    print(f"{'pass':24} {'type':20} {'cache':6} {'time':>8} {'peak mem':>9} {'size':>9}")
+    for r in records:
+        print(f"{r['name'][:24]:24} {r['type']:20} {'hit' if r['cache_hit'] else 'run':6} "
+              f"{r['original_wall_s']:7.1f}s {r['peak_rss_bytes'] / 2**30:7.2f}GB {r['output_size_bytes'] / 1e6:7.1f}MB")
+    print(f"\nfinal model: {final}")

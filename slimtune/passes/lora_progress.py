@@ -1,0 +1,71 @@
+"""Training helpers: batch collation with dynamic padding and a progress bar that shows tokens/s."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Pad to the longest row in the batch: input_ids with pad_id, labels with -100, attention_mask 0."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    batch: dict[str, Any] = {
+        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+        "labels": torch.full((len(rows), width), -100, dtype=torch.long),
+    }
+    with_mask = "attention_mask" in rows[0]
+    if with_mask:
+        batch["attention_mask"] = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
+        batch["labels"][i, :n] = torch.tensor(row["labels"])
+        if with_mask:
+            batch["attention_mask"][i, :n] = torch.tensor(row["attention_mask"])
+    return batch
+
+
+class ProgressCallback(TrainerCallback):
+    """One tqdm bar over optimizer steps with loss and tokens/s; also keeps the totals for the record."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tokens = 0
+        self.tokens_per_second = 0.0
+        self._start = 0.0
+        self._start_tokens = 0
+        self._loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="      training", unit="step",
+                        dynamic_ncols=True)
+        self._start = time.perf_counter()
+        self._start_tokens = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.tokens = state.num_input_tokens_seen
+        elapsed = time.perf_counter() - self._start
+        if elapsed > 0:
+            self.tokens_per_second = (self.tokens - self._start_tokens) / elapsed
+        if self.bar is not None:
+            self.bar.n = state.global_step
+            postfix = {"tok/s": f"{self.tokens_per_second:,.0f}"}
+            if self._loss is not None:
+                postfix["loss"] = f"{self._loss:.3f}"
+            self.bar.set_postfix(postfix, refresh=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._loss = logs["loss"]
+        if logs and "eval_loss" in logs and self.bar is not None:
+            self.bar.write(f"      step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()

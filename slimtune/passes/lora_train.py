@@ -1,0 +1,171 @@
+"""The LoRA / QLoRA / DoRA training run: transformers Trainer + peft. Parameters: slimtune.passes.lora."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from slimtune.engine.context import PassContext
+from slimtune.errors import UserError
+from slimtune.models.ref import ModelRef
+from slimtune.passes.lora import LoRAParams
+
+# what we use where the config says nothing (TrainingArguments' own defaults otherwise)
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "num_train_epochs": 1,
+    "logging_steps": 10,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0.03,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 1,
+    "seed": 0,
+}
+MAX_LABELS = 50  # an answer column with more distinct values than this is free text, not a label
+
+
+def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
+    if ctx.input.kind != "hf":
+        raise UserError(f"LoRA needs a Hugging Face model, got a {ctx.input.kind} model")
+    if params.quantized:
+        _check_qlora_possible(ctx)
+
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from slimtune.models.loading import linear_layer_names
+    from slimtune.passes.lora_data import prepare_datasets
+    from slimtune.passes.lora_progress import ProgressCallback, collate
+    from slimtune.passes.targets import resolve_target_modules
+
+    base = Path(ctx.input.path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train, evaluation, task = prepare_datasets(ctx, params, tokenizer)
+    ctx.meta.template, ctx.meta.answer_column = task.template, task.answer_column
+    ctx.meta.chat_template = task.chat_template
+    if task.labels is not None and len(task.labels) <= MAX_LABELS:
+        ctx.meta.labels = task.labels
+    ctx.log(f"      data: {len(train)} training samples, {len(evaluation) if evaluation else 0} evaluation samples")
+
+    dtype = _dtype(params.torch_dtype, ctx.device)
+    load_kwargs: dict[str, Any] = {"dtype": dtype}
+    if params.quantized:
+        load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=params.quant_type or "nf4",
+            bnb_4bit_use_double_quant=bool(params.double_quant),
+            bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype or "bfloat16"),
+        )
+        load_kwargs["device_map"] = {"": 0}
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
+    if params.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
+    for note in notes:
+        ctx.log(f"      {note}")
+    init = params.init_lora_weights
+    lora_kwargs: dict[str, Any] = {}
+    if params.loftq_iter:
+        from peft import LoftQConfig
+
+        init, lora_kwargs["loftq_config"] = "loftq", LoftQConfig(loftq_bits=4, loftq_iter=params.loftq_iter)
+    lora = LoraConfig(
+        r=params.r, lora_alpha=params.alpha, lora_dropout=params.lora_dropout, target_modules=targets,
+        modules_to_save=params.modules_to_save, bias=params.bias, use_dora=params.use_dora,
+        init_lora_weights=init, task_type="CAUSAL_LM", **lora_kwargs,
+    )
+    model = get_peft_model(model, lora)
+    trainable, total = model.get_nb_trainable_parameters()
+
+    args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train))
+    progress = ProgressCallback()
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id), callbacks=[progress],
+    )
+    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
+    if checkpoints:
+        ctx.log(f"      resuming from {checkpoints[-1].name}")
+    result = trainer.train(resume_from_checkpoint=bool(checkpoints))
+    final_eval = trainer.evaluate() if evaluation is not None else {}
+
+    model.save_pretrained(ctx.output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(ctx.output_dir)
+    ctx.metrics.update({
+        "train_loss": result.training_loss,
+        "eval_loss": final_eval.get("eval_loss"),
+        "eval_perplexity": math.exp(final_eval["eval_loss"]) if final_eval.get("eval_loss") is not None else None,
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]}
+                       for h in trainer.state.log_history if "eval_loss" in h],
+        "steps": trainer.state.global_step,
+        "train_samples": len(train),
+        "eval_samples": len(evaluation) if evaluation is not None else 0,
+        "tokens_seen": progress.tokens,
+        "tokens_per_s": progress.tokens_per_second,
+        "trainable_params": trainable,
+        "total_params": total,
+        "target_modules": targets,
+        "target_module_notes": notes,
+        "device": ctx.device,
+        "resumed_from": checkpoints[-1].name if checkpoints else None,
+    })
+    return ModelRef(str(ctx.output_dir), "adapter", base_path=str(base))
+
+
+def _check_qlora_possible(ctx: PassContext) -> None:
+    """QLoRA needs bitsandbytes on CUDA: fail before loading any weights."""
+    import importlib.util
+
+    if ctx.device != "cuda":
+        raise UserError(
+            "QLoRA (a 4-bit base via bitsandbytes) needs a CUDA GPU, and this run's host is the CPU. Use a "
+            "plain LoRA pass (drop double_quant / quant_type), or run on a system with accelerators [\"gpu\"]."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("QLoRA needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def _dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def training_arguments(params: LoRAParams, ctx: PassContext, *, has_eval: bool, n_train: int):
+    import transformers
+
+    given = dict(params.training_args)
+    args = {**DEFAULT_TRAINING_ARGS, **given}
+    if has_eval and "eval_strategy" not in given:
+        args["eval_strategy"] = "steps"
+        args.setdefault("eval_steps", args.get("save_steps", 50))
+    if not has_eval:
+        args["eval_strategy"] = "no"
+    if args.get("eval_strategy") == "steps" and args.get("save_strategy") == "steps" and args.get("load_best_model_at_end"):
+        args["save_steps"] = args.get("eval_steps", args["save_steps"])
+    args.update(
+        output_dir=str(ctx.work_dir / "checkpoints"),
+        report_to=[],
+        disable_tqdm=True,  # ProgressCallback shows one bar with tokens/s
+        remove_unused_columns=False,
+        use_cpu=ctx.device == "cpu",
+        dataloader_pin_memory=ctx.device == "cuda",
+        include_num_input_tokens_seen=True,
+    )
+    if ctx.device == "cuda" and params.torch_dtype in ("auto", "bfloat16") and "bf16" not in given:
+        args["bf16"] = True
+    try:
+        return transformers.TrainingArguments(**args)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"training_args: {err}") from None

@@ -1,0 +1,44 @@
+"""MergeAdapterWeights' work: load the base in full precision, apply the adapter, merge, save safetensors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from slimtune.engine.context import PassContext
+from slimtune.errors import UserError
+from slimtune.models.ref import ModelRef
+from slimtune.passes.merge_adapter import MergeParams
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def run(ctx: PassContext, params: MergeParams) -> ModelRef:
+    if ctx.input.kind != "adapter" or not ctx.input.base_path:
+        raise UserError("MergeAdapterWeights needs an adapter and its base model: put a LoRA pass before it")
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    base, adapter = Path(ctx.input.base_path), Path(ctx.input.path)
+    config = transformers.AutoConfig.from_pretrained(base)
+    if params.save_dtype == "auto":
+        # a QLoRA base was 4-bit only while training: the merge happens on the full-precision weights
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+    else:
+        dtype = getattr(torch, params.save_dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.save_pretrained(ctx.output_dir, safe_serialization=True)
+    # tokenizer and generation settings: from the adapter folder (saved by LoRA), else from the base
+    for name in _TOKENIZER_FILES:
+        source = adapter / name if (adapter / name).exists() else base / name
+        if source.exists():
+            shutil.copy2(source, ctx.output_dir / name)
+    if (base / "generation_config.json").exists():
+        shutil.copy2(base / "generation_config.json", ctx.output_dir / "generation_config.json")
+    ctx.metrics["dtype"] = str(dtype).replace("torch.", "")
+    return ModelRef(str(ctx.output_dir), "hf")
