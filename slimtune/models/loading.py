@@ -1,0 +1,239 @@
+"""From a config's `input_model.model_path` to a checked local folder, and from that folder to a loaded model.
+
+`resolve_model` never imports torch: it reads file headers only, so a bad model is reported before any pass
+starts. `load_causal_lm` and `linear_layer_names` need torch and are meant for passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from slimtune.errors import ModelError, UserError
+from slimtune.models.known import KNOWN_MODELS
+from slimtune.models.ref import ModelKind
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REMOTE = {
+    "az://": "reading from Azure storage (azure-storage-blob and credentials)",
+    "azureml://": "reading from an Azure ML datastore (azure-ai-ml and credentials)",
+    "s3://": "reading from S3 (boto3 and credentials)",
+    "gs://": "reading from Google Cloud Storage (google-cloud-storage and credentials)",
+    "https://": "downloading over HTTPS",
+    "http://": "downloading over HTTP",
+    "hf://": "downloading from a model hub (no machine here reaches one)",
+}
+_REMOTE_RESOURCES = {
+    "azureml_registry_model": "downloading from an Azure ML registry (azure-ai-ml and credentials)",
+    "azureml_model": "downloading from an Azure ML workspace (azure-ai-ml and credentials)",
+    "azureml_datastore": "reading from an Azure ML datastore (azure-ai-ml and credentials)",
+    "azureml_job_output": "reading an Azure ML job output (azure-ai-ml and credentials)",
+}
+_FIX_REMOTE = "download the model yourself and give its local folder (or a .gguf file) as model_path"
+
+
+def resolve_model(model_path: Any, *, allow_pickle: bool = False, kind: ModelKind | None = None) -> Path:
+    """A local model folder for a known model name, a `.gguf` file or a local folder (checked).
+
+    `kind`: "hf" accepts only a Hugging Face folder, "onnx" only an ONNX model (folder or .onnx file);
+    None accepts either, told apart by config.json vs *.onnx files.
+    """
+    if isinstance(model_path, os.PathLike):
+        model_path = os.fspath(model_path)
+    if not isinstance(model_path, str):
+        raise _remote_resource(model_path)
+    for prefix, needs in _REMOTE.items():
+        if model_path.startswith(prefix):
+            raise UserError(
+                f"model_path {model_path!r}: remote models are not implemented yet ({prefix} needs {needs}); "
+                f"{_FIX_REMOTE}"
+            )
+    if model_path in KNOWN_MODELS:
+        from slimtune.models.store import prepared_path
+
+        return prepared_path(model_path)
+    path = Path(model_path).expanduser()
+    if kind == "onnx" or (kind is None and _is_onnx(path)):
+        check_onnx_model(path)
+        return path.resolve()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        from slimtune.models.store import prepared_path
+
+        return prepared_path(str(path))
+    if path.is_dir():
+        check_model_folder(path, allow_pickle=allow_pickle)
+        return path.resolve()
+    if path.exists():
+        raise ModelError(
+            f"model path {path} is a file; give a model folder, a .gguf file or a known model name"
+        )
+    if _HUB_NAME.match(model_path) and not model_path.startswith("."):
+        known = ", ".join(sorted(KNOWN_MODELS))
+        raise ModelError(
+            f"model {model_path!r} is not a folder on this machine, and slimtune has no network access to a model "
+            f"hub. Prepare the model locally and give its folder as model_path (or a .gguf file, or a known "
+            f"model: {known})."
+        )
+    raise ModelError(f"model folder {path} does not exist")
+
+
+def _is_onnx(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".onnx"
+    return path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.onnx"))
+
+
+def check_onnx_model(path: Path) -> None:
+    """An ONNX model: a .onnx file, or a folder holding one (ONNX Runtime GenAI folders: genai_config.json)."""
+    if not path.exists():
+        raise ModelError(f"ONNX model {path} does not exist")
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise ModelError(f"ONNX model {path} is not a .onnx file")
+        return
+    if not any(path.glob("*.onnx")):
+        raise ModelError(f"ONNX model folder {path} holds no .onnx file")
+
+
+def _remote_resource(value: Any) -> UserError:
+    data = value.model_dump() if hasattr(value, "model_dump") else value
+    kind = data.get("type") if isinstance(data, dict) else None
+    needs = _REMOTE_RESOURCES.get(str(kind), "a way to fetch this resource")
+    config = data.get("config") if isinstance(data, dict) else None
+    details = ", ".join(
+        f"{k}={v!r}" for k, v in (config or {}).items() if k in ("name", "version", "registry_name")
+    )
+    what = f"{kind} ({details})" if details else str(kind or type(value).__name__)
+    return UserError(
+        f"model_path {what}: remote models are not implemented yet (needs {needs}); {_FIX_REMOTE}"
+    )
+
+
+def check_model_folder(folder: str | Path, *, allow_pickle: bool = False) -> None:
+    """A Hugging Face model folder: config.json and readable weights. Reads headers only."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        hint = ""
+        if (folder / "adapter_config.json").is_file():
+            hint = (
+                " It holds a LoRA adapter: give its base model as model_path and this folder as adapter_path."
+            )
+        elif (folder / "genai_config.json").is_file():
+            hint = (
+                " It holds an ONNX Runtime GenAI model: set input_model.type to ONNXModel to use it as one."
+            )
+        raise ModelError(
+            f"model folder {folder} has no config.json, so it is not a Hugging Face model.{hint}"
+        )
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if safetensors:
+        _check_safetensors(folder, safetensors)
+        return
+    if pickled:
+        names = ", ".join(p.name for p in pickled)
+        if allow_pickle:
+            log.warning("%s: loading pickled weights (%s); they can run code when loaded", folder, names)
+            return
+        raise ModelError(
+            f"model folder {folder} has only pickled weights ({names}). Pickled weights can run arbitrary code "
+            "when loaded, so they are refused unless allowed: convert them to safetensors (load the model with "
+            "transformers and save_pretrained it), or allow pickled weights explicitly if you trust the source."
+        )
+    raise ModelError(f"model folder {folder} has config.json but no weights (*.safetensors)")
+
+
+def _check_safetensors(folder: Path, files: list[Path]) -> None:
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelError(f"{index} is not a valid safetensors index ({err})") from None
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise ModelError(
+                f"{folder} is missing weight shards listed in {index.name}: {', '.join(missing)}"
+            )
+    for file in files:
+        try:
+            with safe_open(file, framework="numpy") as handle:  # parses and checks the header only
+                handle.keys()
+        except Exception as err:  # SafetensorsError, OSError, ...
+            raise ModelError(
+                f"weights file {file} is corrupt or truncated ({err}); prepare or download the model again"
+            ) from None
+
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+def load_causal_lm(
+    path: str | Path,
+    dtype: Any = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    *,
+    allow_pickle: bool = False,
+):
+    """A causal LM from a checked local folder, loaded from safetensors (pickled weights only if allowed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(path)
+    check_model_folder(folder, allow_pickle=allow_pickle)
+    if isinstance(dtype, str) and dtype != "auto":
+        if dtype not in _DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))} or auto")
+        dtype = getattr(torch, _DTYPES[dtype])
+    if trust_remote_code:
+        log.warning("loading %s with trust_remote_code=True: Python code in that folder will run", folder)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if allow_pickle else True,
+        local_files_only=True,
+    )
+    return model.to(device)
+
+
+def linear_layer_names(model) -> list[str]:
+    """Unique leaf names of the linear layers (q_proj, o_proj, gate_up_proj...), in the order they appear,
+    without the output head. Linear layers wrapped by peft count under their own name."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output_leaf = next((q.split(".")[-1] for q, m in model.named_modules() if m is output), None)
+    names: list[str] = []
+    for qualified, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        parts = qualified.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue  # peft's own adapter layers
+        leaf = parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1]
+        if leaf != output_leaf and leaf not in names:
+            names.append(leaf)
+    return names
