@@ -31,7 +31,10 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
     for key in COMMENT_KEYS:  # JSON has no comments; these top-level keys hold them
         data.pop(key, None)
-    return data, _key_lines(text)
+    lines, duplicates = _key_lines(text)
+    if duplicates:  # JSON and YAML parsers keep the last value and drop the others without a word
+        raise ConfigError(duplicates, str(path))
+    return data, lines
 
 
 def _parse_json(text: str, path: Path) -> Any:
@@ -56,21 +59,28 @@ def _parse_yaml(text: str, path: Path) -> Any:
         raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
 
 
-def _key_lines(text: str) -> dict[Path_, int]:
-    """Line of each key, read from YAML's node marks (JSON is YAML too); empty if that fails."""
+def _key_lines(text: str) -> tuple[dict[Path_, int], list[ConfigIssue]]:
+    """Line of each key, read from YAML's node marks (JSON is YAML too; empty if that fails), and the keys
+    given twice in one mapping."""
     import yaml
 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except Exception:  # noqa: BLE001 - line numbers are a nicety; the parse above decides validity
-        return {}
+        return {}, []
     lines: dict[Path_, int] = {}
+    duplicates: list[ConfigIssue] = []
 
     def walk(node: Any, path: Path_) -> None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 sub = (*path, key.value)
-                lines[sub] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if sub in lines and key.value != "<<":
+                    duplicates.append(ConfigIssue(dotted(sub), f"given twice (also on line {lines[sub]}); keep one",
+                                                  line))
+                else:
+                    lines[sub] = line
                 walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -79,7 +89,7 @@ def _key_lines(text: str) -> dict[Path_, int]:
 
     if root is not None:
         walk(root, ())
-    return lines
+    return lines, duplicates
 
 
 def interpolate_env(data: Any, file: str | None = None) -> tuple[Any, set[str]]:
