@@ -10,11 +10,12 @@ import copy
 from typing import Any
 
 from slimtune.config.loader import Path_, dotted
-from slimtune.config.schema import LoadDatasetConfig, PreProcessDataConfig
+from slimtune.config.schema import DataloaderConfig, LoadDatasetConfig, LoadKwargs, PreProcessDataConfig
 from slimtune.errors import ConfigIssue
 
 _LOAD_KEYS = set(LoadDatasetConfig.model_fields)
 _PRE_KEYS = set(PreProcessDataConfig.known_keys()) | {"dataset_type"}
+_DATALOADER_KEYS = set(DataloaderConfig.model_fields)
 
 
 class Migration:
@@ -65,6 +66,7 @@ def rename_keys(section: dict, renamed: dict[str, str], path: Path_, m: Migratio
         if old in section:
             if new in section:
                 m.issue((*path, old), f"old name of `{new}`, which is also given; keep one")
+                section.pop(old)  # reported above; left in place it would also be an "unknown key"
                 continue
             section[new] = section.pop(old)
             m.moved((*path, old), (*path, new), "renamed")
@@ -119,6 +121,8 @@ def _system(system: dict, path: Path_, m: Migration) -> None:
         _flatten(system, "config", path, m)
     accelerators = system.get("accelerators")
     if isinstance(accelerators, list) and any(isinstance(a, str) for a in accelerators):
+        # current Olive rejects bare device names: write the entry form so `config upgrade` output is current
+        system["accelerators"] = [{"device": a} if isinstance(a, str) else a for a in accelerators]
         m.note((*path, "accelerators"), 'device names -> [{"device": ...}] entries')
 
 
@@ -137,8 +141,7 @@ def _engine_providers(cfg: dict, eps: Any, m: Migration) -> None:
             m.note(("engine", "execution_providers"), f"created system `{target}` to carry the providers")
     system = systems.get(target)
     if not isinstance(system, dict):
-        m.issue(("engine", "target"), f"names system `{target}`, which is not defined under `systems`")
-        return
+        return  # an undefined target is reported (with the nearest name) by the cross-reference check
     accelerators = system.get("accelerators") or ["cpu"]
     entries = []
     for acc in accelerators if isinstance(accelerators, list) else [accelerators]:
@@ -194,6 +197,8 @@ def _input_model(model: dict, path: Path_, m: Migration) -> None:
                 m.moved((*hf_path, key), (*path, key))
     elif hf is not None:
         m.issue((*path, "hf_config"), "must be a mapping")
+    if isinstance(model.get("load_kwargs"), dict):  # e.g. torch_dtype -> dtype (transformers 5)
+        rename_keys(model["load_kwargs"], LoadKwargs.renamed, (*path, "load_kwargs"), m)
 
 
 def _data_config(data: dict, path: Path_, m: Migration) -> None:
@@ -208,10 +213,15 @@ def _data_config(data: dict, path: Path_, m: Migration) -> None:
         bag = data.pop("params_config")
         for key, value in bag.items():
             section = ("load_dataset_config" if key in _LOAD_KEYS and key != "max_samples" else
-                       "pre_process_data_config" if key in _PRE_KEYS else None)
-            if section is None:
-                section = "pre_process_data_config"
-            data.setdefault(section, {})[key] = value
+                       "dataloader_config" if key in _DATALOADER_KEYS else
+                       "pre_process_data_config")  # unknown keys are rejected there, with a suggestion
+            target = data.setdefault(section, {})
+            if not isinstance(target, dict):
+                continue  # validation reports the section's type
+            if key in target:
+                m.issue((*path, "params_config", key), f"also given as {dotted((*path, section, key))}; keep one")
+                continue
+            target[key] = value
             m.moved((*path, "params_config", key), (*path, section, key))
     load = data.get("load_dataset_config")
     if isinstance(load, dict):
