@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,10 @@ def load_config_dict(raw: dict[str, Any], *, base_dir: Path | None = None, file:
                      lines: dict[Path_, int] | None = None) -> LoadedConfig:
     lines = lines or {}
     label = str(file) if file else None
-    data, secrets = interpolate_env(raw, label)
+    try:
+        data, secrets = interpolate_env(raw, label)
+    except ConfigError as err:  # give each unset ${NAME} the line it is on
+        raise ConfigError([_with_line(i, lines) for i in err.issues], label) from None
     migrated, m = migrate(data)
     issues = list(m.issues)
     config, model_issues = _validate_model(RunConfig, migrated, (), m)
@@ -62,7 +66,9 @@ def load_config_dict(raw: dict[str, Any], *, base_dir: Path | None = None, file:
         issues += pass_issues
     issues += _cross_references(migrated, m)
     if issues:
-        raise ConfigError([_with_line(i, lines) for i in _dedupe(issues)], label)
+        located = [_with_line(i, lines) for i in _dedupe(issues)]
+        located.sort(key=lambda i: (i.line is None, i.line or 0))  # file order; stable within a line
+        raise ConfigError(located, label)
     from slimtune.config.resolve import resolve_paths
 
     warnings = resolve_paths(config, plans, base_dir or Path.cwd())
@@ -73,7 +79,7 @@ def _validate_model(model: type[BaseModel], data: Any, prefix: Path_, m: Migrati
     try:
         return model.model_validate(data), []
     except ValidationError as err:
-        return None, [_issue(model, data, prefix, e, m) for e in err.errors()]
+        return None, [issue for e in err.errors() for issue in _issues(model, data, prefix, e, m)]
 
 
 def _validate_passes(passes: dict[str, Any], m: Migration) -> tuple[list[PassPlan], list[ConfigIssue]]:
@@ -142,6 +148,24 @@ def _cross_references(cfg: dict[str, Any], m: Migration) -> list[ConfigIssue]:
 # ---------------------------------------------------------------- error messages
 
 
+def _issues(model: type[BaseModel], data: Any, prefix: Path_, error: dict, m: Migration) -> list[ConfigIssue]:
+    """Usually one issue per pydantic error. A validator of a free-form mapping (e.g. LoRA's training_args)
+    reports several keys in one message as `FIELD.KEY: problem; FIELD.KEY2: problem`: split it so each key
+    is named by its full path and gets its own line number."""
+    loc = _data_path(data, error["loc"])
+    if error["type"] == "value_error" and loc and isinstance(loc[-1], str):
+        field_name = loc[-1]
+        parts = re.split(rf"(?:^|; ){re.escape(field_name)}\.([^\s:]+): ", _strip_value_error(error["msg"]))
+        if len(parts) > 1 and parts[0] == "":
+            return [ConfigIssue(dotted(m.original((*prefix, *loc, key))), text)
+                    for key, text in zip(parts[1::2], parts[2::2], strict=True)]
+    return [_issue(model, data, prefix, error, m)]
+
+
+def _strip_value_error(message: str) -> str:
+    return message[len("Value error, "):] if message.startswith("Value error, ") else message
+
+
 def _issue(model: type[BaseModel], data: Any, prefix: Path_, error: dict, m: Migration) -> ConfigIssue:
     loc = _data_path(data, error["loc"])
     path = m.original((*prefix, *loc))
@@ -152,9 +176,7 @@ def _issue(model: type[BaseModel], data: Any, prefix: Path_, error: dict, m: Mig
     elif kind == "missing":
         message = "required key is missing"
     else:
-        message = error["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+        message = _strip_value_error(error["msg"])
         if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], (dict, list)):
             message += f" (got {error['input']!r})"
     return ConfigIssue(dotted(path), message)
@@ -203,19 +225,44 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
+def _old_form_keys(section: type[BaseModel]) -> list[str]:
+    """Old-schema wrappers and sections that the migration unpacks here: a misspelling of one (`confg`,
+    `engin`) is never a valid key, but it is what the user meant."""
+    from slimtune.config import schema
+    from slimtune.passes.registry import all_passes
+
+    wrappers = {
+        schema.RunConfig: ["engine"],
+        schema.InputModel: ["config", "hf_config"],
+        schema.System: ["config"],
+        schema.DataConfig: ["params_config"],
+        schema.LoadDatasetConfig: ["params", "params_config"],
+        schema.PreProcessDataConfig: ["params", "params_config", "dataset_type"],
+        schema.DataloaderConfig: ["params", "params_config"],
+    }
+    if section in wrappers:
+        return wrappers[section]
+    return ["config"] if any(spec.params is section for spec in all_passes().values()) else []
+
+
 def _suggest(key: str, section: type[BaseModel] | None) -> str:
     if section is None:
         return ""
     known = section.known_keys() if issubclass(section, Strict) else {k: k for k in section.model_fields}
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    candidates = {**{k: k for k in _old_form_keys(section)}, **known}
+    close = difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.6)
     if not close:
         close = [k for k in known if key.lower() in k.lower() or k.lower() in key.lower()][:3]
     if not close:
         return f"; valid keys here: {', '.join(sorted(set(known.values())))}"
-    names = []
+    names: dict[str, str] = {}  # one entry per current key: `corpus_strategy` / `strategy`, not also `strategy`
     for c in close:
-        names.append(f"`{c}`" if known[c] == c else f"`{c}` / `{known[c]}`")
-    return f"; did you mean {' or '.join(dict.fromkeys(names))}?"
+        current = candidates[c]
+        if current != c:
+            names[current] = f"`{c}` / `{current}`"
+        else:
+            names.setdefault(c, f"`{c}`")
+    return f"; did you mean {' or '.join(names.values())}?"
 
 
 def _with_line(issue: ConfigIssue, lines: dict[Path_, int]) -> ConfigIssue:
