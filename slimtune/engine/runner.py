@@ -83,7 +83,9 @@ def _input_model(loaded: LoadedConfig) -> ModelRef:
     from slimtune.models.loading import resolve_model
 
     model = loaded.config.input_model
-    path = resolve_model(model.model_path)
+    allow_pickle = model.load_kwargs.use_safetensors is False  # pickled .bin weights only when asked for
+    path = resolve_model(model.model_path, kind="onnx" if model.type == "ONNXModel" else "hf",
+                         allow_pickle=allow_pickle)
     if model.type == "ONNXModel":
         return ModelRef(str(path), "onnx")
     if model.adapter_path:

@@ -34,10 +34,10 @@ def migrate_training_args(args: dict[str, Any], note) -> dict[str, Any]:
         value = out.pop("evaluation_strategy")
         out.setdefault("eval_strategy", value)
         note("evaluation_strategy", "eval_strategy")
-    if "warmup_ratio" in out:
-        ratio = out.pop("warmup_ratio")
-        if not out.get("warmup_steps"):
-            out["warmup_steps"] = float(ratio)  # transformers 5 reads a float in [0, 1) as a ratio
+    ratio = out.get("warmup_ratio")
+    if isinstance(ratio, (int, float)) and 0 <= ratio < 1 and not out.get("warmup_steps"):
+        # transformers 5 reads a float in [0, 1) as a ratio of total steps; validation rejects ratios >= 1
+        out["warmup_steps"] = float(out.pop("warmup_ratio"))
         note("warmup_ratio", "warmup_steps")
     if "group_by_length" in out:
         if out.pop("group_by_length"):
@@ -52,7 +52,15 @@ def check_training_args(args: dict[str, Any]) -> list[tuple[str, str]]:
 
     names = training_arg_names()
     problems = []
+    if "warmup_ratio" in args:  # left by the migration: it could not be mapped
+        ratio = args["warmup_ratio"]
+        if args.get("warmup_steps"):
+            problems.append(("warmup_ratio", "given together with warmup_steps; keep one"))
+        else:
+            problems.append(("warmup_ratio", f"must be a number in [0, 1), got {ratio!r}"))
     for key in args:
+        if key == "warmup_ratio":
+            continue
         if key in RESERVED_TRAINING_ARGS:
             problems.append((key, "is set by slimtune (checkpoints go to the cache); remove it"))
         elif key not in names:
