@@ -43,6 +43,7 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
     from slimtune.passes.lora_progress import ProgressCallback, collate
     from slimtune.passes.targets import resolve_target_modules
 
+    transformers.utils.logging.disable_progress_bar()
     base = Path(ctx.input.path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
@@ -91,7 +92,8 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         model=model, args=args, train_dataset=train, eval_dataset=evaluation,
         data_collator=lambda rows: collate(rows, tokenizer.pad_token_id), callbacks=[progress],
     )
-    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
+    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     if checkpoints:
         ctx.log(f"      resuming from {checkpoints[-1].name}")
     result = trainer.train(resume_from_checkpoint=bool(checkpoints))
