@@ -31,7 +31,7 @@ class DataError(UserError):
         if line is not None:
             where += f":{line}"
         if column is not None:
-            where += f" (column {column!r})"
+            where = f"{where} (column {column!r})" if where else f"column {column!r}"
         super().__init__(f"{where}: {message}" if where else message)
         self.file, self.line, self.column = file, line, column
 

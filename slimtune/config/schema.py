@@ -54,6 +54,8 @@ RESOURCE_TYPES = {"azureml_registry_model": AzureMLRegistryModel, "azureml_model
 def _resource(value: Any) -> Any:
     """A path is a string, or a resource dict validated by its `type`."""
     if isinstance(value, dict):
+        if "type" not in value and all(isinstance(v, (str, list)) for v in value.values()):
+            return value  # a split mapping {"train": ..., "test": ...}
         kind = value.get("type")
         if kind == "local_file" or kind == "local_folder":
             return value.get("path") or value.get("config", {}).get("path")

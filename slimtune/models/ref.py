@@ -38,6 +38,7 @@ class ModelMeta:
     answer_column: str | None = None  # the template's last field, when the template ends with it
     labels: list[str] | None = None  # the label set seen in training, when the answer is a label
     chat_template: bool = False  # prompts were rendered through the tokenizer's chat template
+    add_special_tokens: bool = True  # training samples were BOS + text + EOS (the prompt starts with BOS)
     base_model: str | None = None  # name or path of the original base model
     history: list[str] = field(default_factory=list)  # passes applied, in order
 

@@ -17,6 +17,7 @@ class TaskInfo:
     answer_column: str | None
     labels: list[str] | None
     chat_template: bool
+    add_special_tokens: bool
 
 
 def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
@@ -45,5 +46,5 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
         eval_samples = tokenize_rows(eval_rows, pre, tokenizer, template)
         ctx.metrics["eval_split"] = {"train_rows": len(rows), "eval_rows": len(eval_rows)}
     train_samples = tokenize_rows(rows, pre, tokenizer, template)
-    info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat)
+    info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat, pre.add_special_tokens)
     return train_samples, eval_samples, info

@@ -51,6 +51,7 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
     train, evaluation, task = prepare_datasets(ctx, params, tokenizer)
     ctx.meta.template, ctx.meta.answer_column = task.template, task.answer_column
     ctx.meta.chat_template = task.chat_template
+    ctx.meta.add_special_tokens = task.add_special_tokens
     if task.labels is not None and len(task.labels) <= MAX_LABELS:
         ctx.meta.labels = task.labels
     ctx.log(f"      data: {len(train)} training samples, {len(evaluation) if evaluation else 0} evaluation samples")
