@@ -206,6 +206,9 @@ class Goal(Strict):
         "percent-max-degradation", "percent-min-improvement",
     ]
     value: float
+    baseline: str | None = Field(
+        None, description="stage compared against: `input` (default, as Olive) or a pass name, e.g. the merge"
+    )
 
 
 class SubMetric(Strict):

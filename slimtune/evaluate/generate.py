@@ -96,7 +96,21 @@ def prompt_from_row(folder: Path, row_text: str) -> tuple[str, bool]:
         raise UserError(f"--input: cannot format the template {head!r} with {row}: {err}") from err
     if meta.chat_template:  # trained with the template's prompt as the user turn of the chat template
         prompt = _chat_prompt(folder, prompt.rstrip())
+    elif meta.add_special_tokens:  # training samples started with BOS: so must the prompt
+        prompt = _bos_text(folder) + prompt
     return prompt, bool(meta.labels)
+
+
+def _bos_text(folder: Path) -> str:
+    """The BOS token as text (both tokenizers read special tokens written in the text)."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    bos = config.get("bos_token")
+    if isinstance(bos, dict):
+        bos = bos.get("content")
+    return bos if isinstance(bos, str) else ""
 
 
 def _chat_prompt(folder: Path, user: str) -> str:
