@@ -11,7 +11,8 @@ demo: setup
 	$(BIN)/slimtune run --config examples/emotion/config.yaml --output-dir runs/demo
 	$(BIN)/python examples/emotion/show_results.py runs/demo
 
-test: setup
+test:
+	@bash scripts/setup.sh --test
 	$(BIN)/python -m pytest -q -ra tests
 
 lint: setup

@@ -35,3 +35,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
 fi
 
 "$VENV/bin/slimtune" models prepare smollm2-135m-instruct
+
+# `make test` also wants a headless browser for the report test (Debian packages; skipped when not root)
+if [ "${1:-}" = "--test" ] && ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver for the report test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will be skipped"
+  else
+    echo "setup: chromium not installed (needs root and apt-get); the browser test will be skipped"
+  fi
+fi

@@ -16,7 +16,8 @@ from slimtune.engine.cache import Cache, folder_size
 from slimtune.engine.context import PassContext
 from slimtune.engine.fingerprint import cache_key, fingerprint_path, library_versions
 from slimtune.engine.monitor import PeakMemory, Stopwatch
-from slimtune.errors import EXIT_OK
+from slimtune.engine.evaluation import EvalPlan, check_goals, evaluate_stage, plan_evaluation, print_stage_table
+from slimtune.errors import EXIT_GOALS, EXIT_OK
 from slimtune.models.ref import ModelMeta, ModelRef
 
 
@@ -37,7 +38,9 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
     libraries = library_versions()
     fingerprint = fingerprint_path(input_ref.path, cache.root)
     meta = ModelMeta.load(input_ref.path) or ModelMeta(base_model=_base_name(loaded))
+    eval_plan = plan_evaluation(loaded)
     records: list[dict[str, Any]] = []
+    stage_models: list[tuple[str, ModelRef, str, ModelMeta]] = [("input", input_ref, fingerprint, meta)]
     current = input_ref
     total = len(loaded.passes)
     for index, plan in enumerate(loaded.passes, 1):
@@ -46,14 +49,20 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
             plan, current, fingerprint, meta, loaded, cache, libraries, device, ep
         )
         records.append(record)
+        stage_models.append((plan.name, current, fingerprint, meta))
         status = "cache hit" if record["cache_hit"] else f"done in {record['wall_s']:.1f} s"
         print(f"      {status}: {current.path}", flush=True)
+
+    evaluation, goals = None, []
+    if eval_plan is not None:
+        evaluation, goals = _evaluate_stages(eval_plan, stage_models, cache, cfg.evaluate_input_model)
+    goals_met = all(g["met"] for g in goals)
 
     output_dir = Path(cfg.output_dir)
     final = publish_model(current, output_dir / "model")
     record = {
         "slimtune_version": libraries.get("slimtune"),
-        "status": "ok",
+        "status": "ok" if goals_met else "goals_not_met",
         "started": started,
         "finished": time.time(),
         "wall_s": time.time() - started,
@@ -67,11 +76,46 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
         "input_model": {"path": input_ref.path, "kind": input_ref.kind, "fingerprint": fingerprint_path(
             input_ref.path, cache.root)},
         "passes": records,
+        "evaluation": evaluation,
+        "goals": goals,
+        "goals_met": goals_met,
         "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
     }
     write_json_atomic(output_dir / "run.json", record)
+    _write_reports(output_dir, record)
     print_summary(records, final)
+    if evaluation:
+        print_stage_table(evaluation["stages"], goals, evaluation["data"]["source"])
+    if not goals_met:
+        missed = [g for g in goals if not g["met"]]
+        print(f"\n{len(missed)} goal{'s' if len(missed) > 1 else ''} not met: exit code {EXIT_GOALS}")
+        return EXIT_GOALS
     return EXIT_OK
+
+
+def _evaluate_stages(plan: EvalPlan, stage_models, cache: Cache, evaluate_input: bool):
+    needs_input = any(r.goal is not None and (r.goal.baseline or "input") == "input" and r.goal.type != "threshold"
+                      for r in plan.refs)
+    stages = []
+    for index, (name, ref, key, meta) in enumerate(stage_models):
+        if index == 0 and not (evaluate_input or needs_input):
+            continue
+        print(f"evaluating {name} ({ref.kind}) on {len(plan.rows)} rows...", flush=True)
+        metrics = evaluate_stage(plan, ref, key, cache.root, meta)
+        stages.append({"stage": name, "label": "input model" if index == 0 else name, "kind": ref.kind,
+                       "path": ref.path, "metrics": metrics})
+    goals = check_goals(plan, stages) if stages else []
+    evaluation = {"data": {"source": plan.source, "rows": len(plan.rows), "data_config": plan.data_name},
+                  "metrics": plan.metrics, "stages": stages}
+    return evaluation, goals
+
+
+def _write_reports(output_dir: Path, record: dict[str, Any]) -> None:
+    try:
+        from slimtune.report.render import write_reports
+    except ImportError:  # reports are optional output; the run record is what matters
+        return
+    write_reports(output_dir, record)
 
 
 def _base_name(loaded: LoadedConfig) -> str:

@@ -1,0 +1,153 @@
+"""The whole pipeline on tiny models: LoRA -> MergeAdapterWeights -> ModelBuilder, the cache, run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimtune.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "emotion" / "data.jsonl"
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_models import make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: make_tiny_model(arch, root / arch) for arch in ("llama", "phi3")}
+
+
+def write_config(folder: Path, model: Path, *, targets=None, builder=None, max_steps=3, extra_lora=None) -> Path:
+    lora = {"type": "LoRA", "r": 4, "alpha": 8, "train_data_config": "emotion", "eval_dataset_size": 0.2,
+            "training_args": {"max_steps": max_steps, "per_device_train_batch_size": 4, "logging_steps": 1,
+                              "save_steps": 2, "eval_steps": 2}}
+    if targets:
+        lora["target_modules"] = targets
+    lora.update(extra_lora or {})
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "data_configs": [{
+            "name": "emotion",
+            "load_dataset_config": {"data_name": "json", "data_files": str(DATA)},
+            "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 64, "pad_to_max_len": False,
+                                        "loss_on_answer_only": True},
+        }],
+        "passes": {"lora": lora, "merge": {"type": "MergeAdapterWeights"},
+                   "builder": {"type": "ModelBuilder", "precision": "int4", **(builder or {})}},
+        "cache_dir": "cache",
+        "output_dir": "out",
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(config: Path) -> dict:
+    assert main(["run", "--config", str(config)]) == 0
+    return json.loads((config.parent / "out" / "run.json").read_text())
+
+
+def generate_onnx(folder: Path, n: int = 5) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=10 + n, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens([1, 5, 6, 7, 8, 9, 10, 11, 12, 13])
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out
+
+
+@pytest.mark.parametrize(("arch", "targets", "expected"), [
+    ("llama", ["qkv_proj", "o_proj"], {"q_proj", "k_proj", "v_proj", "o_proj"}),  # Phi-3 names on Llama
+    ("phi3", ["q_proj", "k_proj", "v_proj", "o_proj"], {"qkv_proj", "o_proj"}),  # Llama names on Phi-3
+])
+def test_three_passes_then_cache_hits(tiny, tmp_path, arch, targets, expected):
+    config = write_config(tmp_path, tiny[arch], targets=targets)
+    record = run(config)
+    assert [p["type"] for p in record["passes"]] == ["LoRA", "MergeAdapterWeights", "ModelBuilder"]
+    assert not any(p["cache_hit"] for p in record["passes"])
+    lora = record["passes"][0]
+    assert set(lora["metrics"]["target_modules"]) == expected
+    assert lora["metrics"]["target_module_notes"]  # the mapping is reported
+    assert lora["metrics"]["loss_curve"] and lora["metrics"]["eval_curve"]
+    assert all(len(p["key"]) == 64 for p in record["passes"])
+    model = tmp_path / "out" / "model"
+    for name in ("model.onnx", "genai_config.json", "tokenizer.json", "slimtune.json"):
+        assert (model / name).is_file(), name
+    meta = json.loads((model / "slimtune.json").read_text())
+    assert meta["template"] == TEMPLATE and meta["labels"] == ["fear", "joy", "sadness", "surprise"]
+    assert len(generate_onnx(model)) == 5
+    # merged model loads with plain transformers
+    import transformers
+
+    merged = Path(record["passes"][1]["output_path"])
+    transformers.AutoModelForCausalLM.from_pretrained(merged)
+
+    again = run(config)
+    assert all(p["cache_hit"] for p in again["passes"])
+    assert [p["key"] for p in again["passes"]] == [p["key"] for p in record["passes"]]
+
+
+def test_changing_builder_options_reruns_only_the_builder(tiny, tmp_path):
+    first = run(write_config(tmp_path, tiny["llama"]))
+    second = run(write_config(tmp_path, tiny["llama"], builder={"int4_block_size": 128}))
+    assert [p["cache_hit"] for p in second["passes"]] == [True, True, False]
+    assert second["passes"][2]["key"] != first["passes"][2]["key"]
+
+
+def test_target_module_matching_nothing_lists_linear_layers(tiny, tmp_path, capsys):
+    config = write_config(tmp_path, tiny["llama"], targets=["attn_out"])
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "attn_out" in err and "q_proj" in err and "down_proj" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_without_adapter_is_refused_before_any_work(tiny, tmp_path, capsys):
+    config = write_config(tmp_path, tiny["llama"])
+    data = yaml.safe_load(config.read_text())
+    del data["passes"]["lora"]
+    config.write_text(yaml.safe_dump(data))
+    assert main(["run", "--config", str(config)]) == 2
+    assert "MergeAdapterWeights" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "entries").exists()
+
+
+def test_killed_training_leaves_no_cache_entry_and_resumes(tiny, tmp_path):
+    config = write_config(tmp_path, tiny["llama"], max_steps=60)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "slimtune", "run", "--config", str(config)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    work = tmp_path / "cache" / "work"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(work.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(work.glob("*/checkpoints/checkpoint-*")), "training wrote no checkpoint before the kill"
+    assert not list((tmp_path / "cache" / "entries").glob("*")), "an interrupted pass left a cache entry"
+    assert not (tmp_path / "out" / "model").exists()
+
+    record = run(config)
+    lora = record["passes"][0]
+    assert lora["metrics"]["resumed_from"] is not None
+    assert lora["metrics"]["steps"] == 60
+    assert (tmp_path / "out" / "model" / "model.onnx").is_file()
