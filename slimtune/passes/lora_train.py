@@ -94,10 +94,10 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         data_collator=lambda rows: collate(rows, tokenizer.pad_token_id), callbacks=[progress],
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
-    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = complete_checkpoints(Path(args.output_dir))
     if checkpoints:
         ctx.log(f"      resuming from {checkpoints[-1].name}")
-    result = trainer.train(resume_from_checkpoint=bool(checkpoints))
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     final_eval = trainer.evaluate() if evaluation is not None else {}
 
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
@@ -122,6 +122,20 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         "resumed_from": checkpoints[-1].name if checkpoints else None,
     })
     return ModelRef(str(ctx.output_dir), "adapter", base_path=str(base))
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in step order, leaving out any a kill cut short (trainer_state.json is written last);
+    the incomplete ones are removed so the Trainer never picks them."""
+    import shutil
+
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        if (path / "trainer_state.json").is_file():
+            found.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
 
 
 def _check_qlora_possible(ctx: PassContext) -> None:
