@@ -49,7 +49,7 @@ def write_config(folder: Path, model: Path, *, targets=None, builder=None, max_s
         "output_dir": "out",
     }
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -123,7 +123,7 @@ def test_merge_without_adapter_is_refused_before_any_work(tiny, tmp_path, capsys
     config = write_config(tmp_path, tiny["llama"])
     data = yaml.safe_load(config.read_text())
     del data["passes"]["lora"]
-    config.write_text(yaml.safe_dump(data))
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     assert main(["run", "--config", str(config)]) == 2
     assert "MergeAdapterWeights" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "entries").exists()

@@ -109,7 +109,7 @@ def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Pa
     template = Template(plan.pre, tokenizer, columns=plan.rows.column_names)
     labels = meta.labels or _labels(plan.rows, template)
     result = evaluate_model(ref, plan.rows, template, labels=labels, metrics=plan.metrics,
-                            latency_runs=plan.latency_runs)
+                            latency_runs=plan.latency_runs, add_special_tokens=plan.pre.add_special_tokens)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(result, default=str))
