@@ -29,6 +29,21 @@ class PassContext:
     metrics: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (e.g. loss curves)
     log: Callable[[str], None] = print
 
+    def load_kwargs(self) -> dict[str, Any]:
+        """from_pretrained arguments the config gives for the input model (input_model.load_kwargs):
+        trust_remote_code only when set (and said so), attention implementation, revision."""
+        if self.run_config is None:
+            return {}
+        given = self.run_config.input_model.load_kwargs
+        kwargs: dict[str, Any] = {}
+        if given.trust_remote_code:
+            self.log("      trust_remote_code is on (input_model.load_kwargs): the model's own code will run")
+            kwargs["trust_remote_code"] = True
+        for key in ("attn_implementation", "revision", "variant"):
+            if getattr(given, key) is not None:
+                kwargs[key] = getattr(given, key)
+        return kwargs
+
     def data_config(self, name: str):
         """The DataConfig called `name` (names were checked at validation)."""
         for data in self.run_config.data_configs:

@@ -22,7 +22,8 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
     from peft import PeftModel
 
     base, adapter = Path(ctx.input.base_path), Path(ctx.input.path)
-    config = transformers.AutoConfig.from_pretrained(base)
+    load_kwargs = ctx.load_kwargs()
+    config = transformers.AutoConfig.from_pretrained(base, **load_kwargs)
     if params.save_dtype == "auto":
         # a QLoRA base was 4-bit only while training: the merge happens on the full-precision weights
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
@@ -30,7 +31,7 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
             dtype = getattr(torch, dtype)
     else:
         dtype = getattr(torch, params.save_dtype)
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **load_kwargs)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
     # tokenizer and generation settings: from the adapter folder (saved by LoRA), else from the base
