@@ -1,0 +1,284 @@
+"""Evaluate one model on labelled rows: the same function, rows and settings for every stage of a run (base,
+adapter, merged, ONNX), so their numbers sit side by side.
+
+Prompts are the template up to the answer column, encoded as training encoded them (`encode_prompt`: BOS +
+prompt ids). Greedy decoding stops at EOS, at `max_new_tokens`, or once a label-set answer has ended its
+first line (what `slimtune generate` does too): the normalised first word is all that is compared.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimtune.errors import UserError
+from slimtune.evaluate.accuracy import classification_report, classify, invalid_examples, rank_labels
+from slimtune.models.ref import ModelRef
+
+METRICS = ("accuracy", "likelihood", "perplexity", "latency", "size", "memory")
+MEMORY_PROMPTS = 4  # generations the memory child runs after loading
+
+
+def evaluate_model(
+    ref: ModelRef,
+    rows: Iterable[Any],
+    template: Any,
+    *,
+    labels: list[str] | None,
+    metrics: list[str],
+    max_new_tokens: int = 8,
+    latency_runs: int = 20,
+    warmup: int = 3,
+    label_column: str | None = None,
+    add_special_tokens: bool = True,
+    threads: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """A JSON-able dict of the requested `metrics` (see METRICS) for the model `ref` on `rows`.
+
+    `template`: a slimtune.data.template.Template, a PreProcessDataConfig (its add_special_tokens is used), or
+    a text template string. Gold answers are `row[label_column]` when given, else the template's answer field.
+    `labels`: the label set (None: the distinct gold answers). `progress`: a tqdm bar on stderr (None: when
+    stderr is a terminal).
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    rows = list(rows)
+    if not rows:
+        raise UserError("no rows to evaluate")
+    result: dict[str, Any] = {
+        "model": str(ref.path),
+        "kind": ref.kind,
+        "n": len(rows),
+        "metrics": list(metrics),
+    }
+    started = time.perf_counter()
+    if "size" in metrics:
+        result.update(model_size(ref))
+    needs_backend = {"accuracy", "likelihood", "perplexity", "latency"} & set(metrics)
+    if needs_backend or "memory" in metrics:
+        from slimtune.evaluate.backends import load_tokenizer, open_model
+
+        backend = None
+        if needs_backend:
+            load_start = time.perf_counter()
+            backend = open_model(ref, threads=threads)
+            result["load_s"] = time.perf_counter() - load_start
+            result["threads"] = backend.threads()
+            tokenizer = backend.tokenizer
+        else:  # memory alone: the model is loaded in the measuring child only
+            tokenizer = load_tokenizer(*[p for p in (ref.path, ref.base_path) if p])
+        template, add_special_tokens = _template(template, tokenizer, add_special_tokens)
+        _evaluate_loaded(
+            backend,
+            tokenizer,
+            ref,
+            rows,
+            template,
+            result,
+            labels=labels,
+            metrics=metrics,
+            max_new_tokens=max_new_tokens,
+            latency_runs=latency_runs,
+            warmup=warmup,
+            label_column=label_column,
+            add_special_tokens=add_special_tokens,
+            threads=threads,
+            progress=progress,
+        )
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _evaluate_loaded(
+    backend,
+    tokenizer,
+    ref,
+    rows,
+    template,
+    result,
+    *,
+    labels,
+    metrics,
+    max_new_tokens,
+    latency_runs,
+    warmup,
+    label_column,
+    add_special_tokens,
+    threads,
+    progress,
+) -> None:
+    from slimtune.data.tokenize import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, template, row, add_special_tokens) for row in rows]
+    gold = _gold(rows, template, label_column) if {"accuracy", "likelihood"} & set(metrics) else []
+    if gold:
+        labels = _label_set(labels, gold)
+        result["labels"] = labels
+    if "accuracy" in metrics:
+        start = time.perf_counter()
+        outputs = generate_answers(
+            backend, prompts, max_new_tokens, one_line=True, progress=_bar(len(prompts), "accuracy", progress)
+        )
+        seconds = time.perf_counter() - start
+        predicted = classify(outputs, labels)
+        report = classification_report(gold, predicted, labels)
+        report["invalid_examples"] = invalid_examples(outputs, gold, predicted)
+        report["generation_s"] = seconds
+        report["rows_per_s"] = len(rows) / seconds if seconds else None
+        result.update(report)
+        result["max_new_tokens"] = max_new_tokens
+    if "likelihood" in metrics:
+        start = time.perf_counter()
+        ranked = likelihood_predictions(backend, prompts, labels, progress=progress)
+        lik = classification_report(gold, ranked, labels)
+        result["likelihood_accuracy"] = lik["accuracy"]
+        result["likelihood"] = {
+            "accuracy": lik["accuracy"],
+            "macro_f1": lik["macro_f1"],
+            "confusion": lik["confusion"],
+            "seconds": time.perf_counter() - start,
+        }
+    if "perplexity" in metrics:
+        from slimtune.evaluate.perplexity import perplexity_of, row_sequences
+
+        sequences = row_sequences(tokenizer, template, rows, add_special_tokens)
+        scored = perplexity_of(backend, sequences)
+        result["perplexity"] = scored["perplexity"]
+        result["perplexity_tokens"] = scored["tokens"]
+    if "latency" in metrics:
+        from slimtune.evaluate.latency import measure_latency
+
+        bar = _bar(latency_runs + warmup, "latency", progress)
+        result["latency"] = measure_latency(
+            backend,
+            prompts,
+            runs=latency_runs,
+            warmup=warmup,
+            new_tokens=max(2, max_new_tokens),
+            progress=bar,
+        )
+        if bar is not None:
+            bar.close()
+    if "memory" in metrics:
+        from slimtune.evaluate.memory import measure_memory
+
+        memory = measure_memory(ref, prompts[:MEMORY_PROMPTS], max_new_tokens=max_new_tokens, threads=threads)
+        result["peak_memory_bytes"] = memory["peak_memory_bytes"]
+        result["memory"] = memory
+
+
+def _template(template: Any, tokenizer: Any, add_special_tokens: bool):
+    """(Template, add_special_tokens) from a Template, a PreProcessDataConfig or a text template."""
+    from slimtune.config.schema import PreProcessDataConfig
+    from slimtune.data.template import Template
+
+    if isinstance(template, Template):
+        if template.tokenizer is None and template.chat:
+            template.tokenizer = tokenizer
+        return template, add_special_tokens
+    if isinstance(template, str):
+        template = PreProcessDataConfig(text_template=template)
+    if isinstance(template, PreProcessDataConfig):
+        return Template(template, tokenizer), template.add_special_tokens
+    raise UserError(
+        f"template must be a Template, a PreProcessDataConfig or a text template, not {template!r}"
+    )
+
+
+def _gold(rows: Sequence[Any], template: Any, label_column: str | None) -> list[str]:
+    column = label_column or template.answer_column
+    if not column:
+        raise UserError(
+            f"accuracy needs the answer of each row: the template {template.describe()!r} does not end with an "
+            "answer field; give the label column (--label-col)"
+        )
+    missing = next((i for i, row in enumerate(rows) if row.get(column) is None), None)
+    if missing is not None:
+        raise UserError(f"row {missing + 1} has no value for the label column {column!r}")
+    return [str(row[column]) for row in rows]
+
+
+def _label_set(labels: Sequence[str] | None, gold: Sequence[str]) -> list[str]:
+    out = list(dict.fromkeys(map(str, labels or [])))
+    return out + sorted(set(gold) - set(out))
+
+
+def generate_answers(
+    backend, prompts: Sequence[list[int]], max_new_tokens: int, *, one_line: bool = True, progress: Any = None
+) -> list[str]:
+    """Decoded greedy answers; with `one_line`, generation stops once the first non-blank line has ended."""
+    from slimtune.evaluate.onnx_genai import answer_end
+
+    tokenizer = backend.tokenizer
+
+    def ended(ids: list[int]) -> bool:
+        return answer_end(tokenizer.decode(ids, skip_special_tokens=True)) is not None
+
+    outputs = []
+    for prompt in prompts:
+        ids = backend.generate_ids(prompt, max_new_tokens, stop=ended if one_line else None)
+        outputs.append(tokenizer.decode(ids, skip_special_tokens=True))
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    return outputs
+
+
+def likelihood_predictions(
+    backend,
+    prompts: Sequence[list[int]],
+    labels: Sequence[str],
+    *,
+    chunk: int = 64,
+    progress: bool | None = None,
+) -> list[str]:
+    """The label whose ids, appended to each prompt, have the highest summed log-probability."""
+    tokenizer = backend.tokenizer
+    continuations = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    bar = _bar(len(prompts), "likelihood", progress)
+    predicted: list[str] = []
+    for begin in range(0, len(prompts), chunk):
+        batch = prompts[begin : begin + chunk]
+        scores = backend.token_logprobs([(p, c) for p in batch for c in continuations])
+        rows = [scores[i * len(labels) : (i + 1) * len(labels)] for i in range(len(batch))]
+        predicted += rank_labels(rows, labels)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return predicted
+
+
+def model_size(ref: ModelRef) -> dict[str, Any]:
+    """{size_bytes, size: {folder: bytes}}: files on disk; an adapter counts its base model too."""
+    folders = [ref.path] + ([ref.base_path] if ref.kind == "adapter" and ref.base_path else [])
+    sizes = {str(folder): folder_size(folder) for folder in folders}
+    return {"size_bytes": sum(sizes.values()), "size": sizes}
+
+
+def folder_size(folder: str | Path) -> int:
+    path = Path(folder)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _bar(total: int, what: str, progress: bool | None):
+    if progress is False:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=what,
+        unit="row" if what != "latency" else "run",
+        file=sys.stderr,
+        disable=None if progress is None else False,
+        leave=False,
+    )
