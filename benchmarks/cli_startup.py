@@ -8,17 +8,14 @@ with the machine, the date and the versions. The target (issue 2) is `slimtune -
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, append_section, machine, versions
+
 SCRIPT = Path(sys.executable).with_name("slimtune")
 SLIMTUNE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "slimtune"]
 COMMANDS = {
@@ -37,29 +34,6 @@ def time_runs(argv: list[str], runs: int) -> list[float]:
         subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         times.append(time.perf_counter() - start)
     return times
-
-
-def versions() -> str:
-    names = ["slimtune", "pydantic", "PyYAML", "torch", "transformers"]
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -99,20 +73,12 @@ def main() -> int:
     print(verdict)
 
     if not args.no_write:
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = (
-            f"\n## CLI start-up ({now})\n\n"
+        body = (
             f"`benchmarks/cli_startup.py --runs {args.runs}`: wall time of fresh subprocesses (median of {args.runs}).\n\n"
-            f"- machine: {machine()}\n- versions: {versions()}\n\n{table}\n\n{verdict}\n"
+            f"- machine: {machine()}\n- versions: {versions(['slimtune', 'pydantic', 'PyYAML', 'torch', 'transformers'])}"
+            f"\n\n{table}\n\n{verdict}\n"
         )
-        out = ROOT / "docs" / "benchmarks.md"
-        if not out.exists():
-            out.write_text(
-                "# Benchmarks\n\nMeasured numbers, newest last. Each section says how it was measured.\n"
-            )
-        with out.open("a") as f:
-            f.write(section)
-        print(f"appended to {out.relative_to(ROOT)}")
+        print(f"appended to {append_section('CLI start-up', body).relative_to(ROOT)}")
     return 0
 
 
