@@ -39,7 +39,8 @@ def write_config(folder: Path, model: Path, *, targets=None, builder=None, max_s
         "input_model": {"type": "HfModel", "model_path": str(model)},
         "data_configs": [{
             "name": "emotion",
-            "load_dataset_config": {"data_name": "json", "data_files": str(DATA)},
+            # 80 rows: 64 to train on, 16 held out; every stage is evaluated on those 16
+            "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
             "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 64, "pad_to_max_len": False,
                                         "loss_on_answer_only": True},
         }],
@@ -151,3 +152,38 @@ def test_killed_training_leaves_no_cache_entry_and_resumes(tiny, tmp_path):
     assert lora["metrics"]["resumed_from"] is not None
     assert lora["metrics"]["steps"] == 60
     assert (tmp_path / "out" / "model" / "model.onnx").is_file()
+
+
+def test_default_model_end_to_end(tmp_path):
+    """The real default model (prepared by `make setup`) through all three passes, a couple of steps."""
+    config = write_config(tmp_path, Path("unused"), max_steps=2)
+    data = yaml.safe_load(config.read_text())
+    data["input_model"]["model_path"] = "smollm2-135m-instruct"
+    del data["passes"]["lora"]["eval_dataset_size"]  # no evaluation: this test is about the passes
+    data["passes"]["lora"]["training_args"]["per_device_train_batch_size"] = 2
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    record = run(config)
+    model = tmp_path / "out" / "model"
+    assert record["final_model"]["kind"] == "onnx"
+    assert 60e6 < record["final_model"]["size_bytes"] < 150e6  # int4 of a 135M-parameter model
+    from slimtune.evaluate.onnx_genai import OnnxGenaiModel
+
+    text = OnnxGenaiModel(model).generate("<|im_start|>### Text: I passed the exam!\n### The tone is:\n", 4)
+    assert text.strip(), "the int4 model generated nothing"
+
+
+def test_cache_ls_and_clean(tiny, tmp_path, capsys):
+    record = run(write_config(tmp_path, tiny["llama"]))
+    capsys.readouterr()
+    cache = str(tmp_path / "cache")
+    assert main(["cache", "--cache-dir", cache, "ls", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert {e["key"] for e in entries} == {p["key"] for p in record["passes"]}
+    assert {e["pass_type"] for e in entries} == {"LoRA", "MergeAdapterWeights", "ModelBuilder"}
+    assert all(e["size_bytes"] > 0 for e in entries)
+    leftover = tmp_path / "cache" / "tmp" / ("f" * 64 + ".1.0")
+    leftover.mkdir(parents=True)
+    assert main(["cache", "--cache-dir", cache, "clean", "--partial"]) == 0
+    assert not leftover.exists() and len(list((tmp_path / "cache" / "entries").iterdir())) == 3
+    assert main(["cache", "--cache-dir", cache, "clean", "--pass-type", "ModelBuilder"]) == 0
+    assert len(list((tmp_path / "cache" / "entries").iterdir())) == 2

@@ -1,0 +1,93 @@
+"""Olive metrics and goals over evaluation results; a run that misses a goal exits 3."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from slimtune.config.schema import Goal, Metric, SubMetric
+from slimtune.errors import UserError
+from slimtune.evaluate.goals import check_goal, describe_goal, metric_refs, pareto_front, rank_key, read
+
+RESULT = {"accuracy": 0.90, "latency": {"e2e_ms": {"avg": 40.0, "p90": 50.0}}, "size_bytes": 9e7}
+
+
+def ref_for(kind: str, sub: str, goal: dict | None = None, priority: int = -1):
+    metric = Metric(name=kind, type=kind, sub_types=[SubMetric(name=sub, priority=priority,
+                                                                goal=Goal(**goal) if goal else None)])
+    return metric_refs([metric])[0]
+
+
+def test_olive_spellings_map_to_result_fields():
+    assert read(RESULT, ref_for("accuracy", "accuracy_score").path) == 0.90
+    assert read(RESULT, ref_for("latency", "p90").path) == 50.0
+    assert ref_for("latency", "avg").higher_is_better is False
+    assert ref_for("accuracy", "accuracy_score").key == "accuracy-accuracy_score"
+
+
+def test_unknown_sub_type_names_the_valid_ones():
+    with pytest.raises(UserError, match="p90"):
+        ref_for("latency", "p95")
+
+
+@pytest.mark.parametrize(("goal", "actual", "baseline", "met", "margin"), [
+    ({"type": "threshold", "value": 0.85}, 0.90, None, True, 0.05),
+    ({"type": "threshold", "value": 0.95}, 0.90, None, False, -0.05),
+    ({"type": "max-degradation", "value": 0.01}, 0.90, 0.905, True, 0.005),
+    ({"type": "max-degradation", "value": 0.01}, 0.85, 0.90, False, -0.04),
+    ({"type": "min-improvement", "value": 0.10}, 0.90, 0.70, True, 0.10),
+    ({"type": "percent-max-degradation", "value": 5}, 0.90, 0.93, True, 5 - 100 * 0.03 / 0.93),
+    ({"type": "percent-min-improvement", "value": 10}, 0.90, 0.85, False, 100 * 0.05 / 0.85 - 10),
+])
+def test_accuracy_goals(goal, actual, baseline, met, margin):
+    result = check_goal(ref_for("accuracy", "accuracy_score", goal), actual, baseline)
+    assert result["met"] is met
+    assert result["margin"] == pytest.approx(margin)
+    assert ("met" if met else "MISSED") in describe_goal(result)
+
+
+def test_latency_goals_are_lower_is_better():
+    ref = ref_for("latency", "avg", {"type": "max-degradation", "value": 5})
+    assert check_goal(ref, 44.0, 40.0)["met"] is True
+    assert check_goal(ref, 46.0, 40.0)["met"] is False
+    assert check_goal(ref, 46.0, None)["met"] is False  # no baseline measured: not met, and said so
+
+
+def test_priority_ranking_and_pareto_front():
+    refs = [ref_for("accuracy", "accuracy_score", priority=1), ref_for("latency", "avg", priority=2)]
+    a = {"accuracy": 0.9, "latency": {"e2e_ms": {"avg": 50}}}
+    b = {"accuracy": 0.9, "latency": {"e2e_ms": {"avg": 40}}}
+    c = {"accuracy": 0.8, "latency": {"e2e_ms": {"avg": 10}}}
+    assert sorted([a, b, c], key=lambda r: rank_key(refs, r)) == [b, a, c]
+    points = [{"acc": 0.9, "lat": 50}, {"acc": 0.9, "lat": 40}, {"acc": 0.8, "lat": 10}]
+    assert pareto_front(points, {"acc": True, "lat": False}) == [1, 2]
+
+
+def test_run_missing_a_goal_exits_3(tmp_path, capsys):
+    from test_engine import write_config
+    from tiny_models import make_tiny_model
+
+    from slimtune.cli.main import main
+
+    model = make_tiny_model("llama", tmp_path / "tiny")
+    config = write_config(tmp_path, model, max_steps=2)
+    data = yaml.safe_load(config.read_text())
+    data["evaluators"] = {"gate": {"metrics": [
+        {"name": "accuracy", "type": "accuracy", "data_config": "emotion",
+         "sub_types": [{"name": "accuracy_score", "goal": {"type": "threshold", "value": 0.99}}]},
+        {"name": "latency", "type": "latency", "sub_types": [{"name": "avg"}, {"name": "p90"}]},
+    ]}}
+    data["evaluator"] = "gate"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["run", "--config", str(config)]) == 3
+    out = capsys.readouterr().out
+    assert "accuracy-accuracy_score" in out and "MISSED by" in out
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["status"] == "goals_not_met" and record["goals_met"] is False
+    stages = [s["stage"] for s in record["evaluation"]["stages"]]
+    assert stages == ["input", "lora", "merge", "builder"]  # every stage, same rows
+    assert {s["metrics"]["n"] for s in record["evaluation"]["stages"]} == {record["evaluation"]["data"]["rows"]}
+    for name in ("report.md", "report.html"):
+        assert (tmp_path / "out" / name).is_file()
