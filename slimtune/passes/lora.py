@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from slimtune.config.base import Strict
 from slimtune.passes.registry import PassSpec, register_pass
@@ -42,6 +42,19 @@ class LoRAParams(Strict):
     quant_type: Literal["nf4", "fp4"] | None = Field(None, description="4-bit base weights (QLoRA)")
     double_quant: bool | None = Field(None, description="QLoRA: quantize the quantization constants")
     compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(None, description="QLoRA compute dtype")
+    # quantization-aware training for the int4 export
+    quantization_aware: Literal[None, "int4"] = Field(
+        None,
+        description="int4: before training, replace the frozen base weights by their int4 quantize-dequantize "
+        "image on exactly the grid the ModelBuilder pass uses (onnxruntime MatMulNBits, symmetric RTN, blocks "
+        "along the input dimension; a tied lm_head/embedding included), so the adapter learns to compensate "
+        "for the int4 error. Send the adapter straight to ModelBuilder (precision int4, symmetric, int4_block_size "
+        "equal to quantization_block_size) without MergeAdapterWeights: the builder quantizes the base onto the "
+        "same grid and adds the adapter beside it. Merging such an adapter into the float base loses accuracy",
+    )
+    quantization_block_size: int = Field(
+        32, description="quantization_aware: block size of the int4 grid; must equal ModelBuilder's int4_block_size"
+    )
     # speed
     pack_sequences: bool = Field(
         False, description="pack rows into full sequences (examples do not attend to each other)"
@@ -53,6 +66,31 @@ class LoRAParams(Strict):
         if isinstance(value, list) and not value:
             raise ValueError("empty list; leave it out to adapt every linear layer")
         return value
+
+    @field_validator("quantization_block_size")
+    @classmethod
+    def _block_size(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"must be a power of two >= 16 (what MatMulNBits accepts), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _quantization_aware_alone(self):
+        if self.quantization_aware and self.quantized:
+            raise ValueError("quantization_aware trains on a fake-quantized float base; it cannot be combined "
+                             "with QLoRA settings (quant_type, double_quant, compute_dtype)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unused(self, handler):
+        """Leave the quantization-aware settings out while they are off, so runs that do not use them keep
+        the cache keys they had before these settings existed."""
+        data = handler(self)
+        if isinstance(data, dict) and self.quantization_aware is None:
+            data.pop("quantization_aware", None)
+            if self.quantization_block_size == 32:
+                data.pop("quantization_block_size", None)
+        return data
 
     @field_validator("training_args")
     @classmethod

@@ -70,6 +70,14 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if params.quantization_aware == "int4":
+        from slimtune.passes.fake_quant import fake_quantize_model_int4
+
+        changed = fake_quantize_model_int4(model, params.quantization_block_size)
+        ctx.log(f"      quantization-aware: {len(changed)} linear layers put on the int4 grid "
+                f"(block {params.quantization_block_size}) before training")
+        ctx.metrics["quantization_aware"] = {"scheme": "int4", "block_size": params.quantization_block_size,
+                                             "layers": len(changed)}
     targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
     for note in notes:
         ctx.log(f"      {note}")
