@@ -87,6 +87,18 @@ def load_tokenizer(*folders: str | Path):
     )
 
 
+def _quantize_base_like_training(model: Any, adapter_path: str | Path) -> None:
+    """An adapter trained on an int4-quantized base (LoRA quantization_aware) is evaluated on that base."""
+    from slimtune.models.ref import ModelMeta
+
+    meta = ModelMeta.load(adapter_path)
+    grid = meta.quantized_base if meta else None
+    if grid and grid.get("scheme") == "int4":
+        from slimtune.passes.fake_quant import fake_quantize_model_int4
+
+        fake_quantize_model_int4(model, int(grid.get("block_size", 32)))
+
+
 def _eos_ids(*candidates: Any) -> set[int]:
     out: set[int] = set()
     for value in candidates:
@@ -119,6 +131,7 @@ class HfBackend:
         if adapter_path:
             import peft
 
+            _quantize_base_like_training(model, adapter_path)
             try:
                 model = peft.PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
             except (OSError, ValueError, KeyError) as err:

@@ -40,6 +40,9 @@ class ModelMeta:
     chat_template: bool = False  # prompts were rendered through the tokenizer's chat template
     add_special_tokens: bool = True  # training samples were BOS + text + EOS (the prompt starts with BOS)
     base_model: str | None = None  # name or path of the original base model
+    # an adapter trained against the int4 grid (LoRA quantization_aware): {"scheme": "int4", "block_size": 32};
+    # it is evaluated on the base quantized the same way, which is how ModelBuilder will run it
+    quantized_base: dict | None = None
     history: list[str] = field(default_factory=list)  # passes applied, in order
 
     def save(self, folder: str | Path) -> None:

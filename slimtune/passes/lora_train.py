@@ -78,6 +78,7 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
                 f"(block {params.quantization_block_size}) before training")
         ctx.metrics["quantization_aware"] = {"scheme": "int4", "block_size": params.quantization_block_size,
                                              "layers": len(changed)}
+        ctx.meta.quantized_base = {"scheme": "int4", "block_size": params.quantization_block_size}
     targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
     for note in notes:
         ctx.log(f"      {note}")

@@ -22,6 +22,9 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
     from peft import PeftModel
 
     base, adapter = Path(ctx.input.base_path), Path(ctx.input.path)
+    if ctx.meta.quantized_base:
+        ctx.log("      warning: this adapter was trained against the int4 grid (quantization_aware); merged into "
+                "the float base it loses accuracy. Send it to ModelBuilder unmerged instead.")
     load_kwargs = ctx.load_kwargs()
     config = transformers.AutoConfig.from_pretrained(base, **load_kwargs)
     if params.save_dtype == "auto":
