@@ -6,7 +6,7 @@ and int4 ONNX, with latency and size. Runs the real pipeline (`slimtune run`) on
 - seed: ../shared/data/dataset-classification.json with a 20% held-out split that keeps identical rows on one
   side (skipped when the file is absent).
 
-Run: .venv/bin/python benchmarks/accuracy_emotion.py [--epochs 2] [--datasets project seed] [--no-write]
+Run: .venv/bin/python benchmarks/accuracy_emotion.py [--epochs 2] [--datasets project seed] [--qat] [--no-write]
 Prints a table per data set and appends them to docs/benchmarks.md. Pass outputs are cached under
 .slimtune-cache-bench, so a second run only re-evaluates what changed.
 """
@@ -36,10 +36,15 @@ def data_config(name: str, path: Path) -> dict:
     }
 
 
-def config_for(dataset: str, epochs: float, out: Path) -> dict:
+def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
     lora = {"type": "LoRA", "r": 16, "alpha": 32, "lora_dropout": 0.05, "train_data_config": "train",
             "training_args": {"learning_rate": 3e-4, "per_device_train_batch_size": 8,
                               "num_train_epochs": epochs, "logging_steps": 10, "save_steps": 50, "seed": 0}}
+    passes = {"lora": lora, "merge": {"type": "MergeAdapterWeights"},
+              "builder": {"type": "ModelBuilder", "precision": "int4"}}
+    if qat:  # trained on the int4 grid, exported unmerged (see examples/emotion/config.yaml)
+        lora["quantization_aware"] = "int4"
+        del passes["merge"]
     if dataset == "project":
         datas = [data_config("train", ROOT / "examples/emotion/data.jsonl"),
                  data_config("heldout", ROOT / "examples/emotion/heldout.jsonl")]
@@ -58,8 +63,7 @@ def config_for(dataset: str, epochs: float, out: Path) -> dict:
     return {
         "input_model": {"type": "HfModel", "model_path": "smollm2-135m-instruct"},
         "data_configs": datas,
-        "passes": {"lora": lora, "merge": {"type": "MergeAdapterWeights"},
-                   "builder": {"type": "ModelBuilder", "precision": "int4"}},
+        "passes": passes,
         "evaluators": {"quality": {"metrics": metrics}},
         "evaluator": "quality",
         "evaluate_input_model": True,
@@ -68,11 +72,11 @@ def config_for(dataset: str, epochs: float, out: Path) -> dict:
     }
 
 
-def run(dataset: str, epochs: float) -> tuple[dict, float]:
-    work = ROOT / "runs" / f"bench-accuracy-{dataset}"
+def run(dataset: str, epochs: float, qat: bool) -> tuple[dict, float]:
+    work = ROOT / "runs" / f"bench-accuracy-{dataset}{'-qat' if qat else ''}"
     work.mkdir(parents=True, exist_ok=True)
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump(config_for(dataset, epochs, work), sort_keys=False))
+    config.write_text(yaml.safe_dump(config_for(dataset, epochs, work, qat), sort_keys=False))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "slimtune", "run", "--config", str(config)], check=True, cwd=ROOT)
     return json.loads((work / "run.json").read_text()), time.perf_counter() - start
@@ -108,6 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--datasets", nargs="+", default=["project", "seed"], choices=["project", "seed"])
+    parser.add_argument("--qat", action="store_true", help="also run the quantization-aware variant")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     sections = []
@@ -115,13 +120,16 @@ def main() -> int:
         if dataset == "seed" and not SEED_DATA.exists():
             print(f"skipping the seed data set: {SEED_DATA} not found")
             continue
-        record, seconds = run(dataset, args.epochs)
-        text = f"### {dataset} data ({seconds:.0f} s for the whole run)\n\n{table(record)}"
-        print(text)
-        sections.append(text)
+        for qat in [False, True] if args.qat else [False]:
+            record, seconds = run(dataset, args.epochs, qat)
+            how = "quantization-aware LoRA -> int4 unmerged" if qat else "LoRA -> merge -> int4"
+            text = f"### {dataset} data, {how} ({seconds:.0f} s for the whole run)\n\n{table(record)}"
+            print(text)
+            sections.append(text)
     if sections and not args.no_write:
         body = (f"`benchmarks/accuracy_emotion.py --epochs {args.epochs}`: the default model (SmolLM2-135M-Instruct) "
-                f"through LoRA (r 16, alpha 32, answer-only loss, lr 3e-4, batch 8) -> merge -> int4 ONNX; every stage "
+                f"through LoRA (r 16, alpha 32, answer-only loss, lr 3e-4, batch 8, seed 0) -> merge -> int4 ONNX (with `--qat`, also "
+                f"the quantization-aware LoRA exported unmerged); every stage "
                 f"evaluated by slimtune on the same held-out rows (greedy exact match).\n\n- machine: {machine()}\n"
                 f"- versions: {versions(['slimtune', 'torch', 'transformers', 'peft', 'onnxruntime-genai'])}\n\n"
                 + "\n\n".join(sections))
