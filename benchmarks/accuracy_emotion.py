@@ -31,23 +31,44 @@ def data_config(name: str, path: Path) -> dict:
     return {
         "name": name,
         "load_dataset_config": {"data_name": "json", "data_files": str(path)},
-        "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 128, "pad_to_max_len": False,
-                                    "loss_on_answer_only": True},
+        "pre_process_data_config": {
+            "text_template": TEMPLATE,
+            "max_seq_len": 128,
+            "pad_to_max_len": False,
+            "loss_on_answer_only": True,
+        },
     }
 
 
 def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
-    lora = {"type": "LoRA", "r": 16, "alpha": 32, "lora_dropout": 0.05, "train_data_config": "train",
-            "training_args": {"learning_rate": 3e-4, "per_device_train_batch_size": 8,
-                              "num_train_epochs": epochs, "logging_steps": 10, "save_steps": 50, "seed": 0}}
-    passes = {"lora": lora, "merge": {"type": "MergeAdapterWeights"},
-              "builder": {"type": "ModelBuilder", "precision": "int4"}}
+    lora = {
+        "type": "LoRA",
+        "r": 16,
+        "alpha": 32,
+        "lora_dropout": 0.05,
+        "train_data_config": "train",
+        "training_args": {
+            "learning_rate": 3e-4,
+            "per_device_train_batch_size": 8,
+            "num_train_epochs": epochs,
+            "logging_steps": 10,
+            "save_steps": 50,
+            "seed": 0,
+        },
+    }
+    passes = {
+        "lora": lora,
+        "merge": {"type": "MergeAdapterWeights"},
+        "builder": {"type": "ModelBuilder", "precision": "int4"},
+    }
     if qat:  # trained on the int4 grid, exported unmerged (see examples/emotion/config.yaml)
         lora["quantization_aware"] = "int4"
         del passes["merge"]
     if dataset == "project":
-        datas = [data_config("train", ROOT / "examples/emotion/data.jsonl"),
-                 data_config("heldout", ROOT / "examples/emotion/heldout.jsonl")]
+        datas = [
+            data_config("train", ROOT / "examples/emotion/data.jsonl"),
+            data_config("heldout", ROOT / "examples/emotion/heldout.jsonl"),
+        ]
         lora["eval_data_config"] = "heldout"
         eval_data = "heldout"
     else:
@@ -55,9 +76,17 @@ def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
         lora["eval_dataset_size"] = 0.2
         eval_data = "train"  # the engine evaluates on the pass's held-out split of it
     metrics = [
-        {"name": "accuracy", "type": "accuracy", "data_config": eval_data,
-         "sub_types": [{"name": "accuracy_score", "priority": 1}, {"name": "likelihood_accuracy"}]},
-        {"name": "latency", "type": "latency", "sub_types": [{"name": "avg"}, {"name": "p50"}, {"name": "p90"}]},
+        {
+            "name": "accuracy",
+            "type": "accuracy",
+            "data_config": eval_data,
+            "sub_types": [{"name": "accuracy_score", "priority": 1}, {"name": "likelihood_accuracy"}],
+        },
+        {
+            "name": "latency",
+            "type": "latency",
+            "sub_types": [{"name": "avg"}, {"name": "p50"}, {"name": "p90"}],
+        },
         {"name": "size", "type": "size"},
     ]
     return {
@@ -84,19 +113,26 @@ def run(dataset: str, epochs: float, qat: bool) -> tuple[dict, float]:
 
 def table(record: dict) -> str:
     evaluation = record["evaluation"]
-    lines = [f"Rows: {evaluation['data']['source']}.", "",
-             "| stage | kind | accuracy | likelihood acc. | invalid | latency p50 (ms) | decode tok/s | size (MB) | eval time (s) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Rows: {evaluation['data']['source']}.",
+        "",
+        "| stage | kind | accuracy | likelihood acc. | invalid | latency p50 (ms) | decode tok/s | size (MB) | eval time (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for stage in evaluation["stages"]:
         m = stage["metrics"]
         lat = m.get("latency") or {}
         lines.append(
             f"| {stage['label']} | {stage['kind']} | {_pct(m.get('accuracy'))} | {_pct(m.get('likelihood_accuracy'))} "
             f"| {m.get('invalid', '-')} | {_num(lat.get('e2e_ms', {}).get('p50'))} | {_num(lat.get('decode_tokens_per_s'))} "
-            f"| {_num(m.get('size_bytes') and m['size_bytes'] / 1e6)} | {_num(m.get('eval_seconds'), 1)} |")
+            f"| {_num(m.get('size_bytes') and m['size_bytes'] / 1e6)} | {_num(m.get('eval_seconds'), 1)} |"
+        )
     lora = record["passes"][0]
-    lines += ["", f"LoRA: {lora['metrics'].get('steps')} steps, {lora['original_wall_s']:.0f} s, "
-              f"{lora['metrics'].get('tokens_per_s', 0):.0f} tokens/s, final eval loss {lora['metrics'].get('eval_loss')}."]
+    lines += [
+        "",
+        f"LoRA: {lora['metrics'].get('steps')} steps, {lora['original_wall_s']:.0f} s, "
+        f"{lora['metrics'].get('tokens_per_s', 0):.0f} tokens/s, final eval loss {lora['metrics'].get('eval_loss')}.",
+    ]
     return "\n".join(lines)
 
 
@@ -127,12 +163,14 @@ def main() -> int:
             print(text)
             sections.append(text)
     if sections and not args.no_write:
-        body = (f"`benchmarks/accuracy_emotion.py --epochs {args.epochs}`: the default model (SmolLM2-135M-Instruct) "
-                f"through LoRA (r 16, alpha 32, answer-only loss, lr 3e-4, batch 8, seed 0) -> merge -> int4 ONNX (with `--qat`, also "
-                f"the quantization-aware LoRA exported unmerged); every stage "
-                f"evaluated by slimtune on the same held-out rows (greedy exact match).\n\n- machine: {machine()}\n"
-                f"- versions: {versions(['slimtune', 'torch', 'transformers', 'peft', 'onnxruntime-genai'])}\n\n"
-                + "\n\n".join(sections))
+        body = (
+            f"`benchmarks/accuracy_emotion.py --epochs {args.epochs}`: the default model (SmolLM2-135M-Instruct) "
+            f"through LoRA (r 16, alpha 32, answer-only loss, lr 3e-4, batch 8, seed 0) -> merge -> int4 ONNX (with `--qat`, also "
+            f"the quantization-aware LoRA exported unmerged); every stage "
+            f"evaluated by slimtune on the same held-out rows (greedy exact match).\n\n- machine: {machine()}\n"
+            f"- versions: {versions(['slimtune', 'torch', 'transformers', 'peft', 'onnxruntime-genai'])}\n\n"
+            + "\n\n".join(sections)
+        )
         print(f"appended to {append_section('Task accuracy per stage (emotion)', body)}")
     return 0
 

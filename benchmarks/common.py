@@ -41,7 +41,9 @@ def now() -> str:
 def append_section(title: str, body: str) -> Path:
     """Append `## title (date)` and `body` to docs/benchmarks.md."""
     if not RESULTS.exists():
-        RESULTS.write_text("# Benchmarks\n\nMeasured numbers, newest last. Each section says how it was measured.\n")
+        RESULTS.write_text(
+            "# Benchmarks\n\nMeasured numbers, newest last. Each section says how it was measured.\n"
+        )
     with RESULTS.open("a") as f:
         f.write(f"\n## {title} ({now()})\n\n{body.rstrip()}\n")
     return RESULTS

@@ -26,7 +26,9 @@ class UserError(SlimtuneError):
 class DataError(UserError):
     """A problem with a data file: names the file and, where known, the line and the column."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None, column: str | None = None):
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, column: str | None = None
+    ):
         where = file or ""
         if line is not None:
             where += f":{line}"

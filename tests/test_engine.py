@@ -28,24 +28,46 @@ def tiny(tmp_path_factory):
     return {arch: make_tiny_model(arch, root / arch) for arch in ("llama", "phi3")}
 
 
-def write_config(folder: Path, model: Path, *, targets=None, builder=None, max_steps=3, extra_lora=None) -> Path:
-    lora = {"type": "LoRA", "r": 4, "alpha": 8, "train_data_config": "emotion", "eval_dataset_size": 0.2,
-            "training_args": {"max_steps": max_steps, "per_device_train_batch_size": 4, "logging_steps": 1,
-                              "save_steps": 2, "eval_steps": 2}}
+def write_config(
+    folder: Path, model: Path, *, targets=None, builder=None, max_steps=3, extra_lora=None
+) -> Path:
+    lora = {
+        "type": "LoRA",
+        "r": 4,
+        "alpha": 8,
+        "train_data_config": "emotion",
+        "eval_dataset_size": 0.2,
+        "training_args": {
+            "max_steps": max_steps,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "eval_steps": 2,
+        },
+    }
     if targets:
         lora["target_modules"] = targets
     lora.update(extra_lora or {})
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [{
-            "name": "emotion",
-            # 80 rows: 64 to train on, 16 held out; every stage is evaluated on those 16
-            "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
-            "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 64, "pad_to_max_len": False,
-                                        "loss_on_answer_only": True},
-        }],
-        "passes": {"lora": lora, "merge": {"type": "MergeAdapterWeights"},
-                   "builder": {"type": "ModelBuilder", "precision": "int4", **(builder or {})}},
+        "data_configs": [
+            {
+                "name": "emotion",
+                # 80 rows: 64 to train on, 16 held out; every stage is evaluated on those 16
+                "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
+                "pre_process_data_config": {
+                    "text_template": TEMPLATE,
+                    "max_seq_len": 64,
+                    "pad_to_max_len": False,
+                    "loss_on_answer_only": True,
+                },
+            }
+        ],
+        "passes": {
+            "lora": lora,
+            "merge": {"type": "MergeAdapterWeights"},
+            "builder": {"type": "ModelBuilder", "precision": "int4", **(builder or {})},
+        },
         "cache_dir": "cache",
         "output_dir": "out",
     }
@@ -74,10 +96,13 @@ def generate_onnx(folder: Path, n: int = 5) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize(("arch", "targets", "expected"), [
-    ("llama", ["qkv_proj", "o_proj"], {"q_proj", "k_proj", "v_proj", "o_proj"}),  # Phi-3 names on Llama
-    ("phi3", ["q_proj", "k_proj", "v_proj", "o_proj"], {"qkv_proj", "o_proj"}),  # Llama names on Phi-3
-])
+@pytest.mark.parametrize(
+    ("arch", "targets", "expected"),
+    [
+        ("llama", ["qkv_proj", "o_proj"], {"q_proj", "k_proj", "v_proj", "o_proj"}),  # Phi-3 names on Llama
+        ("phi3", ["q_proj", "k_proj", "v_proj", "o_proj"], {"qkv_proj", "o_proj"}),  # Llama names on Phi-3
+    ],
+)
 def test_three_passes_then_cache_hits(tiny, tmp_path, arch, targets, expected):
     config = write_config(tmp_path, tiny[arch], targets=targets)
     record = run(config)
@@ -133,9 +158,14 @@ def test_merge_without_adapter_is_refused_before_any_work(tiny, tmp_path, capsys
 def test_killed_training_leaves_no_cache_entry_and_resumes(tiny, tmp_path):
     config = write_config(tmp_path, tiny["llama"], max_steps=60)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "slimtune", "run", "--config", str(config)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     work = tmp_path / "cache" / "work"
     deadline = time.time() + 120
     while time.time() < deadline and not list(work.glob("*/checkpoints/checkpoint-*/trainer_state.json")):

@@ -77,8 +77,7 @@ def test_no_duplicates_within_file(which, request):
 def test_no_overlap_between_files(data, heldout):
     for key in (_norm, _loose):
         train = {key(obj["phrase"]) for _, obj in data}
-        leaked = sorted(key(obj["phrase"]) for _, obj in heldout
-                        if key(obj["phrase"]) in train)
+        leaked = sorted(key(obj["phrase"]) for _, obj in heldout if key(obj["phrase"]) in train)
         assert not leaked, f"held-out phrases found in training data: {leaked[:5]}"
 
 

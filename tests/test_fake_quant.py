@@ -53,7 +53,9 @@ def matmulnbits_weights(onnx_path: Path) -> dict[str, np.ndarray]:
         q = np.empty((n, packed.shape[1] * 2), dtype=np.int32)
         q[:, 0::2] = packed & 15
         q[:, 1::2] = packed >> 4
-        found[node.name] = ((q.reshape(n, -1, bs) - 8).astype(np.float32) * scales[..., None]).reshape(n, -1)[:, :k]
+        found[node.name] = ((q.reshape(n, -1, bs) - 8).astype(np.float32) * scales[..., None]).reshape(n, -1)[
+            :, :k
+        ]
     return found
 
 
@@ -88,12 +90,16 @@ def test_fake_quant_equals_quantizer_on_tiny_model_weights(tiny, arch):
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny[arch], dtype=torch.float32)
-    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    weights = {
+        n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
     changed = fake_quantize_model_int4(model, 32)
     assert sorted(changed) == sorted(weights)
     modules = dict(model.named_modules())
     for name, original in weights.items():
-        np.testing.assert_array_equal(modules[name].weight.detach().numpy(), ort_dequantized(original.numpy(), 32))
+        np.testing.assert_array_equal(
+            modules[name].weight.detach().numpy(), ort_dequantized(original.numpy(), 32)
+        )
     # untied embeddings stay float, as the builder leaves them by default
     assert not torch.equal(model.get_input_embeddings().weight, model.get_output_embeddings().weight)
 
@@ -106,9 +112,16 @@ def _build_int4(source: Path, folder: Path) -> Path:
 
     (folder / "out").mkdir(parents=True)
     (folder / "work").mkdir()
-    ctx = PassContext(input=ModelRef(str(source), "hf"), meta=ModelMeta(), output_dir=folder / "out",
-                      work_dir=folder / "work", run_config=None, device="cpu", execution_provider="cpu",
-                      log=lambda s: None)
+    ctx = PassContext(
+        input=ModelRef(str(source), "hf"),
+        meta=ModelMeta(),
+        output_dir=folder / "out",
+        work_dir=folder / "work",
+        run_config=None,
+        device="cpu",
+        execution_provider="cpu",
+        log=lambda s: None,
+    )
     run(ctx, ModelBuilderParams(precision="int4"))
     return folder / "out" / "model.onnx"
 
@@ -135,7 +148,9 @@ def test_fake_quant_equals_the_builders_int4_model(tiny, tmp_path):
             return torch.cat([sd[prefix + "gate_proj.weight"], sd[prefix + "up_proj.weight"]])
         return sd[prefix + proj + ".weight"]
 
-    assert "/lm_head/MatMul_Q4" in built and len(built) >= 1 + 2 * 4  # head + per layer qkv, o, mlp (fused or not)
+    assert (
+        "/lm_head/MatMul_Q4" in built and len(built) >= 1 + 2 * 4
+    )  # head + per layer qkv, o, mlp (fused or not)
     for node, weight in built.items():
         np.testing.assert_array_equal(torch_weight(node).numpy(), weight, err_msg=node)
 
@@ -158,13 +173,16 @@ def test_tied_head_and_embeddings_are_quantized_together(tiny, tmp_path):
     original = model.lm_head.weight.detach().clone()
     fake_quantize_model_int4(model, 32)
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    np.testing.assert_array_equal(model.model.embed_tokens.weight.detach().numpy(), ort_dequantized(original.numpy(), 32))
+    np.testing.assert_array_equal(
+        model.model.embed_tokens.weight.detach().numpy(), ort_dequantized(original.numpy(), 32)
+    )
 
     onnx_path = _build_int4(tied, tmp_path / "build")
     ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     assert "GatherBlockQuantized" in ops  # the builder quantizes the shared embedding too
-    np.testing.assert_array_equal(matmulnbits_weights(onnx_path)["/lm_head/MatMul_Q4"],
-                                  model.lm_head.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        matmulnbits_weights(onnx_path)["/lm_head/MatMul_Q4"], model.lm_head.weight.detach().numpy()
+    )
 
 
 def test_params():
@@ -193,17 +211,33 @@ def test_quantization_aware_lora_then_builder_end_to_end(tiny, tmp_path):
 
     config = {
         "input_model": {"type": "HfModel", "model_path": str(tiny["llama"])},
-        "data_configs": [{
-            "name": "emotion",
-            "load_dataset_config": {"data_name": "json", "data_files": str(DATA)},
-            "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 64, "pad_to_max_len": False,
-                                        "loss_on_answer_only": True},
-        }],
+        "data_configs": [
+            {
+                "name": "emotion",
+                "load_dataset_config": {"data_name": "json", "data_files": str(DATA)},
+                "pre_process_data_config": {
+                    "text_template": TEMPLATE,
+                    "max_seq_len": 64,
+                    "pad_to_max_len": False,
+                    "loss_on_answer_only": True,
+                },
+            }
+        ],
         "passes": {
-            "lora": {"type": "LoRA", "r": 4, "alpha": 8, "train_data_config": "emotion",
-                     "quantization_aware": "int4", "quantization_block_size": 32,
-                     "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1,
-                                       "save_steps": 2}},
+            "lora": {
+                "type": "LoRA",
+                "r": 4,
+                "alpha": 8,
+                "train_data_config": "emotion",
+                "quantization_aware": "int4",
+                "quantization_block_size": 32,
+                "training_args": {
+                    "max_steps": 2,
+                    "per_device_train_batch_size": 4,
+                    "logging_steps": 1,
+                    "save_steps": 2,
+                },
+            },
             "builder": {"type": "ModelBuilder", "precision": "int4", "int4_block_size": 32},
         },
         "cache_dir": "cache",
@@ -221,7 +255,9 @@ def test_quantization_aware_lora_then_builder_end_to_end(tiny, tmp_path):
     import onnx
 
     names = [n.name for n in onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph.node]
-    assert any("/lora_A/" in n for n in names) and any("/lora/Add" in n for n in names)  # adapter kept unmerged
+    assert any("/lora_A/" in n for n in names) and any(
+        "/lora/Add" in n for n in names
+    )  # adapter kept unmerged
 
     model = og.Model(str(onnx_dir))
     params = og.GeneratorParams(model)

@@ -20,6 +20,7 @@ pytest.importorskip("onnxruntime_genai")
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 PROMPT = "### Text: I am so happy today!\n### The tone is:\n"
+BOS = "<|im_start|>"  # tests/tiny_models.py's BOS: training samples start with it, so prompts must too
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_input_row_uses_the_recorded_template(folders, tmp_path, capsys, monkeyp
         answer_column="tone",
         labels=["joy", "fear", "sadness", "surprise"],
     )
-    assert prompt_from_row(folder, '{"phrase": "I am so happy today!"}') == (PROMPT, True)
+    assert prompt_from_row(folder, '{"phrase": "I am so happy today!"}') == (BOS + PROMPT, True)
 
     seen = {}
     real = OnnxGenaiModel.generate
@@ -106,8 +107,15 @@ def test_input_row_uses_the_recorded_template(folders, tmp_path, capsys, monkeyp
     monkeypatch.setattr(OnnxGenaiModel, "generate", spy)
     row = '{"phrase": "I am so happy today!", "tone": "joy"}'  # the answer column, if given, is not used
     assert main(["generate", "--model", str(folder), "--input", row, "--max-new-tokens", "6"]) == 0
-    assert seen == {"prompt": PROMPT, "stop_at_newline": True}
+    assert seen == {"prompt": BOS + PROMPT, "stop_at_newline": True}
     assert "\n" not in capsys.readouterr().out.strip()
+
+
+def test_input_row_without_special_tokens_has_no_bos(folders, tmp_path):
+    folder = with_meta(
+        folders["int4"], tmp_path, template=TEMPLATE, answer_column="tone", add_special_tokens=False
+    )
+    assert prompt_from_row(folder, '{"phrase": "I am so happy today!"}') == (PROMPT, False)
 
 
 def test_input_row_with_a_chat_template(folders, tmp_path):

@@ -15,8 +15,11 @@ RESULT = {"accuracy": 0.90, "latency": {"e2e_ms": {"avg": 40.0, "p90": 50.0}}, "
 
 
 def ref_for(kind: str, sub: str, goal: dict | None = None, priority: int = -1):
-    metric = Metric(name=kind, type=kind, sub_types=[SubMetric(name=sub, priority=priority,
-                                                                goal=Goal(**goal) if goal else None)])
+    metric = Metric(
+        name=kind,
+        type=kind,
+        sub_types=[SubMetric(name=sub, priority=priority, goal=Goal(**goal) if goal else None)],
+    )
     return metric_refs([metric])[0]
 
 
@@ -32,15 +35,18 @@ def test_unknown_sub_type_names_the_valid_ones():
         ref_for("latency", "p95")
 
 
-@pytest.mark.parametrize(("goal", "actual", "baseline", "met", "margin"), [
-    ({"type": "threshold", "value": 0.85}, 0.90, None, True, 0.05),
-    ({"type": "threshold", "value": 0.95}, 0.90, None, False, -0.05),
-    ({"type": "max-degradation", "value": 0.01}, 0.90, 0.905, True, 0.005),
-    ({"type": "max-degradation", "value": 0.01}, 0.85, 0.90, False, -0.04),
-    ({"type": "min-improvement", "value": 0.10}, 0.90, 0.70, True, 0.10),
-    ({"type": "percent-max-degradation", "value": 5}, 0.90, 0.93, True, 5 - 100 * 0.03 / 0.93),
-    ({"type": "percent-min-improvement", "value": 10}, 0.90, 0.85, False, 100 * 0.05 / 0.85 - 10),
-])
+@pytest.mark.parametrize(
+    ("goal", "actual", "baseline", "met", "margin"),
+    [
+        ({"type": "threshold", "value": 0.85}, 0.90, None, True, 0.05),
+        ({"type": "threshold", "value": 0.95}, 0.90, None, False, -0.05),
+        ({"type": "max-degradation", "value": 0.01}, 0.90, 0.905, True, 0.005),
+        ({"type": "max-degradation", "value": 0.01}, 0.85, 0.90, False, -0.04),
+        ({"type": "min-improvement", "value": 0.10}, 0.90, 0.70, True, 0.10),
+        ({"type": "percent-max-degradation", "value": 5}, 0.90, 0.93, True, 5 - 100 * 0.03 / 0.93),
+        ({"type": "percent-min-improvement", "value": 10}, 0.90, 0.85, False, 100 * 0.05 / 0.85 - 10),
+    ],
+)
 def test_accuracy_goals(goal, actual, baseline, met, margin):
     result = check_goal(ref_for("accuracy", "accuracy_score", goal), actual, baseline)
     assert result["met"] is met
@@ -74,11 +80,19 @@ def test_run_missing_a_goal_exits_3(tmp_path, capsys):
     model = make_tiny_model("llama", tmp_path / "tiny")
     config = write_config(tmp_path, model, max_steps=2)
     data = yaml.safe_load(config.read_text())
-    data["evaluators"] = {"gate": {"metrics": [
-        {"name": "accuracy", "type": "accuracy", "data_config": "emotion",
-         "sub_types": [{"name": "accuracy_score", "goal": {"type": "threshold", "value": 0.99}}]},
-        {"name": "latency", "type": "latency", "sub_types": [{"name": "avg"}, {"name": "p90"}]},
-    ]}}
+    data["evaluators"] = {
+        "gate": {
+            "metrics": [
+                {
+                    "name": "accuracy",
+                    "type": "accuracy",
+                    "data_config": "emotion",
+                    "sub_types": [{"name": "accuracy_score", "goal": {"type": "threshold", "value": 0.99}}],
+                },
+                {"name": "latency", "type": "latency", "sub_types": [{"name": "avg"}, {"name": "p90"}]},
+            ]
+        }
+    }
     data["evaluator"] = "gate"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     assert main(["run", "--config", str(config)]) == 3
@@ -88,6 +102,8 @@ def test_run_missing_a_goal_exits_3(tmp_path, capsys):
     assert record["status"] == "goals_not_met" and record["goals_met"] is False
     stages = [s["stage"] for s in record["evaluation"]["stages"]]
     assert stages == ["input", "lora", "merge", "builder"]  # every stage, same rows
-    assert {s["metrics"]["n"] for s in record["evaluation"]["stages"]} == {record["evaluation"]["data"]["rows"]}
+    assert {s["metrics"]["n"] for s in record["evaluation"]["stages"]} == {
+        record["evaluation"]["data"]["rows"]
+    }
     for name in ("report.md", "report.html"):
         assert (tmp_path / "out" / name).is_file()

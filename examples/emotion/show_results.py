@@ -24,7 +24,9 @@ def main(run_dir: str) -> int:
     print(f"\n== {run_dir}: {run['status']}, {run['wall_s']:.0f} s in all ==")
     print(f"{'stage':10} {'type':20} {'time':>8} {'size':>9}")
     for p in run["passes"]:
-        print(f"{p['name']:10} {p['type']:20} {p['original_wall_s']:7.1f}s {p['output_size_bytes'] / 1e6:7.1f}MB")
+        print(
+            f"{p['name']:10} {p['type']:20} {p['original_wall_s']:7.1f}s {p['output_size_bytes'] / 1e6:7.1f}MB"
+        )
     evaluation = run.get("evaluation")
     if evaluation:
         print(f"\naccuracy on {evaluation['data']['source']}:")

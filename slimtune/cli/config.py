@@ -11,7 +11,9 @@ def register(sub) -> None:
     verbs = p.add_subparsers(dest="config_verb", metavar="VERB")
     up = verbs.add_parser("upgrade", help="print the config in the current schema")
     up.add_argument("config")
-    up.add_argument("--format", choices=["json", "yaml"], default=None, help="default: the input file's format")
+    up.add_argument(
+        "--format", choices=["json", "yaml"], default=None, help="default: the input file's format"
+    )
     up.set_defaults(func=_upgrade)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 

@@ -9,7 +9,9 @@ def register(sub) -> None:
     ins = verbs.add_parser("inspect", help="rows, duplicates, labels, token lengths, a rendered example")
     ins.add_argument("file", help="a data file (json/jsonl/csv/parquet/txt) or a config file")
     ins.add_argument("--data", help="data config name (when FILE is a config)")
-    ins.add_argument("--template", help="text template over columns, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'")
+    ins.add_argument(
+        "--template", help="text template over columns, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'"
+    )
     ins.add_argument("--text-cols", nargs="+", help="columns joined into the text (no template)")
     ins.add_argument("--model", help="model whose tokenizer counts tokens (default: the default model)")
     ins.add_argument("--max-seq-len", type=int, help="report rows longer than this (default 1024)")

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"slimtune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show more detail (e.g. config key mappings)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show more detail (e.g. config key mappings)"
+    )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for verb in VERBS:
         importlib.import_module(f"slimtune.cli.{verb}").register(sub)
@@ -66,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"internal error: {type(err).__name__}: {err}\n(please report this; --debug shows more)", file=sys.stderr)
+        print(
+            f"internal error: {type(err).__name__}: {err}\n(please report this; --debug shows more)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

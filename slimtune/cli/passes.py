@@ -23,8 +23,11 @@ def _run(args) -> int:
             continue
         print(f"{name} (v{spec.version}): {spec.summary}")
         for field_name, info in spec.params.model_fields.items():
-            default = "required" if info.default is PydanticUndefined and info.default_factory is None else (
-                f"default {info.get_default(call_default_factory=True)!r}")
+            default = (
+                "required"
+                if info.default is PydanticUndefined and info.default_factory is None
+                else (f"default {info.get_default(call_default_factory=True)!r}")
+            )
             old = [o for o, n in spec.params.renamed.items() if n == field_name]
             alias = f" (old name: {', '.join(old)})" if old else ""
             print(f"  {field_name}{alias}: {default}. {info.description or ''}".rstrip())

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a workflow config end to end")
-    p.add_argument("--config", required=True, help="config file (.json or .yaml), old or current Olive schema")
+    p.add_argument(
+        "--config", required=True, help="config file (.json or .yaml), old or current Olive schema"
+    )
     p.add_argument("--output-dir", help="override the config's output_dir")
     p.add_argument("--cache-dir", help="override the config's cache_dir")
     p.set_defaults(func=_run)

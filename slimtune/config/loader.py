@@ -77,8 +77,9 @@ def _key_lines(text: str) -> tuple[dict[Path_, int], list[ConfigIssue]]:
                 sub = (*path, key.value)
                 line = key.start_mark.line + 1
                 if sub in lines and key.value != "<<":
-                    duplicates.append(ConfigIssue(dotted(sub), f"given twice (also on line {lines[sub]}); keep one",
-                                                  line))
+                    duplicates.append(
+                        ConfigIssue(dotted(sub), f"given twice (also on line {lines[sub]}); keep one", line)
+                    )
                 else:
                     lines[sub] = line
                 walk(value, sub)

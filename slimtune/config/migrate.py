@@ -150,8 +150,11 @@ def _engine_providers(cfg: dict, eps: Any, m: Migration) -> None:
             entry["execution_providers"] = eps
         entries.append(entry)
     system["accelerators"] = entries
-    m.moved(("engine", "execution_providers"), ("systems", target, "accelerators", 0, "execution_providers"),
-            "providers belong to the target system's accelerators")
+    m.moved(
+        ("engine", "execution_providers"),
+        ("systems", target, "accelerators", 0, "execution_providers"),
+        "providers belong to the target system's accelerators",
+    )
 
 
 def _resource(holder: dict, key: str, path: Path_, m: Migration) -> None:
@@ -185,7 +188,9 @@ def _input_model(model: dict, path: Path_, m: Migration) -> None:
                 load = model.setdefault("load_kwargs", {})
                 for arg, arg_value in value.items():
                     if arg in load:
-                        m.issue((*hf_path, key, arg), "given twice (model_loading_args and from_pretrained_args)")
+                        m.issue(
+                            (*hf_path, key, arg), "given twice (model_loading_args and from_pretrained_args)"
+                        )
                         continue
                     load[arg] = arg_value
                     m.moved((*hf_path, key, arg), (*path, "load_kwargs", arg))
@@ -202,8 +207,12 @@ def _input_model(model: dict, path: Path_, m: Migration) -> None:
 
 
 def _data_config(data: dict, path: Path_, m: Migration) -> None:
-    for section in ("load_dataset_config", "pre_process_data_config", "dataloader_config",
-                    "post_process_data_config"):
+    for section in (
+        "load_dataset_config",
+        "pre_process_data_config",
+        "dataloader_config",
+        "post_process_data_config",
+    ):
         block = data.get(section)
         if isinstance(block, dict):
             for wrapper in ("params", "params_config"):
@@ -212,14 +221,20 @@ def _data_config(data: dict, path: Path_, m: Migration) -> None:
     if isinstance(data.get("params_config"), dict):  # oldest form: one bag of params for every component
         bag = data.pop("params_config")
         for key, value in bag.items():
-            section = ("load_dataset_config" if key in _LOAD_KEYS and key != "max_samples" else
-                       "dataloader_config" if key in _DATALOADER_KEYS else
-                       "pre_process_data_config")  # unknown keys are rejected there, with a suggestion
+            section = (
+                "load_dataset_config"
+                if key in _LOAD_KEYS and key != "max_samples"
+                else "dataloader_config"
+                if key in _DATALOADER_KEYS
+                else "pre_process_data_config"
+            )  # unknown keys are rejected there, with a suggestion
             target = data.setdefault(section, {})
             if not isinstance(target, dict):
                 continue  # validation reports the section's type
             if key in target:
-                m.issue((*path, "params_config", key), f"also given as {dotted((*path, section, key))}; keep one")
+                m.issue(
+                    (*path, "params_config", key), f"also given as {dotted((*path, section, key))}; keep one"
+                )
                 continue
             target[key] = value
             m.moved((*path, "params_config", key), (*path, section, key))
@@ -234,8 +249,10 @@ def _data_config(data: dict, path: Path_, m: Migration) -> None:
             if kind == "corpus":
                 m.note((*pre_path, "dataset_type"), "corpus is the only text-generation form; key dropped")
             else:
-                m.issue((*pre_path, "dataset_type"),
-                        f"dataset_type {kind!r} is not supported; use `corpus` (or drop the key) and a text_template")
+                m.issue(
+                    (*pre_path, "dataset_type"),
+                    f"dataset_type {kind!r} is not supported; use `corpus` (or drop the key) and a text_template",
+                )
         rename_keys(pre, PreProcessDataConfig.renamed, pre_path, m)
 
 

@@ -40,7 +40,11 @@ def resolve_model_path(value: str, base: Path) -> tuple[str, str | None]:
 def _files(value: Any, base: Path, warnings: list[str]) -> Any:
     if isinstance(value, str):
         resolved = resolve_path(value, base)
-        if not is_remote(resolved) and not any(ch in resolved for ch in "*?[") and not Path(resolved).exists():
+        if (
+            not is_remote(resolved)
+            and not any(ch in resolved for ch in "*?[")
+            and not Path(resolved).exists()
+        ):
             warnings.append(f"data file {resolved} does not exist")
         return resolved
     if isinstance(value, list):

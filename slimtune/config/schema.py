@@ -47,8 +47,11 @@ class AzureMLDatastore(Strict):
     relative_path: str = Field(description="path of the file or folder inside the datastore")
 
 
-RESOURCE_TYPES = {"azureml_registry_model": AzureMLRegistryModel, "azureml_model": AzureMLModel,
-                  "azureml_datastore": AzureMLDatastore}
+RESOURCE_TYPES = {
+    "azureml_registry_model": AzureMLRegistryModel,
+    "azureml_model": AzureMLModel,
+    "azureml_datastore": AzureMLDatastore,
+}
 
 
 def _resource(value: Any) -> Any:
@@ -60,7 +63,9 @@ def _resource(value: Any) -> Any:
         if kind == "local_file" or kind == "local_folder":
             return value.get("path") or value.get("config", {}).get("path")
         if kind not in RESOURCE_TYPES:
-            raise ValueError(f"unknown resource type {kind!r}; expected one of {sorted(RESOURCE_TYPES)} or a path")
+            raise ValueError(
+                f"unknown resource type {kind!r}; expected one of {sorted(RESOURCE_TYPES)} or a path"
+            )
         return RESOURCE_TYPES[kind].model_validate(value)
     return value
 
@@ -70,8 +75,12 @@ def _resource(value: Any) -> Any:
 
 class LoadKwargs(Strict):
     renamed = {"torch_dtype": "dtype"}
-    trust_remote_code: bool = Field(False, description="run the model repository's own Python code (off unless set)")
-    dtype: str | None = Field(None, description="weights dtype when loading: float32, bfloat16, float16, auto")
+    trust_remote_code: bool = Field(
+        False, description="run the model repository's own Python code (off unless set)"
+    )
+    dtype: str | None = Field(
+        None, description="weights dtype when loading: float32, bfloat16, float16, auto"
+    )
     attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2 ...")
     revision: str | None = Field(None, description="hub revision")
     low_cpu_mem_usage: bool | None = None
@@ -83,12 +92,18 @@ class LoadKwargs(Strict):
 
 class InputModel(Strict):
     type: Literal["HfModel", "ONNXModel"] = Field("HfModel", description="HfModel (PyTorch) or ONNXModel")
-    model_path: Any = Field(description="local folder, .gguf file, known model name, hub name, remote resource")
-    model_name: str | None = Field(None, description="Hugging Face name, when model_path is a remote resource")
+    model_path: Any = Field(
+        description="local folder, .gguf file, known model name, hub name, remote resource"
+    )
+    model_name: str | None = Field(
+        None, description="Hugging Face name, when model_path is a remote resource"
+    )
     task: str = Field("text-generation", description="only text-generation is supported")
     load_kwargs: LoadKwargs = Field(default_factory=LoadKwargs)
     adapter_path: str | None = Field(None, description="a PEFT adapter to apply on top of the model")
-    model_file_format: str | None = Field(None, description="e.g. PyTorch.MLflow for Azure ML registry models")
+    model_file_format: str | None = Field(
+        None, description="e.g. PyTorch.MLflow for Azure ML registry models"
+    )
     model_attributes: dict[str, Any] | None = None
 
     _path = field_validator("model_path", mode="before")(classmethod(lambda cls, v: _resource(v)))
@@ -105,8 +120,12 @@ class InputModel(Strict):
 
 
 class LoadDatasetConfig(Strict):
-    data_name: str = Field("json", description="json, csv, parquet, text (local files) or a hub data set name")
-    data_files: Any = Field(None, description="a path, a list of paths, a split -> paths mapping, or a resource")
+    data_name: str = Field(
+        "json", description="json, csv, parquet, text (local files) or a hub data set name"
+    )
+    data_files: Any = Field(
+        None, description="a path, a list of paths, a split -> paths mapping, or a resource"
+    )
     subset: str | None = Field(None, description="hub data set configuration")
     split: str = Field("train", description="split to read")
     col_filters: dict[str, Any] | None = Field(None, description="keep rows whose column equals the value")
@@ -154,7 +173,9 @@ class DataConfig(Strict):
 
 class Accelerator(Strict):
     device: Literal["cpu", "gpu", "cuda", "npu"] = "cpu"
-    execution_providers: list[str] | None = Field(None, description="e.g. CPUExecutionProvider, CUDAExecutionProvider")
+    execution_providers: list[str] | None = Field(
+        None, description="e.g. CPUExecutionProvider, CUDAExecutionProvider"
+    )
 
     @field_validator("device", mode="before")
     @classmethod
@@ -202,8 +223,11 @@ class System(Strict):
 
 class Goal(Strict):
     type: Literal[
-        "threshold", "max-degradation", "min-improvement",
-        "percent-max-degradation", "percent-min-improvement",
+        "threshold",
+        "max-degradation",
+        "min-improvement",
+        "percent-max-degradation",
+        "percent-min-improvement",
     ]
     value: float
     baseline: str | None = Field(

@@ -37,8 +37,10 @@ def plan_summary(loaded: LoadedConfig, verbose: bool = False) -> str:
         lines.append("  (none: the input model is only evaluated)")
     lines.append("systems:")
     for name, system in cfg.systems.items():
-        accs = ", ".join(f"{a.device}{'[' + ','.join(a.execution_providers) + ']' if a.execution_providers else ''}"
-                         for a in system.accelerators)
+        accs = ", ".join(
+            f"{a.device}{'[' + ','.join(a.execution_providers) + ']' if a.execution_providers else ''}"
+            for a in system.accelerators
+        )
         role = [r for r, v in (("host", cfg.host), ("target", cfg.target)) if v == name]
         lines.append(f"  {name}: {system.type} ({accs}){' <- ' + '/'.join(role) if role else ''}")
     if not cfg.systems:

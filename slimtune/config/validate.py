@@ -48,8 +48,13 @@ def load_config(path: str | Path) -> LoadedConfig:
     return load_config_dict(raw, base_dir=path.parent, file=path, lines=lines)
 
 
-def load_config_dict(raw: dict[str, Any], *, base_dir: Path | None = None, file: Path | None = None,
-                     lines: dict[Path_, int] | None = None) -> LoadedConfig:
+def load_config_dict(
+    raw: dict[str, Any],
+    *,
+    base_dir: Path | None = None,
+    file: Path | None = None,
+    lines: dict[Path_, int] | None = None,
+) -> LoadedConfig:
     lines = lines or {}
     label = str(file) if file else None
     try:
@@ -95,7 +100,9 @@ def _validate_passes(passes: dict[str, Any], m: Migration) -> tuple[list[PassPla
             known = sorted(all_passes())
             close = difflib.get_close_matches(entry["type"], known, n=2, cutoff=0.5)
             hint = f"; did you mean {' / '.join(close)}?" if close else f"; known passes: {', '.join(known)}"
-            issues.append(ConfigIssue(dotted(m.original((*path, "type"))), f"unknown pass type {entry['type']!r}{hint}"))
+            issues.append(
+                ConfigIssue(dotted(m.original((*path, "type"))), f"unknown pass type {entry['type']!r}{hint}")
+            )
             continue
         params = {k: v for k, v in entry.items() if k not in ("type", "disable_search", "host")}
         validated, errs = _validate_model(spec.params, params, path, m)
@@ -121,20 +128,33 @@ def _cross_references(cfg: dict[str, Any], m: Migration) -> list[ConfigIssue]:
     def check(path: Path_, value: Any, known: list[str], what: str) -> None:
         if isinstance(value, str) and value not in known:
             close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
-            hint = (f"; did you mean `{close[0]}`?" if close else
-                    f"; defined: {', '.join(known)}" if known else f"; no {what} is defined")
-            issues.append(ConfigIssue(dotted(m.original(path)), f"names {what} `{value}`, which is not defined{hint}"))
+            hint = (
+                f"; did you mean `{close[0]}`?"
+                if close
+                else f"; defined: {', '.join(known)}"
+                if known
+                else f"; no {what} is defined"
+            )
+            issues.append(
+                ConfigIssue(dotted(m.original(path)), f"names {what} `{value}`, which is not defined{hint}")
+            )
 
     systems, data_names, evaluators = names("systems"), names("data_configs", "name"), names("evaluators")
     for key in ("host", "target"):
         check((key,), cfg.get(key), systems, "system")
     check(("evaluator",), cfg.get("evaluator"), evaluators, "evaluator")
-    for name, evaluator in (cfg.get("evaluators") or {}).items() if isinstance(cfg.get("evaluators"), dict) else ():
+    for name, evaluator in (
+        (cfg.get("evaluators") or {}).items() if isinstance(cfg.get("evaluators"), dict) else ()
+    ):
         metrics = evaluator.get("metrics") if isinstance(evaluator, dict) else None
         for i, metric in enumerate(metrics if isinstance(metrics, list) else []):
             if isinstance(metric, dict):
-                check(("evaluators", name, "metrics", i, "data_config"), metric.get("data_config"), data_names,
-                      "data config")
+                check(
+                    ("evaluators", name, "metrics", i, "data_config"),
+                    metric.get("data_config"),
+                    data_names,
+                    "data config",
+                )
     passes = cfg.get("passes")
     for name, entry in passes.items() if isinstance(passes, dict) else ():
         if not isinstance(entry, dict):
@@ -157,13 +177,15 @@ def _issues(model: type[BaseModel], data: Any, prefix: Path_, error: dict, m: Mi
         field_name = loc[-1]
         parts = re.split(rf"(?:^|; ){re.escape(field_name)}\.([^\s:]+): ", _strip_value_error(error["msg"]))
         if len(parts) > 1 and parts[0] == "":
-            return [ConfigIssue(dotted(m.original((*prefix, *loc, key))), text)
-                    for key, text in zip(parts[1::2], parts[2::2], strict=True)]
+            return [
+                ConfigIssue(dotted(m.original((*prefix, *loc, key))), text)
+                for key, text in zip(parts[1::2], parts[2::2], strict=True)
+            ]
     return [_issue(model, data, prefix, error, m)]
 
 
 def _strip_value_error(message: str) -> str:
-    return message[len("Value error, "):] if message.startswith("Value error, ") else message
+    return message[len("Value error, ") :] if message.startswith("Value error, ") else message
 
 
 def _issue(model: type[BaseModel], data: Any, prefix: Path_, error: dict, m: Migration) -> ConfigIssue:
@@ -207,7 +229,10 @@ def _model_at(model: type[BaseModel], loc: Path_) -> type[BaseModel] | None:
         if skip:
             skip = False
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+        if (
+            not (isinstance(current, type) and issubclass(current, BaseModel))
+            or part not in current.model_fields
+        ):
             return None
         annotation = current.model_fields[part].annotation
         skip = typing.get_origin(annotation) in (list, dict)
@@ -255,7 +280,9 @@ def _suggest(key: str, section: type[BaseModel] | None) -> str:
         close = [k for k in known if key.lower() in k.lower() or k.lower() in key.lower()][:3]
     if not close:
         return f"; valid keys here: {', '.join(sorted(set(known.values())))}"
-    names: dict[str, str] = {}  # one entry per current key: `corpus_strategy` / `strategy`, not also `strategy`
+    names: dict[
+        str, str
+    ] = {}  # one entry per current key: `corpus_strategy` / `strategy`, not also `strategy`
     for c in close:
         current = candidates[c]
         if current != c:

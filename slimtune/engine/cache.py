@@ -132,8 +132,14 @@ class Cache:
 def ls_command(args) -> int:
     cache = Cache(args.cache_dir)
     rows = [
-        {"key": e.key, "pass_type": e.info.get("pass_type"), "pass_name": e.info.get("pass_name"),
-         "size_bytes": e.info.get("size_bytes"), "created": e.info.get("created"), "path": str(e.output)}
+        {
+            "key": e.key,
+            "pass_type": e.info.get("pass_type"),
+            "pass_name": e.info.get("pass_name"),
+            "size_bytes": e.info.get("size_bytes"),
+            "created": e.info.get("created"),
+            "path": str(e.output),
+        }
         for e in cache.entries()
     ]
     if args.json:

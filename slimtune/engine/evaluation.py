@@ -37,9 +37,15 @@ class EvalPlan:
     latency_runs: int = 20
 
     def fingerprint(self) -> str:
-        payload = {"data": self.data_fingerprint, "rows": len(self.rows), "source": self.source,
-                   "pre": self.pre.model_dump(mode="json"), "metrics": self.metrics,
-                   "latency_runs": self.latency_runs, "version": EVAL_VERSION}
+        payload = {
+            "data": self.data_fingerprint,
+            "rows": len(self.rows),
+            "source": self.source,
+            "pre": self.pre.model_dump(mode="json"),
+            "metrics": self.metrics,
+            "latency_runs": self.latency_runs,
+            "version": EVAL_VERSION,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -61,7 +67,12 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
         data_name = named[0] if named else (lora.train_data_config if lora else None)
         max_rows = None
     elif lora is not None and (lora.eval_dataset_size or lora.eval_data_config):
-        refs, metrics, data_name, max_rows = [], list(DEFAULT_METRICS), lora.train_data_config, DEFAULT_MAX_ROWS
+        refs, metrics, data_name, max_rows = (
+            [],
+            list(DEFAULT_METRICS),
+            lora.train_data_config,
+            DEFAULT_MAX_ROWS,
+        )
     else:
         return None
     if data_name is None:
@@ -82,14 +93,23 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
 
         template = Template(data.pre_process_data_config, None, columns=rows.column_names)
         label_column = label_column_for(rows, template.answer_column)
-        _, rows = split_rows(rows, lora.eval_dataset_size, label_column,
-                             seed=data.pre_process_data_config.random_seed)
+        _, rows = split_rows(
+            rows, lora.eval_dataset_size, label_column, seed=data.pre_process_data_config.random_seed
+        )
         source = f"held-out split of {data_name} ({len(rows)} rows never trained on)"
     if max_rows and len(rows) > max_rows:
         rows = rows.select(range(max_rows))
         source += f", first {max_rows}"
-    return EvalPlan(data.name, source, rows, data.pre_process_data_config, metrics, refs,
-                    data_fingerprint(data), latency_runs=20 if evaluator else 5)
+    return EvalPlan(
+        data.name,
+        source,
+        rows,
+        data.pre_process_data_config,
+        metrics,
+        refs,
+        data_fingerprint(data),
+        latency_runs=20 if evaluator else 5,
+    )
 
 
 def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Path, meta: ModelMeta) -> dict:
@@ -108,8 +128,15 @@ def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Pa
     tokenizer = load_tokenizer(*folders)
     template = Template(plan.pre, tokenizer, columns=plan.rows.column_names)
     labels = meta.labels or _labels(plan.rows, template)
-    result = evaluate_model(ref, plan.rows, template, labels=labels, metrics=plan.metrics,
-                            latency_runs=plan.latency_runs, add_special_tokens=plan.pre.add_special_tokens)
+    result = evaluate_model(
+        ref,
+        plan.rows,
+        template,
+        labels=labels,
+        metrics=plan.metrics,
+        latency_runs=plan.latency_runs,
+        add_special_tokens=plan.pre.add_special_tokens,
+    )
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(result, default=str))
@@ -150,8 +177,10 @@ def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]],
         p50 = read(m, ("latency", "e2e_ms", "p50"))
         tps = read(m, ("latency", "decode_tokens_per_s"))
         size = read(m, ("size_bytes",))
-        print(f"{s['stage'][:14]:14} {s['kind']:8} {_fmt(acc, '{:.1%}'):>9} {_fmt(m.get('invalid'), '{}'):>8} "
-              f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {_fmt(size and size / 1e6, '{:.0f}MB'):>9}")
+        print(
+            f"{s['stage'][:14]:14} {s['kind']:8} {_fmt(acc, '{:.1%}'):>9} {_fmt(m.get('invalid'), '{}'):>8} "
+            f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {_fmt(size and size / 1e6, '{:.0f}MB'):>9}"
+        )
     for goal in goals:
         print(f"goal {describe_goal(goal)}")
 

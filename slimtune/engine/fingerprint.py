@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 # libraries whose versions shape pass outputs: part of every cache key
-KEY_LIBRARIES = ("slimtune", "torch", "transformers", "peft", "onnxruntime-genai", "onnx", "onnx-ir", "datasets")
+KEY_LIBRARIES = (
+    "slimtune",
+    "torch",
+    "transformers",
+    "peft",
+    "onnxruntime-genai",
+    "onnx",
+    "onnx-ir",
+    "datasets",
+)
 _CHUNK = 1 << 20
 
 
@@ -49,7 +58,11 @@ def fingerprint_path(path: str | Path, cache_dir: str | Path) -> str:
             file_hash = record["sha256"]
         else:
             file_hash = sha256_file(file)
-            known[str(file.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_hash}
+            known[str(file.resolve())] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": file_hash,
+            }
             changed = True
         rel = file.name if file == path else file.relative_to(path).as_posix()
         digest.update(f"{rel}\0{file_hash}\n".encode())
@@ -71,8 +84,16 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def cache_key(*, input_fingerprint: str, pass_type: str, pass_version: int, params: dict[str, Any],
-              data_fingerprints: dict[str, str], libraries: dict[str, str | None], extra: dict[str, Any]) -> str:
+def cache_key(
+    *,
+    input_fingerprint: str,
+    pass_type: str,
+    pass_version: int,
+    params: dict[str, Any],
+    data_fingerprints: dict[str, str],
+    libraries: dict[str, str | None],
+    extra: dict[str, Any],
+) -> str:
     """Full sha256 (64 hex characters) of everything that determines a pass's output."""
     payload = {
         "input": input_fingerprint,

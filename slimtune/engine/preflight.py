@@ -39,10 +39,14 @@ def check_remote_inputs(loaded: LoadedConfig) -> None:
             "azure-ai-ml package and a workspace. Download the model and give its local folder."
         )
     if is_remote(path):
-        raise UserError(f"input_model.model_path {path!r} is a remote store, which {_NOT_YET}; give a local path")
+        raise UserError(
+            f"input_model.model_path {path!r} is a remote store, which {_NOT_YET}; give a local path"
+        )
     for data in cfg.data_configs:
         files = data.load_dataset_config.data_files
-        values = files if isinstance(files, list) else list(files.values()) if isinstance(files, dict) else [files]
+        values = (
+            files if isinstance(files, list) else list(files.values()) if isinstance(files, dict) else [files]
+        )
         for value in values:
             if value is None:
                 continue
@@ -53,7 +57,9 @@ def check_remote_inputs(loaded: LoadedConfig) -> None:
                 )
             for item in value if isinstance(value, list) else [value]:
                 if is_remote(item):
-                    raise UserError(f"data config `{data.name}`: {item!r} is a remote store, which {_NOT_YET}")
+                    raise UserError(
+                        f"data config `{data.name}`: {item!r} is a remote store, which {_NOT_YET}"
+                    )
                 if not any(c in item for c in "*?[") and not Path(item).exists():
                     raise UserError(f"data config `{data.name}`: data file not found: {item}")
 
@@ -71,17 +77,23 @@ def device_for(loaded: LoadedConfig) -> tuple[str, str]:
         if not torch.cuda.is_available():
             raise UserError(
                 f"system `{cfg.host}` asks for a GPU, but no CUDA device is available here; "
-                "set its accelerators to [\"cpu\"] to run on the CPU"
+                'set its accelerators to ["cpu"] to run on the CPU'
             )
         device = "cuda"
     ep = "cpu"
     if target:
         providers = [p for a in target.accelerators for p in (a.execution_providers or [])]
-        names = {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu", "DmlExecutionProvider": "dml",
-                 "WebGpuExecutionProvider": "webgpu"}
+        names = {
+            "CUDAExecutionProvider": "cuda",
+            "CPUExecutionProvider": "cpu",
+            "DmlExecutionProvider": "dml",
+            "WebGpuExecutionProvider": "webgpu",
+        }
         if providers:
             if providers[0] not in names:
-                raise UserError(f"execution provider {providers[0]!r} is not supported; one of {sorted(names)}")
+                raise UserError(
+                    f"execution provider {providers[0]!r} is not supported; one of {sorted(names)}"
+                )
             ep = names[providers[0]]
         elif any(a.device in ("gpu", "cuda") for a in target.accelerators):
             ep = "cuda"
@@ -98,5 +110,7 @@ def check_pass_chain(loaded: LoadedConfig, input_kind: str) -> None:
         if kind not in spec.input_kinds:
             wanted = " or ".join(spec.input_kinds)
             hint = " (put a LoRA pass before it)" if "adapter" in spec.input_kinds and kind == "hf" else ""
-            raise UserError(f"passes.{plan.name} ({plan.type}) needs a {wanted} model, but gets a {kind} model{hint}")
+            raise UserError(
+                f"passes.{plan.name} ({plan.type}) needs a {wanted} model, but gets a {kind} model{hint}"
+            )
         kind = spec.output_kind

@@ -14,9 +14,15 @@ from slimtune.config.validate import LoadedConfig, PassPlan
 from slimtune.engine import preflight
 from slimtune.engine.cache import Cache, folder_size
 from slimtune.engine.context import PassContext
+from slimtune.engine.evaluation import (
+    EvalPlan,
+    check_goals,
+    evaluate_stage,
+    plan_evaluation,
+    print_stage_table,
+)
 from slimtune.engine.fingerprint import cache_key, fingerprint_path, library_versions
 from slimtune.engine.monitor import PeakMemory, Stopwatch
-from slimtune.engine.evaluation import EvalPlan, check_goals, evaluate_stage, plan_evaluation, print_stage_table
 from slimtune.errors import EXIT_GOALS, EXIT_OK
 from slimtune.models.ref import ModelMeta, ModelRef
 
@@ -70,11 +76,19 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
         "config_as_given": loaded.raw,
         "config_migrated": redact(loaded.migrated, loaded.secrets),
         "key_mappings": loaded.notes,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "device": device, "execution_provider": ep},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "device": device,
+            "execution_provider": ep,
+        },
         "library_versions": libraries,
-        "input_model": {"path": input_ref.path, "kind": input_ref.kind, "fingerprint": fingerprint_path(
-            input_ref.path, cache.root)},
+        "input_model": {
+            "path": input_ref.path,
+            "kind": input_ref.kind,
+            "fingerprint": fingerprint_path(input_ref.path, cache.root),
+        },
         "passes": records,
         "evaluation": evaluation,
         "goals": goals,
@@ -94,19 +108,31 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
 
 
 def _evaluate_stages(plan: EvalPlan, stage_models, cache: Cache, evaluate_input: bool):
-    needs_input = any(r.goal is not None and (r.goal.baseline or "input") == "input" and r.goal.type != "threshold"
-                      for r in plan.refs)
+    needs_input = any(
+        r.goal is not None and (r.goal.baseline or "input") == "input" and r.goal.type != "threshold"
+        for r in plan.refs
+    )
     stages = []
     for index, (name, ref, key, meta) in enumerate(stage_models):
         if index == 0 and not (evaluate_input or needs_input):
             continue
         print(f"evaluating {name} ({ref.kind}) on {len(plan.rows)} rows...", flush=True)
         metrics = evaluate_stage(plan, ref, key, cache.root, meta)
-        stages.append({"stage": name, "label": "input model" if index == 0 else name, "kind": ref.kind,
-                       "path": ref.path, "metrics": metrics})
+        stages.append(
+            {
+                "stage": name,
+                "label": "input model" if index == 0 else name,
+                "kind": ref.kind,
+                "path": ref.path,
+                "metrics": metrics,
+            }
+        )
     goals = check_goals(plan, stages) if stages else []
-    evaluation = {"data": {"source": plan.source, "rows": len(plan.rows), "data_config": plan.data_name},
-                  "metrics": plan.metrics, "stages": stages}
+    evaluation = {
+        "data": {"source": plan.source, "rows": len(plan.rows), "data_config": plan.data_name},
+        "metrics": plan.metrics,
+        "stages": stages,
+    }
     return evaluation, goals
 
 
@@ -128,8 +154,9 @@ def _input_model(loaded: LoadedConfig) -> ModelRef:
 
     model = loaded.config.input_model
     allow_pickle = model.load_kwargs.use_safetensors is False  # pickled .bin weights only when asked for
-    path = resolve_model(model.model_path, kind="onnx" if model.type == "ONNXModel" else "hf",
-                         allow_pickle=allow_pickle)
+    path = resolve_model(
+        model.model_path, kind="onnx" if model.type == "ONNXModel" else "hf", allow_pickle=allow_pickle
+    )
     if model.type == "ONNXModel":
         return ModelRef(str(path), "onnx")
     if model.adapter_path:
@@ -142,7 +169,9 @@ def resolve_model_adapter(path: str) -> Path:
 
     folder = Path(path)
     if not (folder / "adapter_config.json").is_file():
-        raise ModelError(f"input_model.adapter_path: {folder} holds no adapter_config.json (not a PEFT adapter)")
+        raise ModelError(
+            f"input_model.adapter_path: {folder} holds no adapter_config.json (not a PEFT adapter)"
+        )
     return folder
 
 
@@ -158,15 +187,28 @@ def _data_fingerprints(plan: PassPlan, loaded: LoadedConfig) -> dict[str, str]:
     return found
 
 
-def _run_pass(plan: PassPlan, current: ModelRef, fingerprint: str, meta: ModelMeta, loaded: LoadedConfig,
-              cache: Cache, libraries: dict, device: str, ep: str):
+def _run_pass(
+    plan: PassPlan,
+    current: ModelRef,
+    fingerprint: str,
+    meta: ModelMeta,
+    loaded: LoadedConfig,
+    cache: Cache,
+    libraries: dict,
+    device: str,
+    ep: str,
+):
     from slimtune.passes.registry import get_pass
 
     spec = get_pass(plan.type)
     params = plan.params.model_dump(mode="json")
     key = cache_key(
-        input_fingerprint=fingerprint, pass_type=spec.type, pass_version=spec.version, params=params,
-        data_fingerprints=_data_fingerprints(plan, loaded), libraries=libraries,
+        input_fingerprint=fingerprint,
+        pass_type=spec.type,
+        pass_version=spec.version,
+        params=params,
+        data_fingerprints=_data_fingerprints(plan, loaded),
+        libraries=libraries,
         extra={"device": device, "execution_provider": ep, "input_kind": current.kind},
     )
     record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
@@ -176,33 +218,49 @@ def _run_pass(plan: PassPlan, current: ModelRef, fingerprint: str, meta: ModelMe
             entry = cache.lookup(key)  # another run may have finished it while we waited
             if entry is None:
                 attempt = cache.new_attempt(key)
-                ctx = PassContext(input=current, meta=ModelMeta(**vars(meta)), output_dir=attempt / "output",
-                                  work_dir=cache.work_dir(key), run_config=loaded.config, device=device,
-                                  execution_provider=ep)
+                ctx = PassContext(
+                    input=current,
+                    meta=ModelMeta(**vars(meta)),
+                    output_dir=attempt / "output",
+                    work_dir=cache.work_dir(key),
+                    run_config=loaded.config,
+                    device=device,
+                    execution_provider=ep,
+                )
                 ctx.meta.history = [*meta.history, plan.type]
                 with Stopwatch() as clock, PeakMemory() as memory:
                     produced = spec.load_run()(ctx, plan.params)
                 ctx.meta.save(ctx.output_dir)
                 info = {
-                    "pass_name": plan.name, "pass_type": plan.type, "pass_version": spec.version,
-                    "params": params, "input": current.to_json(), "input_fingerprint": fingerprint,
-                    "kind": produced.kind, "base_path": produced.base_path, "wall_s": clock.seconds,
-                    "peak_rss_bytes": memory.peak_bytes, "metrics": ctx.metrics, "library_versions": libraries,
+                    "pass_name": plan.name,
+                    "pass_type": plan.type,
+                    "pass_version": spec.version,
+                    "params": params,
+                    "input": current.to_json(),
+                    "input_fingerprint": fingerprint,
+                    "kind": produced.kind,
+                    "base_path": produced.base_path,
+                    "wall_s": clock.seconds,
+                    "peak_rss_bytes": memory.peak_bytes,
+                    "metrics": ctx.metrics,
+                    "library_versions": libraries,
                 }
                 entry = cache.commit(key, attempt, info)
                 record["cache_hit"] = False
     record.setdefault("cache_hit", True)
     info = entry.info
     produced = ModelRef(str(entry.output), info["kind"], info.get("base_path"))
-    record.update({
-        "wall_s": info["wall_s"] if not record["cache_hit"] else 0.0,
-        "original_wall_s": info["wall_s"],
-        "peak_rss_bytes": info["peak_rss_bytes"],
-        "output_size_bytes": info["size_bytes"],
-        "metrics": info["metrics"],
-        "library_versions": info["library_versions"],
-        "output_path": str(entry.output),
-    })
+    record.update(
+        {
+            "wall_s": info["wall_s"] if not record["cache_hit"] else 0.0,
+            "original_wall_s": info["wall_s"],
+            "peak_rss_bytes": info["peak_rss_bytes"],
+            "output_size_bytes": info["size_bytes"],
+            "metrics": info["metrics"],
+            "library_versions": info["library_versions"],
+            "output_path": str(entry.output),
+        }
+    )
     new_meta = ModelMeta.load(entry.output) or meta
     return produced, key, new_meta, record
 
@@ -253,6 +311,8 @@ def print_summary(records: list[dict[str, Any]], final: Path) -> None:
     print()
     print(f"{'pass':24} {'type':20} {'cache':6} {'time':>8} {'peak mem':>9} {'size':>9}")
     for r in records:
-        print(f"{r['name'][:24]:24} {r['type']:20} {'hit' if r['cache_hit'] else 'run':6} "
-              f"{r['original_wall_s']:7.1f}s {r['peak_rss_bytes'] / 2**30:7.2f}GB {r['output_size_bytes'] / 1e6:7.1f}MB")
+        print(
+            f"{r['name'][:24]:24} {r['type']:20} {'hit' if r['cache_hit'] else 'run':6} "
+            f"{r['original_wall_s']:7.1f}s {r['peak_rss_bytes'] / 2**30:7.2f}GB {r['output_size_bytes'] / 1e6:7.1f}MB"
+        )
     print(f"\nfinal model: {final}")

@@ -38,10 +38,22 @@ SUB_TYPES: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {
     ("memory", "peak_memory"): (("peak_memory_bytes",), False),
 }
 # metric type -> what evaluate_model must compute
-NEEDS = {"accuracy": "accuracy", "latency": "latency", "throughput": "latency", "perplexity": "perplexity",
-         "size": "size", "memory": "memory"}
-DEFAULT_SUB_TYPE = {"accuracy": "accuracy_score", "latency": "avg", "throughput": "avg", "perplexity": "perplexity",
-                    "size": "size", "memory": "peak"}
+NEEDS = {
+    "accuracy": "accuracy",
+    "latency": "latency",
+    "throughput": "latency",
+    "perplexity": "perplexity",
+    "size": "size",
+    "memory": "memory",
+}
+DEFAULT_SUB_TYPE = {
+    "accuracy": "accuracy_score",
+    "latency": "avg",
+    "throughput": "avg",
+    "perplexity": "perplexity",
+    "size": "size",
+    "memory": "peak",
+}
 
 
 @dataclass
@@ -68,8 +80,10 @@ def metric_refs(metrics: list[Any]) -> list[MetricRef]:
             found = SUB_TYPES.get((metric.type, sub.name))
             if found is None:
                 valid = sorted(name for kind, name in SUB_TYPES if kind == metric.type)
-                raise UserError(f"metric `{metric.name}` ({metric.type}): unknown sub_type `{sub.name}`; "
-                                f"one of {', '.join(valid)}")
+                raise UserError(
+                    f"metric `{metric.name}` ({metric.type}): unknown sub_type `{sub.name}`; "
+                    f"one of {', '.join(valid)}"
+                )
             path, higher = found
             if sub.higher_is_better is not None:
                 higher = sub.higher_is_better
@@ -94,8 +108,14 @@ def check_goal(ref: MetricRef, actual: float | None, baseline: float | None) -> 
     """One goal's verdict: met or not, and the margin (positive: room left; negative: missed by)."""
     goal = ref.goal
     sign = 1 if ref.higher_is_better else -1
-    out: dict[str, Any] = {"metric": ref.key, "type": goal.type, "value": goal.value, "actual": actual,
-                           "baseline": baseline, "higher_is_better": ref.higher_is_better}
+    out: dict[str, Any] = {
+        "metric": ref.key,
+        "type": goal.type,
+        "value": goal.value,
+        "actual": actual,
+        "baseline": baseline,
+        "higher_is_better": ref.higher_is_better,
+    }
     if actual is None or (goal.type != "threshold" and baseline is None):
         out.update(met=False, margin=None, reason="not measured")
         return out
@@ -122,8 +142,18 @@ def describe_goal(result: dict[str, Any]) -> str:
     else:
         what = f"{kind} {value:g} vs {base}"
     actual = "n/a" if result["actual"] is None else f"{result['actual']:.4g}"
-    verdict = "met" if result["met"] else (
-        "MISSED" + (f" by {-result['margin']:.4g}" if result.get("margin") is not None else f" ({result.get('reason')})"))
+    verdict = (
+        "met"
+        if result["met"]
+        else (
+            "MISSED"
+            + (
+                f" by {-result['margin']:.4g}"
+                if result.get("margin") is not None
+                else f" ({result.get('reason')})"
+            )
+        )
+    )
     return f"{result['metric']}: {actual} ({what}): {verdict}"
 
 
@@ -139,6 +169,7 @@ def rank_key(refs: list[MetricRef], result: dict[str, Any]) -> tuple:
 
 def pareto_front(points: list[dict[str, float | None]], higher_better: dict[str, bool]) -> list[int]:
     """Indices of the points no other point beats on every objective (None counts as worst)."""
+
     def oriented(p: dict[str, float | None], name: str) -> float:
         v = p.get(name)
         if v is None:

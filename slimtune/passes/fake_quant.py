@@ -35,7 +35,9 @@ def fake_quantize_int4(weight: Any, block_size: int = 32) -> Any:
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D [out, in] weight, got shape {tuple(weight.shape)}")
     if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two >= 16 (what MatMulNBits accepts), got {block_size}")
+        raise ValueError(
+            f"block_size must be a power of two >= 16 (what MatMulNBits accepts), got {block_size}"
+        )
     w = weight.detach().to(torch.float32)
     rows, cols = w.shape
     pad = (-cols) % block_size

@@ -16,7 +16,9 @@ from slimtune.passes.registry import PassSpec, register_pass
 
 class LoRAParams(Strict):
     renamed: ClassVar[dict[str, str]] = {"lora_r": "r", "lora_alpha": "alpha"}
-    r: int = Field(16, gt=0, description="rank of the adapter matrices", json_schema_extra={"searchable": True})
+    r: int = Field(
+        16, gt=0, description="rank of the adapter matrices", json_schema_extra={"searchable": True}
+    )
     alpha: float = Field(32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
     target_modules: list[str] | str | None = Field(
@@ -24,7 +26,9 @@ class LoRAParams(Strict):
         description="linear layer names to adapt (fused/split names are mapped between architectures); "
         "None or 'all-linear': every linear layer but the output head",
     )
-    modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved with the adapter")
+    modules_to_save: list[str] | None = Field(
+        None, description="modules trained in full and saved with the adapter"
+    )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of the frozen base weights; auto: bfloat16 on CUDA, float32 on CPU"
     )
@@ -36,12 +40,16 @@ class LoRAParams(Strict):
     training_args: dict[str, Any] = Field(default_factory=dict, description="transformers TrainingArguments")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
     init_lora_weights: str | bool = Field(True, description="peft init: true, gaussian, pissa, loftq ...")
-    loftq_iter: int | None = Field(None, gt=0, description="LoftQ initialisation iterations (sets init to loftq)")
+    loftq_iter: int | None = Field(
+        None, gt=0, description="LoftQ initialisation iterations (sets init to loftq)"
+    )
     bias: Literal["none", "all", "lora_only"] = "none"
     # QLoRA (bitsandbytes, CUDA only)
     quant_type: Literal["nf4", "fp4"] | None = Field(None, description="4-bit base weights (QLoRA)")
     double_quant: bool | None = Field(None, description="QLoRA: quantize the quantization constants")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(None, description="QLoRA compute dtype")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
+        None, description="QLoRA compute dtype"
+    )
     # quantization-aware training for the int4 export
     quantization_aware: Literal[None, "int4"] = Field(
         None,
@@ -53,7 +61,8 @@ class LoRAParams(Strict):
         "same grid and adds the adapter beside it. Merging such an adapter into the float base loses accuracy",
     )
     quantization_block_size: int = Field(
-        32, description="quantization_aware: block size of the int4 grid; must equal ModelBuilder's int4_block_size"
+        32,
+        description="quantization_aware: block size of the int4 grid; must equal ModelBuilder's int4_block_size",
     )
     # speed
     pack_sequences: bool = Field(
@@ -77,8 +86,10 @@ class LoRAParams(Strict):
     @model_validator(mode="after")
     def _quantization_aware_alone(self):
         if self.quantization_aware and self.quantized:
-            raise ValueError("quantization_aware trains on a fake-quantized float base; it cannot be combined "
-                             "with QLoRA settings (quant_type, double_quant, compute_dtype)")
+            raise ValueError(
+                "quantization_aware trains on a fake-quantized float base; it cannot be combined "
+                "with QLoRA settings (quant_type, double_quant, compute_dtype)"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -114,14 +125,19 @@ class LoRAParams(Strict):
         if entry.get("type") == "LoRA":
             if entry.get("double_quant") or entry.get("quant_type"):
                 entry["type"] = "QLoRA"
-                m.note((*path, "type"), "quantization settings on a LoRA pass: running it as QLoRA (CUDA only)")
+                m.note(
+                    (*path, "type"), "quantization settings on a LoRA pass: running it as QLoRA (CUDA only)"
+                )
             elif "double_quant" in entry:
                 entry.pop("double_quant")
                 m.note((*path, "double_quant"), "false on a LoRA pass has no effect; key dropped")
         args = entry.get("training_args")
         if isinstance(args, dict):
+
             def moved(old: str, new: str) -> None:
-                m.moved((*path, "training_args", old), (*path, "training_args", new), "removed in transformers 5")
+                m.moved(
+                    (*path, "training_args", old), (*path, "training_args", new), "removed in transformers 5"
+                )
 
             entry["training_args"] = migrate_training_args(args, moved)
 
@@ -133,7 +149,9 @@ class LoRAParams(Strict):
 class QLoRAParams(LoRAParams):
     quant_type: Literal["nf4", "fp4"] | None = Field("nf4", description="4-bit base weights")
     double_quant: bool | None = Field(False, description="quantize the quantization constants")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field("bfloat16", description="compute dtype")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
+        "bfloat16", description="compute dtype"
+    )
 
 
 class DoRAParams(LoRAParams):
@@ -141,9 +159,33 @@ class DoRAParams(LoRAParams):
 
 
 _RUN = "slimtune.passes.lora_train:run"
-register_pass(PassSpec("LoRA", LoRAParams, _RUN, version=1, summary="LoRA fine-tuning (transformers + peft)",
-                       output_kind="adapter"))
-register_pass(PassSpec("QLoRA", QLoRAParams, _RUN, version=1, summary="LoRA on a 4-bit base (bitsandbytes, CUDA)",
-                       output_kind="adapter"))
-register_pass(PassSpec("DoRA", DoRAParams, _RUN, version=1, summary="weight-decomposed LoRA (peft use_dora)",
-                       output_kind="adapter"))
+register_pass(
+    PassSpec(
+        "LoRA",
+        LoRAParams,
+        _RUN,
+        version=1,
+        summary="LoRA fine-tuning (transformers + peft)",
+        output_kind="adapter",
+    )
+)
+register_pass(
+    PassSpec(
+        "QLoRA",
+        QLoRAParams,
+        _RUN,
+        version=1,
+        summary="LoRA on a 4-bit base (bitsandbytes, CUDA)",
+        output_kind="adapter",
+    )
+)
+register_pass(
+    PassSpec(
+        "DoRA",
+        DoRAParams,
+        _RUN,
+        version=1,
+        summary="weight-decomposed LoRA (peft use_dora)",
+        output_kind="adapter",
+    )
+)

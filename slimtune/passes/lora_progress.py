@@ -43,8 +43,13 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="      training", unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=state.max_steps,
+            initial=state.global_step,
+            desc="      training",
+            unit="step",
+            dynamic_ncols=True,
+        )
         self._start = time.perf_counter()
         self._start_tokens = state.num_input_tokens_seen
 

@@ -54,13 +54,16 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
     ctx.meta.add_special_tokens = task.add_special_tokens
     if task.labels is not None and len(task.labels) <= MAX_LABELS:
         ctx.meta.labels = task.labels
-    ctx.log(f"      data: {len(train)} training samples, {len(evaluation) if evaluation else 0} evaluation samples")
+    ctx.log(
+        f"      data: {len(train)} training samples, {len(evaluation) if evaluation else 0} evaluation samples"
+    )
 
     dtype = _dtype(params.torch_dtype, ctx.device)
     load_kwargs: dict[str, Any] = {"dtype": dtype}
     if params.quantized:
         load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=params.quant_type or "nf4",
+            load_in_4bit=True,
+            bnb_4bit_quant_type=params.quant_type or "nf4",
             bnb_4bit_use_double_quant=bool(params.double_quant),
             bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype or "bfloat16"),
         )
@@ -74,10 +77,15 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         from slimtune.passes.fake_quant import fake_quantize_model_int4
 
         changed = fake_quantize_model_int4(model, params.quantization_block_size)
-        ctx.log(f"      quantization-aware: {len(changed)} linear layers put on the int4 grid "
-                f"(block {params.quantization_block_size}) before training")
-        ctx.metrics["quantization_aware"] = {"scheme": "int4", "block_size": params.quantization_block_size,
-                                             "layers": len(changed)}
+        ctx.log(
+            f"      quantization-aware: {len(changed)} linear layers put on the int4 grid "
+            f"(block {params.quantization_block_size}) before training"
+        )
+        ctx.metrics["quantization_aware"] = {
+            "scheme": "int4",
+            "block_size": params.quantization_block_size,
+            "layers": len(changed),
+        }
         ctx.meta.quantized_base = {"scheme": "int4", "block_size": params.quantization_block_size}
     targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
     for note in notes:
@@ -89,9 +97,16 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
 
         init, lora_kwargs["loftq_config"] = "loftq", LoftQConfig(loftq_bits=4, loftq_iter=params.loftq_iter)
     lora = LoraConfig(
-        r=params.r, lora_alpha=params.alpha, lora_dropout=params.lora_dropout, target_modules=targets,
-        modules_to_save=params.modules_to_save, bias=params.bias, use_dora=params.use_dora,
-        init_lora_weights=init, task_type="CAUSAL_LM", **lora_kwargs,
+        r=params.r,
+        lora_alpha=params.alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=targets,
+        modules_to_save=params.modules_to_save,
+        bias=params.bias,
+        use_dora=params.use_dora,
+        init_lora_weights=init,
+        task_type="CAUSAL_LM",
+        **lora_kwargs,
     )
     model = get_peft_model(model, lora)
     trainable, total = model.get_nb_trainable_parameters()
@@ -99,8 +114,12 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
     args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train))
     progress = ProgressCallback()
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id), callbacks=[progress],
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
+        callbacks=[progress],
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
     checkpoints = complete_checkpoints(Path(args.output_dir))
@@ -111,25 +130,34 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
 
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
     tokenizer.save_pretrained(ctx.output_dir)
-    ctx.metrics.update({
-        "train_loss": result.training_loss,
-        "eval_loss": final_eval.get("eval_loss"),
-        "eval_perplexity": math.exp(final_eval["eval_loss"]) if final_eval.get("eval_loss") is not None else None,
-        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
-        "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]}
-                       for h in trainer.state.log_history if "eval_loss" in h],
-        "steps": trainer.state.global_step,
-        "train_samples": len(train),
-        "eval_samples": len(evaluation) if evaluation is not None else 0,
-        "tokens_seen": progress.tokens,
-        "tokens_per_s": progress.tokens_per_second,
-        "trainable_params": trainable,
-        "total_params": total,
-        "target_modules": targets,
-        "target_module_notes": notes,
-        "device": ctx.device,
-        "resumed_from": checkpoints[-1].name if checkpoints else None,
-    })
+    ctx.metrics.update(
+        {
+            "train_loss": result.training_loss,
+            "eval_loss": final_eval.get("eval_loss"),
+            "eval_perplexity": math.exp(final_eval["eval_loss"])
+            if final_eval.get("eval_loss") is not None
+            else None,
+            "loss_curve": [
+                {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+            ],
+            "eval_curve": [
+                {"step": h["step"], "eval_loss": h["eval_loss"]}
+                for h in trainer.state.log_history
+                if "eval_loss" in h
+            ],
+            "steps": trainer.state.global_step,
+            "train_samples": len(train),
+            "eval_samples": len(evaluation) if evaluation is not None else 0,
+            "tokens_seen": progress.tokens,
+            "tokens_per_s": progress.tokens_per_second,
+            "trainable_params": trainable,
+            "total_params": total,
+            "target_modules": targets,
+            "target_module_notes": notes,
+            "device": ctx.device,
+            "resumed_from": checkpoints[-1].name if checkpoints else None,
+        }
+    )
     return ModelRef(str(ctx.output_dir), "adapter", base_path=str(base))
 
 
@@ -154,7 +182,7 @@ def _check_qlora_possible(ctx: PassContext) -> None:
     if ctx.device != "cuda":
         raise UserError(
             "QLoRA (a 4-bit base via bitsandbytes) needs a CUDA GPU, and this run's host is the CPU. Use a "
-            "plain LoRA pass (drop double_quant / quant_type), or run on a system with accelerators [\"gpu\"]."
+            'plain LoRA pass (drop double_quant / quant_type), or run on a system with accelerators ["gpu"].'
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("QLoRA needs the bitsandbytes package: pip install bitsandbytes")
@@ -178,7 +206,11 @@ def training_arguments(params: LoRAParams, ctx: PassContext, *, has_eval: bool, 
         args.setdefault("eval_steps", args.get("save_steps", 50))
     if not has_eval:
         args["eval_strategy"] = "no"
-    if args.get("eval_strategy") == "steps" and args.get("save_strategy") == "steps" and args.get("load_best_model_at_end"):
+    if (
+        args.get("eval_strategy") == "steps"
+        and args.get("save_strategy") == "steps"
+        and args.get("load_best_model_at_end")
+    ):
         args["save_steps"] = args.get("eval_steps", args["save_steps"])
     args.update(
         output_dir=str(ctx.work_dir / "checkpoints"),

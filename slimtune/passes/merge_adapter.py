@@ -16,5 +16,13 @@ class MergeParams(Strict):
     )
 
 
-register_pass(PassSpec("MergeAdapterWeights", MergeParams, "slimtune.passes.merge_run:run", version=1,
-                       summary="merge the adapter into the base weights", input_kinds=("adapter",)))
+register_pass(
+    PassSpec(
+        "MergeAdapterWeights",
+        MergeParams,
+        "slimtune.passes.merge_run:run",
+        version=1,
+        summary="merge the adapter into the base weights",
+        input_kinds=("adapter",),
+    )
+)

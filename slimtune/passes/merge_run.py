@@ -10,8 +10,16 @@ from slimtune.errors import UserError
 from slimtune.models.ref import ModelRef
 from slimtune.passes.merge_adapter import MergeParams
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 
 
 def run(ctx: PassContext, params: MergeParams) -> ModelRef:
@@ -23,8 +31,10 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
 
     base, adapter = Path(ctx.input.base_path), Path(ctx.input.path)
     if ctx.meta.quantized_base:
-        ctx.log("      warning: this adapter was trained against the int4 grid (quantization_aware); merged into "
-                "the float base it loses accuracy. Send it to ModelBuilder unmerged instead.")
+        ctx.log(
+            "      warning: this adapter was trained against the int4 grid (quantization_aware); merged into "
+            "the float base it loses accuracy. Send it to ModelBuilder unmerged instead."
+        )
     load_kwargs = ctx.load_kwargs()
     config = transformers.AutoConfig.from_pretrained(base, **load_kwargs)
     if params.save_dtype == "auto":

@@ -11,15 +11,20 @@ from slimtune.passes.registry import PassSpec, register_pass
 
 
 class ModelBuilderParams(Strict):
-    precision: Literal["int4", "int8", "fp16", "bf16", "fp32"] = Field("int4", description="weights precision")
+    precision: Literal["int4", "int8", "fp16", "bf16", "fp32"] = Field(
+        "int4", description="weights precision"
+    )
     execution_provider: Literal["cpu", "cuda", "dml", "webgpu"] | None = Field(
         None, description="target provider; default taken from the target system's accelerators"
     )
     int4_block_size: Literal[16, 32, 64, 128, 256] | None = Field(
-        None, description="quantization block size (builder default 32)", json_schema_extra={"searchable": True}
+        None,
+        description="quantization block size (builder default 32)",
+        json_schema_extra={"searchable": True},
     )
     int4_accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
-        None, description="MatMulNBits compute: 1 fp32, 2 fp16, 3 bf16, 4 int8 (builder default 4 on CPU)",
+        None,
+        description="MatMulNBits compute: 1 fp32, 2 fp16, 3 bf16, 4 int8 (builder default 4 on CPU)",
         json_schema_extra={"searchable": True},
     )
     int4_algo_config: str | None = Field(
@@ -30,11 +35,21 @@ class ModelBuilderParams(Strict):
     exclude_embeds: bool | None = Field(None, description="keep the embedding in higher precision")
     exclude_lm_head: bool | None = Field(None, description="keep the output head in higher precision")
     enable_cuda_graph: bool | None = None
-    adapter_path: str | None = Field(None, description="export base + this unmerged adapter (LoRA weights as inputs)")
+    adapter_path: str | None = Field(
+        None, description="export base + this unmerged adapter (LoRA weights as inputs)"
+    )
     extra_options: dict[str, Any] = Field(default_factory=dict, description="passed to the builder as given")
     metadata_only: bool = Field(False, description="write genai_config.json and tokenizer files only")
 
 
-register_pass(PassSpec("ModelBuilder", ModelBuilderParams, "slimtune.passes.model_builder_run:run", version=1,
-                       summary="ONNX export for onnxruntime-genai", input_kinds=("hf", "adapter"),
-                       output_kind="onnx"))
+register_pass(
+    PassSpec(
+        "ModelBuilder",
+        ModelBuilderParams,
+        "slimtune.passes.model_builder_run:run",
+        version=1,
+        summary="ONNX export for onnxruntime-genai",
+        input_kinds=("hf", "adapter"),
+        output_kind="onnx",
+    )
+)

@@ -23,7 +23,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 ALL_LINEAR = "all-linear"
 
 
-def resolve_target_modules(requested: list[str] | str | None, linear_names: list[str]) -> tuple[list[str] | str, list[str]]:
+def resolve_target_modules(
+    requested: list[str] | str | None, linear_names: list[str]
+) -> tuple[list[str] | str, list[str]]:
     """(names to give peft, notes on each mapping). `linear_names` are the model's linear layer leaf names."""
     if requested is None or requested == ALL_LINEAR:
         return ALL_LINEAR, []
