@@ -1,0 +1,88 @@
+"""`slimtune run` refuses at once, before loading anything, what this version cannot run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slimtune.cli.main import main
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def test_azure_system_fails_at_once_naming_what_is_missing(capsys):
+    assert main(["run", "--config", str(CONFIGS / "seed_azure.json")]) == 2
+    err = capsys.readouterr().err
+    assert "AzureML" in err and "azure-ai-ml" in err and "LocalSystem" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "expected"),
+    [
+        (
+            "model",
+            {"type": "azureml_registry_model", "name": "m", "registry_name": "r", "version": 1},
+            "Azure ML",
+        ),
+        ("model", "s3://bucket/model", "remote"),
+        (
+            "data",
+            {"type": "azureml_datastore", "datastore_name": "d", "relative_path": "x.json"},
+            "datastore",
+        ),
+        ("data", "https://example.invalid/train.json", "remote"),
+    ],
+)
+def test_remote_inputs_fail_at_once(tmp_path, capsys, section, value, expected):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    config = {
+        "input_model": {"type": "HfModel", "model_path": value if section == "model" else str(tmp_path)},
+        "data_configs": [
+            {
+                "name": "d",
+                "load_dataset_config": {
+                    "data_name": "json",
+                    "data_files": value if section == "data" else str(data),
+                },
+            }
+        ],
+        "passes": {"lora": {"type": "LoRA", "train_data_config": "d"}},
+        "output_dir": str(tmp_path / "out"),
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["run", "--config", str(path)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_qlora_on_cpu_fails_before_loading_weights(tmp_path, capsys, monkeypatch):
+    from tiny_models import make_tiny_model
+
+    model = make_tiny_model("llama", tmp_path / "tiny")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "data_configs": [
+            {"name": "d", "load_dataset_config": {"data_name": "json", "data_files": str(data)}}
+        ],
+        "passes": {"q": {"type": "QLoRA", "train_data_config": "d"}},
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    import transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the QLoRA check")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "QLoRA" in err and "CUDA" in err
+    assert not list((tmp_path / "cache").glob("entries/*"))
