@@ -116,7 +116,7 @@ def table(record: dict) -> str:
     lines = [
         f"Rows: {evaluation['data']['source']}.",
         "",
-        "| stage | kind | accuracy | likelihood acc. | invalid | latency p50 (ms) | decode tok/s | size (MB) | eval time (s) |",
+        "| stage | kind | accuracy | likelihood acc. | invalid | latency p50 (ms) | decode tok/s | size (MB) | eval rows/s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for stage in evaluation["stages"]:
@@ -125,7 +125,7 @@ def table(record: dict) -> str:
         lines.append(
             f"| {stage['label']} | {stage['kind']} | {_pct(m.get('accuracy'))} | {_pct(m.get('likelihood_accuracy'))} "
             f"| {m.get('invalid', '-')} | {_num(lat.get('e2e_ms', {}).get('p50'))} | {_num(lat.get('decode_tokens_per_s'))} "
-            f"| {_num(m.get('size_bytes') and m['size_bytes'] / 1e6)} | {_num(m.get('eval_seconds'), 1)} |"
+            f"| {_num(m.get('size_bytes') and m['size_bytes'] / 1e6)} | {_num(m.get('rows_per_s'), 1)} |"
         )
     lora = record["passes"][0]
     lines += [

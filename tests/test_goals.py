@@ -107,3 +107,13 @@ def test_run_missing_a_goal_exits_3(tmp_path, capsys):
     }
     for name in ("report.md", "report.html"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_required_metrics_follow_the_sub_types():
+    from slimtune.evaluate.goals import required_metrics
+
+    accuracy = Metric(name="a", type="accuracy", sub_types=[SubMetric(name="accuracy_score")])
+    ranked = Metric(name="b", type="accuracy", sub_types=[SubMetric(name="likelihood_accuracy")])
+    latency = Metric(name="c", type="throughput")
+    assert required_metrics([accuracy]) == ["accuracy"]
+    assert required_metrics([ranked, latency]) == ["accuracy", "latency", "likelihood"]
