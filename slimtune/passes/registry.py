@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from slimtune.config.base import Strict
 
@@ -17,10 +17,6 @@ PASS_MODULES = [
     "slimtune.passes.merge_adapter",
     "slimtune.passes.model_builder",
 ]
-
-
-class PassRun(Protocol):
-    def __call__(self, ctx: Any, params: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
