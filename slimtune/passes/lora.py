@@ -17,7 +17,10 @@ from slimtune.passes.registry import PassSpec, register_pass
 class LoRAParams(Strict):
     renamed: ClassVar[dict[str, str]] = {"lora_r": "r", "lora_alpha": "alpha"}
     r: int = Field(
-        16, gt=0, description="rank of the adapter matrices", json_schema_extra={"searchable": True}
+        16,
+        gt=0,
+        description="rank of the adapter matrices",
+        json_schema_extra={"search_defaults": [8, 16, 32, 64]},
     )
     alpha: float = Field(32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
@@ -65,8 +68,18 @@ class LoRAParams(Strict):
         description="quantization_aware: block size of the int4 grid; must equal ModelBuilder's int4_block_size",
     )
     # speed
-    pack_sequences: bool = Field(
-        False, description="pack rows into full sequences (examples do not attend to each other)"
+    pack_sequences: bool | None = Field(
+        None,
+        description="lay each micro-batch's examples end to end without padding (position ids restart per "
+        "example, so examples do not attend to each other); None: on for CUDA, off on the CPU",
+    )
+    compile_layers: bool | None = Field(
+        None, description="torch.compile each decoder layer (CUDA only); None: on for CUDA"
+    )
+    distributed: Literal["auto", "off"] | int = Field(
+        "auto",
+        description="data-parallel training over several GPUs (one process per GPU, torch DDP): auto uses "
+        "every visible CUDA device, off uses one, a number uses that many",
     )
 
     @field_validator("target_modules")
@@ -101,6 +114,16 @@ class LoRAParams(Strict):
             data.pop("quantization_aware", None)
             if self.quantization_block_size == 32:
                 data.pop("quantization_block_size", None)
+        if isinstance(data, dict):
+            # speed settings change how fast, not what is learned (up to float rounding and dropout draws):
+            # left out of the cache key at their defaults
+            for name, default in (
+                ("pack_sequences", None),
+                ("compile_layers", None),
+                ("distributed", "auto"),
+            ):
+                if data.get(name) == default:
+                    data.pop(name, None)
         return data
 
     @field_validator("training_args")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,46 +34,38 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         raise UserError(f"LoRA needs a Hugging Face model, got a {ctx.input.kind} model")
     if params.quantized:
         _check_qlora_possible(ctx)
+    from slimtune.passes.lora_distributed import in_worker, run_distributed, world_size
 
-    import torch
+    world = world_size(params.distributed, ctx.device)
+    if world > 1 and not in_worker():
+        return run_distributed(ctx, params, world)
+    return train(ctx, params)
+
+
+def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
+    """One process's training run (the only one, or one rank of a data-parallel run)."""
     import transformers
-    from peft import LoraConfig, get_peft_model
 
-    from slimtune.models.loading import linear_layer_names
     from slimtune.passes.lora_data import prepare_datasets
-    from slimtune.passes.lora_progress import ProgressCallback, collate
-    from slimtune.passes.targets import resolve_target_modules
+    from slimtune.passes.lora_progress import ProgressCallback
 
     transformers.utils.logging.disable_progress_bar()
     base = Path(ctx.input.path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train, evaluation, task = prepare_datasets(ctx, params, tokenizer)
+    train_set, evaluation, task = prepare_datasets(ctx, params, tokenizer)
     ctx.meta.template, ctx.meta.answer_column = task.template, task.answer_column
     ctx.meta.chat_template = task.chat_template
     ctx.meta.add_special_tokens = task.add_special_tokens
     if task.labels is not None and len(task.labels) <= MAX_LABELS:
         ctx.meta.labels = task.labels
     ctx.log(
-        f"      data: {len(train)} training samples, {len(evaluation) if evaluation else 0} evaluation samples"
+        f"      data: {len(train_set)} training samples, "
+        f"{len(evaluation) if evaluation else 0} evaluation samples"
     )
 
-    dtype = _dtype(params.torch_dtype, ctx.device)
-    load_kwargs: dict[str, Any] = {"dtype": dtype}
-    if params.quantized:
-        load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=params.quant_type or "nf4",
-            bnb_4bit_use_double_quant=bool(params.double_quant),
-            bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype or "bfloat16"),
-        )
-        load_kwargs["device_map"] = {"": 0}
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
-    if params.quantized:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = load_base_model(base, params, ctx.device)
     if params.quantization_aware == "int4":
         from slimtune.passes.fake_quant import fake_quantize_model_int4
 
@@ -87,9 +80,89 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
             "layers": len(changed),
         }
         ctx.meta.quantized_base = {"scheme": "int4", "block_size": params.quantization_block_size}
-    targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
+    model, targets, notes = attach_adapter(model, params)
     for note in notes:
         ctx.log(f"      {note}")
+    trainable, total = model.get_nb_trainable_parameters()
+
+    args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train_set))
+    progress = ProgressCallback()
+    row_len = ctx.data_config(params.train_data_config).pre_process_data_config.max_seq_len
+    trainer, plan = make_trainer(
+        model, tokenizer, train_set, evaluation, params, args, ctx.device, row_len, callbacks=[progress]
+    )
+    ctx.log("      speed: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in plan.items()))
+    checkpoints = complete_checkpoints(Path(args.output_dir))
+    if checkpoints:
+        ctx.log(f"      resuming from {checkpoints[-1].name}")
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    final_eval = trainer.evaluate() if evaluation is not None else {}
+
+    if trainer.is_world_process_zero():
+        model.save_pretrained(ctx.output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(ctx.output_dir)
+    ctx.metrics.update(
+        {
+            "train_loss": result.training_loss,
+            "eval_loss": final_eval.get("eval_loss"),
+            "eval_perplexity": math.exp(final_eval["eval_loss"])
+            if final_eval.get("eval_loss") is not None
+            else None,
+            "loss_curve": [
+                {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+            ],
+            "eval_curve": [
+                {"step": h["step"], "eval_loss": h["eval_loss"]}
+                for h in trainer.state.log_history
+                if "eval_loss" in h
+            ],
+            "steps": trainer.state.global_step,
+            "train_samples": len(train_set),
+            "eval_samples": len(evaluation) if evaluation is not None else 0,
+            "tokens_seen": progress.tokens,
+            "tokens_per_s": progress.tokens_per_second,
+            "trainable_params": trainable,
+            "total_params": total,
+            "target_modules": targets,
+            "target_module_notes": notes,
+            "device": ctx.device,
+            "speed": plan,
+            "resumed_from": checkpoints[-1].name if checkpoints else None,
+        }
+    )
+    return ModelRef(str(ctx.output_dir), "adapter", base_path=str(base))
+
+
+def load_base_model(base: Path, params: LoRAParams, device: str, **load_kwargs: Any):
+    """The frozen base: bf16 on CUDA (or torch_dtype), 4-bit through bitsandbytes for QLoRA."""
+    import torch
+    import transformers
+
+    kwargs: dict[str, Any] = {"dtype": _dtype(params.torch_dtype, device), **load_kwargs}
+    if params.quantized:
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=params.quant_type or "nf4",
+            bnb_4bit_use_double_quant=bool(params.double_quant),
+            bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype or "bfloat16"),
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if params.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def attach_adapter(model: Any, params: LoRAParams):
+    """(peft model, resolved target modules, notes on how the names were mapped)."""
+    from peft import LoraConfig, get_peft_model
+
+    from slimtune.models.loading import linear_layer_names
+    from slimtune.passes.targets import resolve_target_modules
+
+    targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
     init = params.init_lora_weights
     lora_kwargs: dict[str, Any] = {}
     if params.loftq_iter:
@@ -108,57 +181,48 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         task_type="CAUSAL_LM",
         **lora_kwargs,
     )
-    model = get_peft_model(model, lora)
-    trainable, total = model.get_nb_trainable_parameters()
+    return get_peft_model(model, lora), targets, notes
 
-    args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train))
-    progress = ProgressCallback()
+
+def make_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_set: Any,
+    evaluation: Any,
+    params: LoRAParams,
+    args: Any,
+    device: str,
+    row_len: int,
+    callbacks: list[Any] = (),
+):
+    """(transformers Trainer with slimtune's speed settings applied, the settings used)."""
+    import transformers
+
+    from slimtune.passes.lora_progress import collate
+    from slimtune.passes.lora_speed import PackedCollator, compile_layers, speed_plan
+
+    plan = speed_plan(params, device)
+    model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if plan["pack_sequences"]:
+        collator = PackedCollator(pad, row_len)
+    else:
+
+        def collator(rows):
+            return collate(rows, pad)
+
+    if plan["compile_layers"]:
+        compile_layers(model)
     trainer = transformers.Trainer(
         model=model,
         args=args,
-        train_dataset=train,
+        train_dataset=train_set,
         eval_dataset=evaluation,
-        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
-        callbacks=[progress],
+        data_collator=collator,
+        callbacks=list(callbacks),
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
-    checkpoints = complete_checkpoints(Path(args.output_dir))
-    if checkpoints:
-        ctx.log(f"      resuming from {checkpoints[-1].name}")
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    final_eval = trainer.evaluate() if evaluation is not None else {}
-
-    model.save_pretrained(ctx.output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(ctx.output_dir)
-    ctx.metrics.update(
-        {
-            "train_loss": result.training_loss,
-            "eval_loss": final_eval.get("eval_loss"),
-            "eval_perplexity": math.exp(final_eval["eval_loss"])
-            if final_eval.get("eval_loss") is not None
-            else None,
-            "loss_curve": [
-                {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
-            ],
-            "eval_curve": [
-                {"step": h["step"], "eval_loss": h["eval_loss"]}
-                for h in trainer.state.log_history
-                if "eval_loss" in h
-            ],
-            "steps": trainer.state.global_step,
-            "train_samples": len(train),
-            "eval_samples": len(evaluation) if evaluation is not None else 0,
-            "tokens_seen": progress.tokens,
-            "tokens_per_s": progress.tokens_per_second,
-            "trainable_params": trainable,
-            "total_params": total,
-            "target_modules": targets,
-            "target_module_notes": notes,
-            "device": ctx.device,
-            "resumed_from": checkpoints[-1].name if checkpoints else None,
-        }
-    )
-    return ModelRef(str(ctx.output_dir), "adapter", base_path=str(base))
+    return trainer, plan
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
@@ -197,6 +261,14 @@ def _dtype(name: str, device: str):
 
 
 def training_arguments(params: LoRAParams, ctx: PassContext, *, has_eval: bool, n_train: int):
+    return training_arguments_for(
+        params, ctx.work_dir / "checkpoints", ctx.device, has_eval=has_eval, n_train=n_train
+    )
+
+
+def training_arguments_for(
+    params: LoRAParams, output_dir: Path, device: str, *, has_eval: bool, n_train: int
+):
     import transformers
 
     given = dict(params.training_args)
@@ -213,15 +285,17 @@ def training_arguments(params: LoRAParams, ctx: PassContext, *, has_eval: bool, 
     ):
         args["save_steps"] = args.get("eval_steps", args["save_steps"])
     args.update(
-        output_dir=str(ctx.work_dir / "checkpoints"),
+        output_dir=str(output_dir),
         report_to=[],
         disable_tqdm=True,  # ProgressCallback shows one bar with tokens/s
         remove_unused_columns=False,
-        use_cpu=ctx.device == "cpu",
-        dataloader_pin_memory=ctx.device == "cuda",
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen=True,
     )
-    if ctx.device == "cuda" and params.torch_dtype in ("auto", "bfloat16") and "bf16" not in given:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ddp_find_unused_parameters" not in given:
+        args["ddp_find_unused_parameters"] = False  # every adapter weight takes part in each step
+    if device == "cuda" and params.torch_dtype in ("auto", "bfloat16") and "bf16" not in given:
         args["bf16"] = True
     try:
         return transformers.TrainingArguments(**args)

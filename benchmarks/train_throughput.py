@@ -1,0 +1,409 @@
+"""LoRA training speed on one GPU: Olive-style Trainer + peft baselines against slimtune's LoRA pass path.
+
+    python benchmarks/train_throughput.py                       # all rows, Phi-3-mini shape, on a GPU
+    python benchmarks/train_throughput.py --tiny --steps 3      # a smoke run of the script on the CPU
+
+No download: the model is `transformers.Phi3Config()` (Phi-3-mini's shape) with random bf16 weights, the
+data a synthetic token stream (a sparse Markov chain, so the loss can fall) cut into 1024-token sequences,
+as Olive's corpus strategy joins rows. The LoRA settings are the source document's: r 64, alpha 64,
+dropout 0.1 on qkv_proj + o_proj. Every row trains from the same weights on the same sequences in the same
+order, for the same number of tokens, with the same effective batch (the seed's 4 sequences) and
+optimiser settings (lr 1e-4 constant after 3% warm-up, max_grad_norm 0.3, adam_beta2 0.999).
+
+Rows:
+  olive-seed    Olive's LoRA pass as it configures Trainer + peft (olive/passes/pytorch/lora.py): model and
+                adapters in bf16 without autocast, paged_adamw_32bit (adamw_torch without bitsandbytes),
+                sdpa attention, the seed's batch 1 x accumulation 4, no gradient checkpointing
+  olive-b4      the same with batch 4 x accumulation 1
+  plain-b4      the best plain Trainer + peft set-up found: batch 4, bf16 autocast with fp32 adapters,
+                fused AdamW, sdpa
+  slimtune      slimtune's LoRA pass path (lora_train.attach_adapter / training_arguments_for /
+                make_trainer): packed rows, compiled decoder layers, batch 4
+
+Reported: tokens/s over the steps after warm-up, MFU (4 x parameters x tokens / time / peak bf16 FLOP/s,
+989 TFLOP/s for an H100 / H200), peak GPU memory (torch max_memory_allocated), the training loss over the
+last steps and the loss on 8 held-out sequences after the same number of tokens, and each row's
+throughput as a ratio of the best baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import append_section, machine, now, versions  # noqa: E402
+
+PEAK_BF16 = 989e12
+BASELINES = ("olive-seed", "olive-b4", "plain-b4")
+ROWS = (*BASELINES, "slimtune", "slimtune-eager")
+TARGETS = ["qkv_proj", "o_proj"]
+
+
+def make_config(tiny: bool):
+    import transformers
+
+    if tiny:
+        return transformers.Phi3Config(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            original_max_position_embeddings=1024,
+            pad_token_id=0,
+        )
+    return transformers.Phi3Config()
+
+
+def make_model(config, device: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    model.config.use_cache = False
+    return model
+
+
+def make_sequences(n: int, seq: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """A token stream from a sparse Markov chain (each token is followed by one of 4), cut into blocks."""
+    import random
+
+    rng = random.Random(seed)
+    states = min(vocab - 2, 2000)
+    follow = [[rng.randrange(2, states + 2) for _ in range(4)] for _ in range(states + 2)]
+    token = 2
+    out = []
+    for _ in range(n):
+        block = []
+        for _ in range(seq):
+            token = rng.choice(follow[token])
+            block.append(token)
+        out.append(block)
+    return out
+
+
+class Timer:
+    """TrainerCallback: wall time of each optimizer step, synchronized with the GPU."""
+
+    def __init__(self, device: str, profile_from: int | None = None) -> None:
+        import transformers
+
+        self.device = device
+        self.profile_from = profile_from
+        self.profiler = None
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        outer = self
+
+        class _Callback(transformers.TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if outer.profile_from is not None and state.global_step == outer.profile_from:
+                    import torch
+
+                    outer.profiler = torch.profiler.profile(
+                        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                    )
+                    outer.profiler.__enter__()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                outer._sync()
+                outer.times.append(time.perf_counter())
+                if outer.profiler is not None and state.global_step == outer.profile_from + 2:
+                    outer.profiler.__exit__(None, None, None)
+                    print(
+                        outer.profiler.key_averages().table(
+                            sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=60
+                        )
+                    )
+                    outer.profiler = None
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    outer.losses.append(float(logs["loss"]))
+
+        self.callback = _Callback()
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+
+def olive_collate(batch, pad_id: int):
+    """Olive's LoRABase.collate_batch: pad_sequence on input_ids, attention_mask, labels."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    ids = [torch.tensor(b["input_ids"]) for b in batch]
+    mask = [torch.tensor(b["attention_mask"]) for b in batch]
+    labels = [torch.tensor(b["labels"]) for b in batch]
+    return {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_id),
+        "attention_mask": pad_sequence(mask, batch_first=True, padding_value=0),
+        "labels": pad_sequence(labels, batch_first=True, padding_value=-100),
+    }
+
+
+def common_args(micro: int, accumulation: int, steps: int) -> dict:
+    return {
+        "seed": 0,
+        "data_seed": 42,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_checkpointing": False,
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 0.03,
+        "max_steps": steps,
+        "max_grad_norm": 0.3,
+        "adam_beta2": 0.999,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+    }
+
+
+def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path, callbacks):
+    import importlib.util
+
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    micro, accumulation = (1, 4) if row == "olive-seed" else (4, 1)
+    for p in model.parameters():
+        p.requires_grad = False
+    lora = LoraConfig(
+        r=64, lora_alpha=64, lora_dropout=0.1, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"
+    )
+    args = common_args(micro, accumulation, steps)
+    if row.startswith("olive"):
+        peft_model = get_peft_model(model, lora)
+        for module in peft_model.modules():  # Olive casts the adapters to the model's dtype
+            if isinstance(module, LoraLayer):
+                module.to(peft_model.dtype)
+        has_bnb = device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
+        args["optim"] = "paged_adamw_32bit" if has_bnb else "adamw_torch"
+    else:
+        peft_model = get_peft_model(model, lora)  # adapters stay fp32 under bf16 autocast
+        args["bf16"] = device == "cuda"
+        args["optim"] = "adamw_torch_fused" if device == "cuda" else "adamw_torch"
+    args["use_cpu"] = device == "cpu"
+    training_args = transformers.TrainingArguments(output_dir=str(out), **args)
+    trainer = transformers.Trainer(
+        model=peft_model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=lambda b: olive_collate(b, 0),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(transformers.PrinterCallback)
+    return trainer, peft_model
+
+
+def slimtune_trainer(model, train, steps: int, device: str, out: Path, callbacks, compile_layers=None):
+    from slimtune.passes.lora import LoRAParams
+    from slimtune.passes.lora_train import attach_adapter, make_trainer, training_arguments_for
+
+    training = common_args(4, 1, steps)
+    for key in (
+        "save_strategy",
+        "report_to",
+        "disable_tqdm",
+        "remove_unused_columns",
+        "gradient_checkpointing",
+    ):
+        training.pop(key)  # slimtune sets these itself
+    params = LoRAParams(
+        r=64,
+        alpha=64,
+        lora_dropout=0.1,
+        target_modules=TARGETS,
+        train_data_config="bench",
+        training_args={**training, "save_strategy": "no"},
+        compile_layers=compile_layers,
+    )
+    peft_model, _, _ = attach_adapter(model, params)
+    args = training_arguments_for(params, out, device, has_eval=False, n_train=len(train))
+
+    class _Tokenizer:  # the pad id is all make_trainer reads
+        pad_token_id, eos_token_id = 0, 0
+
+    trainer, plan = make_trainer(
+        peft_model, _Tokenizer(), train, None, params, args, device, 1024, callbacks=callbacks
+    )
+    return trainer, peft_model, plan
+
+
+def held_out_loss(model, held, device: str) -> float:
+    import torch
+
+    model.eval()
+    total = 0.0
+    stance = getattr(torch.compiler, "set_stance", None)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        ctx = stance("force_eager") if stance else None
+        if ctx is not None:
+            ctx.__enter__()
+        try:
+            for block in held:
+                ids = torch.tensor([block], device=model.device)
+                total += float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    return total / len(held)
+
+
+def run_row(row: str, config, sequences, held, steps: int, warmup: int, device: str, profile: bool) -> dict:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = make_model(config, device)
+    params = sum(p.numel() for p in model.parameters())
+    # a plain list is a map-style dataset for the Trainer (no datasets package needed)
+    train = [{"input_ids": s, "labels": s, "attention_mask": [1] * len(s)} for s in sequences]
+    timer = Timer(device, steps - 2 if profile else None)
+    plan = None
+    with tempfile.TemporaryDirectory() as out:
+        if row == "slimtune":
+            trainer, peft_model, plan = slimtune_trainer(
+                model, train, steps, device, Path(out), [timer.callback]
+            )
+        else:
+            trainer, peft_model = baseline_trainer(
+                row, model, train, steps, device, Path(out), [timer.callback]
+            )
+        micro = trainer.args.per_device_train_batch_size
+        accumulation = trainer.args.gradient_accumulation_steps
+        start = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - start
+    seq = len(sequences[0])
+    tokens_per_step = micro * accumulation * seq
+    timed = timer.times[warmup : steps - 2 if profile else steps]  # profiled steps are left out
+    seconds = timed[-1] - timed[0] if len(timed) > 1 else total
+    tokens_per_s = (
+        tokens_per_step * (len(timed) - 1) / seconds if len(timed) > 1 else tokens_per_step * steps / total
+    )
+    result = {
+        "row": row,
+        "micro_batch": micro,
+        "accumulation": accumulation,
+        "steps": steps,
+        "tokens": tokens_per_step * steps,
+        "tokens_per_s": tokens_per_s,
+        "mfu": 4 * params * tokens_per_s / PEAK_BF16,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
+        "train_loss_last": sum(timer.losses[-5:]) / max(len(timer.losses[-5:]), 1),
+        "held_out_loss": held_out_loss(peft_model, held, device),
+        "first_step_s": timer.times[0] - start if timer.times else float("nan"),
+        "params": params,
+        "speed": plan,
+    }
+    del trainer, peft_model, model
+    gc.collect()
+    if device == "cuda":
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    return result
+
+
+def table(results: list[dict]) -> str:
+    best = max((r for r in results if r["row"] in BASELINES), key=lambda r: r["tokens_per_s"], default=None)
+    lines = [
+        "| row | batch x accum. | tokens/s | MFU | peak GiB | train loss (last 5) | held-out loss | vs best baseline |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        ratio = r["tokens_per_s"] / best["tokens_per_s"] if best else float("nan")
+        lines.append(
+            f"| {r['row']} | {r['micro_batch']} x {r['accumulation']} | {r['tokens_per_s']:,.0f} | "
+            f"{100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['train_loss_last']:.3f} | "
+            f"{r['held_out_loss']:.3f} | {ratio:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, from " + ", ".join(ROWS))
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps (4 sequences each) per row")
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--tiny", action="store_true", help="a tiny Phi-3 on the CPU: checks the script runs")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--markdown", type=Path, help="write the docs section here instead of docs/benchmarks.md"
+    )
+    parser.add_argument("--no-docs", action="store_true", help="print only")
+    parser.add_argument("--profile", default="", help="comma-separated rows whose last 2 steps are profiled")
+    opts = parser.parse_args(argv)
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and not opts.tiny else "cpu"
+    config = make_config(opts.tiny)
+    seq = 1024 if not opts.tiny else 64
+    stream = make_sequences(opts.steps * 4 + 8, seq, config.vocab_size)
+    sequences, held = stream[:-8], stream[-8:]  # held out: the same chain, never trained on
+    rows = [r.strip() for r in opts.rows.split(",") if r.strip()]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    results = []
+    for row in rows:
+        print(f"[{now()}] {row} ...", flush=True)
+        profile = row in opts.profile.split(",")
+        results.append(
+            run_row(
+                row, config, sequences, held, opts.steps, min(opts.warmup, opts.steps - 4), device, profile
+            )
+        )
+        r = results[-1]
+        print(
+            f"    {r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}%, peak {r['peak_gib']:.1f} GiB, "
+            f"loss {r['train_loss_last']:.3f} / held-out {r['held_out_loss']:.3f}, first step {r['first_step_s']:.1f} s",
+            flush=True,
+        )
+    text = table(results)
+    print(text)
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    body = (
+        f"Machine: {gpu}; {machine()}. Versions: "
+        f"{versions(['torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'triton'])}.\n"
+        f"Model: Phi3Config() defaults{' (tiny variant)' if opts.tiny else ''}, {results[0]['params'] / 1e9:.2f}B "
+        f"parameters, random bf16 weights; LoRA r 64 / alpha 64 / dropout 0.1 on qkv_proj + o_proj; "
+        f"{seq}-token sequences, {opts.steps} optimizer steps of 4 sequences per row ({opts.steps * 4 * seq:,} tokens), "
+        f"tokens/s over the steps after the first {opts.warmup}. MFU counts 4 x parameters x tokens against "
+        f"{PEAK_BF16 / 1e12:.0f} TFLOP/s.\n\n{text}\n"
+    )
+    if opts.json:
+        opts.json.write_text(json.dumps({"date": now(), "gpu": gpu, "results": results}, indent=2))
+    if opts.markdown:
+        opts.markdown.write_text(f"## LoRA training throughput ({now()})\n\n{body}")
+    elif not opts.no_docs:
+        append_section("LoRA training throughput", body)
+    return 0 if all(math.isfinite(r["tokens_per_s"]) for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

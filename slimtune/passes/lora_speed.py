@@ -1,0 +1,121 @@
+"""What makes the LoRA pass fast on a GPU: padding-free packed micro-batches, compiled decoder layers.
+
+Packing: the examples of one micro-batch are laid end to end into as few rows of at most `row_len` tokens
+as they fit in (best fit, longest first), with `position_ids` starting again at 0 for each example and no
+attention mask. transformers (masking_utils) reads the restarts as a packed batch and masks attention
+block-diagonally, so examples never attend to each other; the first label of each example is -100 so no
+example is trained to predict the next one's first token. The micro-batch keeps the same examples, so the
+optimisation (examples per step, loss averaged over labelled tokens) is the one the padded batch had:
+only the padding work is gone.
+
+Compilation: each decoder layer is compiled on its own (regional compilation): all layers share one
+graph, so compiling costs about one layer's worth, and inductor fuses the norm, rotary, activation,
+dropout and residual work around the matrix products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+IGNORE = -100
+
+
+def real_length(input_ids: Sequence[int], labels: Sequence[int], attention_mask, pad_id: int) -> int:
+    """Tokens of a sample before its padding (pad_to_max_len pads to max_seq_len)."""
+    if attention_mask is not None:
+        n = len(attention_mask)
+        while n and not attention_mask[n - 1]:
+            n -= 1
+        return n
+    n = len(input_ids)
+    while n and input_ids[n - 1] == pad_id and labels[n - 1] == IGNORE:
+        n -= 1
+    return n
+
+
+def pack_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
+    """Indices of the examples in each row: best fit, longest first (rows never exceed row_len unless one
+    example alone is longer)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        n = lengths[i]
+        best = -1
+        for r, free in enumerate(room):
+            if n <= free and (best < 0 or free < room[best]):
+                best = r
+        if best < 0:
+            rows.append([i])
+            room.append(row_len - n)
+        else:
+            rows[best].append(i)
+            room[best] -= n
+    return rows
+
+
+class PackedCollator:
+    """Collates one micro-batch of samples into packed rows (see the module docstring)."""
+
+    def __init__(self, pad_id: int, row_len: int) -> None:
+        self.pad_id = pad_id
+        self.row_len = row_len
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        pieces = []
+        for s in samples:
+            n = real_length(s["input_ids"], s["labels"], s.get("attention_mask"), self.pad_id)
+            pieces.append((list(s["input_ids"][:n]), list(s["labels"][:n])))
+        rows = pack_rows([len(p[0]) for p in pieces], self.row_len)
+        width = max(sum(len(pieces[i][0]) for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                ids, lab = pieces[i]
+                n = len(ids)
+                input_ids[r, at : at + n] = torch.tensor(ids)
+                labels[r, at : at + n] = torch.tensor(lab)
+                labels[r, at] = IGNORE  # never learn an example's first token from the one before it
+                position_ids[r, at : at + n] = torch.arange(n)
+                at += n
+            # the padding tail restarts its positions too, so it is a sequence of its own
+            position_ids[r, at:] = torch.arange(width - at)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated transformer blocks of a (peft-wrapped) causal LM."""
+    import torch
+
+    best: list[Any] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            if all(type(m) is type(module[0]) for m in module):
+                best = list(module)
+    return best
+
+
+def compile_layers(model: Any) -> int:
+    """Compile each decoder layer in place (regional compilation); returns how many."""
+    import torch
+
+    layers = decoder_layers(model)
+    # one graph serves all layers; room for the train/eval variants and a dynamic-shape recompile
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def speed_plan(params: Any, device: str) -> dict[str, bool]:
+    """Which speed features this run uses: `None` settings mean on for CUDA, off for the CPU."""
+    on_gpu = device == "cuda"
+    pack = params.pack_sequences if params.pack_sequences is not None else on_gpu
+    # bitsandbytes' 4-bit layers are left to run eagerly unless asked for
+    compile_ = params.compile_layers if params.compile_layers is not None else on_gpu and not params.quantized
+    return {"pack_sequences": bool(pack), "compile_layers": bool(compile_) and on_gpu}
