@@ -46,6 +46,11 @@ class ResourceError(UserError):
     """Out of memory, disk full and the like: says what ran out and what to change."""
 
 
+class PassFailed(UserError):
+    """A pass could not produce its output with these parameters (the builder rejected an option
+    combination, or failed inside). A search records it against the candidate and goes on."""
+
+
 class GoalsNotMet(SlimtuneError):
     exit_code = EXIT_GOALS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slimtune.engine.context import PassContext
-from slimtune.errors import ModelError, ResourceError, UserError
+from slimtune.errors import ModelError, PassFailed, ResourceError, UserError
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes import model_builder_run
 from slimtune.passes.model_builder import ModelBuilderParams
@@ -216,6 +216,6 @@ def test_a_builder_failure_names_the_log_that_survives_it(tiny, tmp_path):
     config = json.loads((broken / "config.json").read_text())
     config["original_max_position_embeddings"] = 128
     (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match=r"multi_cache.*work/builder.log"):
+    with pytest.raises(PassFailed, match=r"multi_cache.*work/builder.log"):
         build(tmp_path, ModelRef(str(broken), "hf"))
     assert "Traceback" in (tmp_path / "work" / "builder.log").read_text()

@@ -92,6 +92,10 @@ def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], Migration]:
         for name, entry in cfg["passes"].items():
             if isinstance(entry, dict):
                 _pass(entry, ("passes", name), m)
+            elif isinstance(entry, list):  # alternatives to search over
+                for i, alternative in enumerate(entry):
+                    if isinstance(alternative, dict):
+                        _pass(alternative, ("passes", name, i), m)
     if isinstance(cfg.get("search_strategy"), dict):
         from slimtune.config.schema import SearchStrategy
 

@@ -78,6 +78,10 @@ def resolve_paths(config: Any, plans: list, base: Path) -> list[str]:
         if system.python_environment_path:
             system.python_environment_path = resolve_path(system.python_environment_path, base)
     for plan in plans:
-        if getattr(plan.params, "adapter_path", None):
-            plan.params.adapter_path = resolve_path(plan.params.adapter_path, base)
+        resolve_pass_params(plan.params, base)
     return warnings
+
+
+def resolve_pass_params(params: Any, base: Path) -> None:
+    if getattr(params, "adapter_path", None):
+        params.adapter_path = resolve_path(params.adapter_path, base)

@@ -89,6 +89,14 @@ class LoadKwargs(Strict):
     gguf_file: str | None = Field(None, description="GGUF file inside model_path to convert")
     use_safetensors: bool | None = Field(None, description="refuse pickled .bin weights unless false")
 
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        known = ("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+        if value is not None and value.removeprefix("torch.") not in known:
+            raise ValueError(f"unknown dtype {value!r}; one of {', '.join(known)}")
+        return value
+
 
 class InputModel(Strict):
     type: Literal["HfModel", "ONNXModel"] = Field("HfModel", description="HfModel (PyTorch) or ONNXModel")
@@ -107,6 +115,20 @@ class InputModel(Strict):
     model_attributes: dict[str, Any] | None = None
 
     _path = field_validator("model_path", mode="before")(classmethod(lambda cls, v: _resource(v)))
+
+    @field_validator("model_path")
+    @classmethod
+    def _path_kind(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("is empty; give a model folder, a .gguf file or a known model name")
+            return value
+        if isinstance(value, (AzureMLRegistryModel, AzureMLModel)):
+            return value
+        raise ValueError(
+            "must be a model folder, a .gguf file, a known model name or a remote model resource "
+            f"({{type: azureml_registry_model, ...}}); got {type(value).__name__} {value!r}"
+        )
 
     @field_validator("task")
     @classmethod
@@ -153,6 +175,36 @@ class PreProcessDataConfig(Strict):
     max_samples: int | None = Field(None, gt=0, description="keep at most N samples after pre-processing")
     random_seed: int = Field(0, description="seed for join-random and shuffles")
     joiner: str | None = Field(None, description="text between joined rows (default: the EOS token)")
+
+    @field_validator("text_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from slimtune.data.template import parse_template  # light: string formatting only
+            from slimtune.errors import UserError
+
+            try:
+                parse_template(value)
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _options_agree(self) -> PreProcessDataConfig:
+        if self.loss_on_answer_only and self.strategy != "line-by-line":
+            raise ValueError(
+                f"loss_on_answer_only works only with strategy line-by-line, not {self.strategy!r}: joined "
+                "blocks cut rows at arbitrary points, so prompts and answers no longer line up with samples"
+            )
+        if self.strategy == "join-sliding-window" and not self.stride:
+            raise ValueError(
+                f"strategy join-sliding-window needs stride (tokens between window starts, e.g. {self.max_seq_len // 2})"
+            )
+        if self.stride and self.stride > self.max_seq_len:
+            raise ValueError(
+                f"stride {self.stride} is larger than max_seq_len {self.max_seq_len}: windows would skip tokens"
+            )
+        return self
 
 
 class DataloaderConfig(Strict):
@@ -290,7 +342,9 @@ class RunConfig(Strict):
     input_model: InputModel
     data_configs: list[DataConfig] = Field(default_factory=list)
     systems: dict[str, System] = Field(default_factory=dict)
-    passes: dict[str, PassEntry] = Field(default_factory=dict)
+    passes: dict[str, PassEntry | list[PassEntry]] = Field(
+        default_factory=dict, description="in order; a list of configs under one name: alternatives to search"
+    )
     evaluators: dict[str, Evaluator] = Field(default_factory=dict)
     azureml_client: AzureMLClient | None = None
     # engine settings (top level in the current form; under `engine` in the old one)
@@ -302,6 +356,9 @@ class RunConfig(Strict):
     cache_dir: str = Field(".slimtune-cache", description="pass outputs, keyed by content")
     output_dir: str = Field("slimtune-output", description="final model/ and run.json")
     log_severity_level: int = Field(1, ge=0, le=4, description="0 verbose ... 4 fatal")
+    skip_memory_check: bool = Field(
+        False, description="run even when a pass's memory estimate exceeds the memory available"
+    )
     clean_cache: bool = False
     plot_pareto_frontier: bool = False
 

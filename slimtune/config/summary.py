@@ -33,6 +33,11 @@ def plan_summary(loaded: LoadedConfig, verbose: bool = False) -> str:
         lines.append(f"  {i}. {plan.name}: {plan.type}")
         for key, value in params.items():
             lines.append(f"       {key} = {value!r}")
+        if plan.searched:
+            points = plan.space.points()
+            count = f"{len(points)} points" if points is not None else "continuous"
+            lines.append(f"       searched ({count}; values above are the first point):")
+            lines += [f"         {line}" for line in plan.space.describe()]
     if not loaded.passes:
         lines.append("  (none: the input model is only evaluated)")
     lines.append("systems:")

@@ -16,14 +16,31 @@ from slimtune.config.loader import Path_, dotted, interpolate_env, read_config_f
 from slimtune.config.migrate import Migration, migrate
 from slimtune.config.schema import RunConfig
 from slimtune.errors import ConfigError, ConfigIssue
+from slimtune.search.space import PassSpace, Point, split_search_values
 
 
 @dataclass
 class PassPlan:
     name: str  # the key under `passes`
     type: str
-    params: Strict
+    params: Strict  # at the search space's default point when the pass is searched
     version: int
+    space: PassSpace | None = None  # set when the pass has search values or alternatives
+
+    @property
+    def searched(self) -> bool:
+        return self.space is not None and self.space.searched
+
+    def at(self, point: Point, base_dir: Path) -> PassPlan:
+        """This pass with its searched parameters set to `point` (validated, paths resolved)."""
+        from slimtune.config.resolve import resolve_pass_params
+        from slimtune.passes.registry import get_pass
+
+        assert self.space is not None
+        spec = get_pass(self.space.alternatives[point.alternative].type)
+        params = spec.params.model_validate(self.space.params_at(point))
+        resolve_pass_params(params, base_dir)
+        return PassPlan(self.name, spec.type, params, spec.version)
 
 
 @dataclass
@@ -67,9 +84,11 @@ def load_config_dict(
     issues += model_issues
     plans: list[PassPlan] = []
     if isinstance(migrated.get("passes"), dict):
-        plans, pass_issues = _validate_passes(migrated["passes"], m)
+        plans, pass_issues = _validate_passes(migrated["passes"], bool(migrated.get("search_strategy")), m)
         issues += pass_issues
     issues += _cross_references(migrated, m)
+    if config is not None and config.search_strategy:
+        issues += _search_issues(config.search_strategy, plans, m)
     if issues:
         located = [_with_line(i, lines) for i in _dedupe(issues)]
         located.sort(key=lambda i: (i.line is None, i.line or 0))  # file order; stable within a line
@@ -87,29 +106,136 @@ def _validate_model(model: type[BaseModel], data: Any, prefix: Path_, m: Migrati
         return None, [issue for e in err.errors() for issue in _issues(model, data, prefix, e, m)]
 
 
-def _validate_passes(passes: dict[str, Any], m: Migration) -> tuple[list[PassPlan], list[ConfigIssue]]:
-    from slimtune.passes.registry import all_passes, get_pass
-
+def _validate_passes(
+    passes: dict[str, Any], searching: bool, m: Migration
+) -> tuple[list[PassPlan], list[ConfigIssue]]:
+    """Each pass's parameters, validated by the pass's own model. A pass given as a list of alternative
+    configs, or with search values, gets a search space; every value in it is validated here, so a bad
+    value stops the run before anything is trained."""
     plans, issues = [], []
     for name, entry in passes.items():
         path = ("passes", name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-            continue  # RunConfig validation reports it
-        spec = get_pass(entry["type"])
-        if spec is None:
-            known = sorted(all_passes())
-            close = difflib.get_close_matches(entry["type"], known, n=2, cutoff=0.5)
-            hint = f"; did you mean {' / '.join(close)}?" if close else f"; known passes: {', '.join(known)}"
+        if isinstance(entry, list):
+            if not entry:
+                issues.append(ConfigIssue(dotted(m.original(path)), "an empty list of alternatives"))
+                continue
+            found = [_alternative(alt, (*path, i), searching, m) for i, alt in enumerate(entry)]
+        else:
+            found = [_alternative(entry, path, searching, m)]
+        for _, problems in found:
+            issues += problems
+        if any(alt is None for alt, _ in found):
+            continue
+        alternatives = [alt for alt, _ in found]
+        kinds = {get_pass_spec(a.type).output_kind for a in alternatives}
+        if len(kinds) > 1:
             issues.append(
-                ConfigIssue(dotted(m.original((*path, "type"))), f"unknown pass type {entry['type']!r}{hint}")
+                ConfigIssue(
+                    dotted(m.original(path)),
+                    f"alternatives produce different kinds of model ({', '.join(sorted(kinds))}); "
+                    "alternatives must be interchangeable",
+                )
             )
             continue
-        params = {k: v for k, v in entry.items() if k not in ("type", "disable_search", "host")}
-        validated, errs = _validate_model(spec.params, params, path, m)
-        issues += errs
-        if validated is not None:
-            plans.append(PassPlan(name, spec.type, validated, spec.version))
+        space = PassSpace(alternatives)
+        if isinstance(entry, dict) and entry.get("disable_search"):
+            space = PassSpace([_collapsed(alternatives[0])])
+        if space.searched and not searching:
+            issues.append(
+                ConfigIssue(
+                    dotted(m.original(path)),
+                    "has search values, but `search_strategy` is off: add "
+                    '`"search_strategy": {"sampler": "exhaustive"}` or give single values',
+                )
+            )
+            continue
+        spec = get_pass_spec(alternatives[0].type)
+        params = spec.params.model_validate(space.params_at(space.default()))
+        plans.append(PassPlan(name, spec.type, params, spec.version, space if space.searched else None))
     return plans, issues
+
+
+def _search_issues(strategy: Any, plans: list[PassPlan], m: Migration) -> list[ConfigIssue]:
+    """A search must be able to finish: the exhaustive sampler needs finite spaces, the others a limit."""
+    continuous = [p.name for p in plans if p.searched and p.space.points() is None]
+    where = dotted(m.original(("search_strategy", "sampler")))
+    if continuous and strategy.sampler in ("exhaustive", "sequential"):
+        return [
+            ConfigIssue(
+                where,
+                f"`{strategy.sampler}` tries every point, but passes {', '.join(continuous)} search a continuous "
+                "range: give the range a `step`, or use the `random` or `tpe` sampler with `max_iter`",
+            )
+        ]
+    if continuous and strategy.max_iter is None and strategy.max_time is None:
+        return [
+            ConfigIssue(
+                where,
+                f"passes {', '.join(continuous)} search a continuous range: set `max_iter` or `max_time` "
+                "so that the search ends",
+            )
+        ]
+    return []
+
+
+def get_pass_spec(type_name: str):
+    from slimtune.passes.registry import get_pass
+
+    return get_pass(type_name)
+
+
+def _alternative(entry: Any, path: Path_, searching: bool, m: Migration):
+    """(the Alternative, or None when it has problems; the problems) for one pass config."""
+    from slimtune.passes.registry import all_passes
+    from slimtune.search.space import Alternative
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        return None, []  # RunConfig validation reports it
+    spec = get_pass_spec(entry["type"])
+    if spec is None:
+        known = sorted(all_passes())
+        close = difflib.get_close_matches(entry["type"], known, n=2, cutoff=0.5)
+        hint = f"; did you mean {' / '.join(close)}?" if close else f"; known passes: {', '.join(known)}"
+        issue = ConfigIssue(dotted(m.original((*path, "type"))), f"unknown pass type {entry['type']!r}{hint}")
+        return None, [issue]
+    params = {k: v for k, v in entry.items() if k not in ("type", "disable_search", "host")}
+    fixed, dims, problems = split_search_values(params, search_defaults(spec.params), searching)
+    issues = [ConfigIssue(dotted(m.original((*path, *where))), text) for where, text in problems]
+    if issues:
+        return None, issues
+    alternative = Alternative(spec.type, fixed, dims)
+    default = alternative.default_values()
+    _, errs = _validate_model(spec.params, {**fixed, **default}, path, m)
+    for issue in errs:  # name the search value when the failing key is searched
+        key = issue.path.rsplit(".", 1)[-1]
+        issues.append(
+            ConfigIssue(issue.path, f"search value {default[key]!r}: {issue.message}", issue.line)
+            if key in default
+            else issue
+        )
+    for key, dim in dims.items():  # every other value of each searched parameter, one at a time
+        values = dim.grid()
+        others = values[1:] if values is not None else [dim.high]
+        for value in others:
+            _, errs = _validate_model(spec.params, {**fixed, **default, key: value}, path, m)
+            issues += [ConfigIssue(i.path, f"search value {value!r}: {i.message}", i.line) for i in errs]
+    return (None if issues else alternative), issues
+
+
+def _collapsed(alternative):
+    from slimtune.search.space import Alternative
+
+    return Alternative(alternative.type, {**alternative.fixed, **alternative.default_values()})
+
+
+def search_defaults(params_model: type[BaseModel]) -> dict[str, list[Any]]:
+    """A pass's own search values per parameter (`search_defaults` in a field's json_schema_extra)."""
+    found = {}
+    for name, info in params_model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("search_defaults"):
+            found[name] = list(extra["search_defaults"])
+    return found
 
 
 def _cross_references(cfg: dict[str, Any], m: Migration) -> list[ConfigIssue]:
@@ -157,11 +283,14 @@ def _cross_references(cfg: dict[str, Any], m: Migration) -> list[ConfigIssue]:
                 )
     passes = cfg.get("passes")
     for name, entry in passes.items() if isinstance(passes, dict) else ():
-        if not isinstance(entry, dict):
-            continue
-        check(("passes", name, "host"), entry.get("host"), systems, "system")
-        for key in ("train_data_config", "eval_data_config", "data_config"):
-            check(("passes", name, key), entry.get(key), data_names, "data config")
+        alternatives = enumerate(entry) if isinstance(entry, list) else [(None, entry)]
+        for i, alt in alternatives:
+            if not isinstance(alt, dict):
+                continue
+            path = ("passes", name) if i is None else ("passes", name, i)
+            check((*path, "host"), alt.get("host"), systems, "system")
+            for key in ("train_data_config", "eval_data_config", "data_config"):
+                check((*path, key), alt.get(key), data_names, "data config")
     return issues
 
 

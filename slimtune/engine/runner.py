@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,59 @@ from slimtune.errors import EXIT_GOALS, EXIT_OK
 from slimtune.models.ref import ModelMeta, ModelRef
 
 
+@dataclass
+class Session:
+    """What every chain of passes in one run shares."""
+
+    loaded: LoadedConfig
+    cache: Cache
+    libraries: dict[str, str]
+    device: str
+    ep: str
+    input_ref: ModelRef
+    input_fingerprint: str
+    input_meta: ModelMeta
+    eval_plan: EvalPlan | None
+    started: float
+
+
+@dataclass
+class Chain:
+    """The passes of one candidate, run: a record per pass and the model after each stage."""
+
+    records: list[dict[str, Any]]
+    stages: list[tuple[str, ModelRef, str, ModelMeta]]  # (name, model, cache key, metadata), input first
+
+    @property
+    def final(self) -> ModelRef:
+        return self.stages[-1][1]
+
+
+@dataclass
+class Outcome:
+    chain: Chain
+    evaluation: dict[str, Any] | None
+    goals: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the search's candidates
+
+
 def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
-    cfg = loaded.config
+    session = prepare(loaded, verbose)
+    if any(plan.searched for plan in loaded.passes):
+        from slimtune.engine.search import run_search
+
+        outcome = run_search(session)
+    else:
+        chain = run_chain(session, loaded.passes)
+        evaluation, goals = None, []
+        if session.eval_plan is not None:
+            evaluation, goals = evaluate_chain(session, chain)
+        outcome = Outcome(chain, evaluation, goals)
+    return finish(session, outcome)
+
+
+def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
+    """Every check that can fail fast, then what the passes share: cache, input model, evaluation rows."""
     started = time.time()
     preflight.check_systems(loaded)
     preflight.check_remote_inputs(loaded)
@@ -39,85 +91,66 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
         print("config keys mapped from the old schema:")
         for note in loaded.notes:
             print(f"  {note}")
-
-    cache = Cache(cfg.cache_dir)
-    libraries = library_versions()
-    fingerprint = fingerprint_path(input_ref.path, cache.root)
+    cache = Cache(loaded.config.cache_dir)
     meta = ModelMeta.load(input_ref.path) or ModelMeta(base_model=_base_name(loaded))
-    eval_plan = plan_evaluation(loaded)
+    return Session(
+        loaded,
+        cache,
+        library_versions(),
+        device,
+        ep,
+        input_ref,
+        fingerprint_path(input_ref.path, cache.root),
+        meta,
+        plan_evaluation(loaded),
+        started,
+    )
+
+
+def run_chain(session: Session, plans: list[PassPlan], prefix: str = "") -> Chain:
+    """Run passes in order, each through the cache."""
+    current, fingerprint, meta = session.input_ref, session.input_fingerprint, session.input_meta
     records: list[dict[str, Any]] = []
-    stage_models: list[tuple[str, ModelRef, str, ModelMeta]] = [("input", input_ref, fingerprint, meta)]
-    current = input_ref
-    total = len(loaded.passes)
-    for index, plan in enumerate(loaded.passes, 1):
-        print(f"[{index}/{total}] {plan.name} ({plan.type})", flush=True)
+    stages: list[tuple[str, ModelRef, str, ModelMeta]] = [("input", current, fingerprint, meta)]
+    for index, plan in enumerate(plans, 1):
+        print(f"{prefix}[{index}/{len(plans)}] {plan.name} ({plan.type})", flush=True)
         current, fingerprint, meta, record = _run_pass(
-            plan, current, fingerprint, meta, loaded, cache, libraries, device, ep
+            plan,
+            current,
+            fingerprint,
+            meta,
+            session.loaded,
+            session.cache,
+            session.libraries,
+            session.device,
+            session.ep,
         )
         records.append(record)
-        stage_models.append((plan.name, current, fingerprint, meta))
+        stages.append((plan.name, current, fingerprint, meta))
         status = "cache hit" if record["cache_hit"] else f"done in {record['wall_s']:.1f} s"
-        print(f"      {status}: {current.path}", flush=True)
-
-    evaluation, goals = None, []
-    if eval_plan is not None:
-        evaluation, goals = _evaluate_stages(eval_plan, stage_models, cache, cfg.evaluate_input_model)
-    goals_met = all(g["met"] for g in goals)
-
-    output_dir = Path(cfg.output_dir)
-    final = publish_model(current, output_dir / "model")
-    record = {
-        "slimtune_version": libraries.get("slimtune"),
-        "status": "ok" if goals_met else "goals_not_met",
-        "started": started,
-        "finished": time.time(),
-        "wall_s": time.time() - started,
-        "config_file": str(loaded.file) if loaded.file else None,
-        "config_as_given": loaded.raw,
-        "config_migrated": redact(loaded.migrated, loaded.secrets),
-        "key_mappings": loaded.notes,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "device": device,
-            "execution_provider": ep,
-        },
-        "library_versions": libraries,
-        "input_model": {
-            "path": input_ref.path,
-            "kind": input_ref.kind,
-            "fingerprint": fingerprint_path(input_ref.path, cache.root),
-        },
-        "passes": records,
-        "evaluation": evaluation,
-        "goals": goals,
-        "goals_met": goals_met,
-        "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
-    }
-    write_json_atomic(output_dir / "run.json", record)
-    _write_reports(output_dir, record)
-    print_summary(records, final)
-    if evaluation:
-        print_stage_table(evaluation["stages"], goals, evaluation["data"]["source"])
-    if not goals_met:
-        missed = [g for g in goals if not g["met"]]
-        print(f"\n{len(missed)} goal{'s' if len(missed) > 1 else ''} not met: exit code {EXIT_GOALS}")
-        return EXIT_GOALS
-    return EXIT_OK
+        print(f"{prefix}      {status}: {current.path}", flush=True)
+    return Chain(records, stages)
 
 
-def _evaluate_stages(plan: EvalPlan, stage_models, cache: Cache, evaluate_input: bool):
+def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None):
+    """(evaluation record, goal verdicts) for a chain's stages: all of them, or those named in `only` (the
+    final stage is always evaluated: goals are checked on it)."""
+    plan = session.eval_plan
+    assert plan is not None
     needs_input = any(
         r.goal is not None and (r.goal.baseline or "input") == "input" and r.goal.type != "threshold"
         for r in plan.refs
     )
+    evaluate_input = session.loaded.config.evaluate_input_model or needs_input
     stages = []
-    for index, (name, ref, key, meta) in enumerate(stage_models):
-        if index == 0 and not (evaluate_input or needs_input):
+    last = len(chain.stages) - 1
+    for index, (name, ref, key, meta) in enumerate(chain.stages):
+        if index == 0 and not evaluate_input:
+            continue
+        if only is not None and index != last and name not in only:
             continue
         print(f"evaluating {name} ({ref.kind}) on {len(plan.rows)} rows...", flush=True)
-        metrics = evaluate_stage(plan, ref, key, cache.root, meta)
+        metrics = evaluate_stage(plan, ref, key, session.cache.root, meta)
         stages.append(
             {
                 "stage": name,
@@ -134,6 +167,55 @@ def _evaluate_stages(plan: EvalPlan, stage_models, cache: Cache, evaluate_input:
         "stages": stages,
     }
     return evaluation, goals
+
+
+def finish(session: Session, outcome: Outcome) -> int:
+    """Publish the final model, write the run record and reports, print the summary; the exit code."""
+    loaded, cfg = session.loaded, session.loaded.config
+    records, current = outcome.chain.records, outcome.chain.final
+    goals_met = all(g["met"] for g in outcome.goals)
+    output_dir = Path(cfg.output_dir)
+    final = publish_model(current, output_dir / "model")
+    record = {
+        "slimtune_version": session.libraries.get("slimtune"),
+        "status": "ok" if goals_met else "goals_not_met",
+        "started": session.started,
+        "finished": time.time(),
+        "wall_s": time.time() - session.started,
+        "config_file": str(loaded.file) if loaded.file else None,
+        "config_as_given": loaded.raw,
+        "config_migrated": redact(loaded.migrated, loaded.secrets),
+        "key_mappings": loaded.notes,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "device": session.device,
+            "execution_provider": session.ep,
+        },
+        "library_versions": session.libraries,
+        "input_model": {
+            "path": session.input_ref.path,
+            "kind": session.input_ref.kind,
+            "fingerprint": session.input_fingerprint,
+        },
+        "passes": records,
+        "evaluation": outcome.evaluation,
+        "goals": outcome.goals,
+        "goals_met": goals_met,
+        **outcome.extra,
+        "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
+    }
+    write_json_atomic(output_dir / "run.json", record)
+    _write_reports(output_dir, record)
+    print_summary(records, final)
+    if outcome.evaluation:
+        print_stage_table(outcome.evaluation["stages"], outcome.goals, outcome.evaluation["data"]["source"])
+    if not goals_met:
+        missed = [g for g in outcome.goals if not g["met"]]
+        print(f"\n{len(missed)} goal{'s' if len(missed) > 1 else ''} not met: exit code {EXIT_GOALS}")
+        return EXIT_GOALS
+    return EXIT_OK
 
 
 def _write_reports(output_dir: Path, record: dict[str, Any]) -> None:

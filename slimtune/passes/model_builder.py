@@ -20,15 +20,17 @@ class ModelBuilderParams(Strict):
     int4_block_size: Literal[16, 32, 64, 128, 256] | None = Field(
         None,
         description="quantization block size (builder default 32)",
-        json_schema_extra={"searchable": True},
+        json_schema_extra={"search_defaults": [32, 64, 128]},
     )
     int4_accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         None,
         description="MatMulNBits compute: 1 fp32, 2 fp16, 3 bf16, 4 int8 (builder default 4 on CPU)",
-        json_schema_extra={"searchable": True},
+        json_schema_extra={"search_defaults": [1, 4]},
     )
     int4_algo_config: str | None = Field(
-        None, description="int4 algorithm: default, rtn, k_quant, rtn_last, k_quant_last, k_quant_mixed ..."
+        None,
+        description="int4 algorithm: default, rtn, k_quant, rtn_last, k_quant_last, k_quant_mixed ...",
+        json_schema_extra={"search_defaults": ["default", "k_quant_mixed"]},
     )
     int4_is_symmetric: bool | None = Field(None, description="symmetric int4 (builder default true)")
     int4_op_types_to_quantize: list[str] | None = Field(None, description="e.g. [MatMul, Gather]")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.engine.context import PassContext
-from slimtune.errors import ModelError, ResourceError, UserError
+from slimtune.errors import ModelError, PassFailed, ResourceError, UserError
 from slimtune.models.ref import ModelRef
 from slimtune.passes.model_builder import ModelBuilderParams
 
@@ -81,6 +81,7 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
 
     extra = dict(params.extra_options)
     skip_memory_check = _as_bool(extra.pop("ignore_memory_check", False))
+    skip_memory_check |= bool(getattr(ctx.run_config, "skip_memory_check", False))
     options = _builder_options(params, extra, adapter_path)
     if not skip_memory_check:
         check_memory(input_path, adapter_path)
@@ -232,14 +233,14 @@ def _build(
                 "ModelBuilder ran out of memory; free memory, build on a larger machine, or export a smaller model"
             ) from err
         except NotImplementedError as err:
-            raise ModelError(f"ModelBuilder: {err} (see {log_path})") from err
+            raise PassFailed(f"ModelBuilder: {err} (see {log_path})") from err
         except ValueError as err:
-            raise UserError(
+            raise PassFailed(
                 f"ModelBuilder: the builder rejected its options: {err} (see {log_path})"
             ) from err
         except Exception as err:
             traceback.print_exc()  # into the log: the builder's own failure, with its stack
-            raise ModelError(
+            raise PassFailed(
                 f"ModelBuilder failed: {type(err).__name__}: {err}. The builder's output and traceback are in {log_path}"
             ) from err
 
@@ -334,7 +335,7 @@ def check_memory(input_path: str, adapter_path: str | None) -> None:
             f"ModelBuilder needs about {needed / 2**30:.1f} GiB of memory for {input_path} "
             f"({MEMORY_FACTOR:g}x its fp32 weights + {MEMORY_OVERHEAD / 2**30:.1f} GiB) but only "
             f"{available / 2**30:.1f} GiB is available. Free memory or use a larger machine; to try anyway, set "
-            "ModelBuilder extra_options.ignore_memory_check: true"
+            "skip_memory_check: true, run with --no-memory-check, or set this pass's extra_options.ignore_memory_check: true"
         )
 
 

@@ -1,0 +1,264 @@
+"""Search over pass options: run candidates, measure each, keep the best that meets the goals.
+
+Every candidate is the whole chain of passes with one point per searched pass. Passes run through the
+cache, so candidates that share a prefix (the same LoRA pass before different ModelBuilder options) share
+its output: it runs once. Each candidate's final model is evaluated on the run's evaluation rows, together
+with the stages its goals compare against.
+
+Joint order (default) samples whole candidates. Pass-by-pass order searches one pass at a time, in order:
+earlier passes fixed at their best point so far, later ones at their first value.
+
+A candidate that fails (out of memory, the builder rejects an option combination, a crash inside a pass)
+is recorded with its reason and the search goes on. A user error that no other candidate can escape (bad
+config, missing data) stops the run at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from slimtune.config.validate import PassPlan
+from slimtune.engine.runner import Chain, Outcome, Session, evaluate_chain, run_chain
+from slimtune.errors import PassFailed, ResourceError, SlimtuneError, UserError
+from slimtune.evaluate.goals import MetricRef, pareto_front, rank_key, read
+from slimtune.search.samplers import Candidate, candidate_key, make_sampler
+
+# ranking when no metric has a priority: accuracy first, then latency, then size
+DEFAULT_RANKING = [
+    MetricRef("accuracy", ("accuracy",), True, 1, None),
+    MetricRef("latency-p50", ("latency", "e2e_ms", "p50"), False, 2, None),
+    MetricRef("size", ("size_bytes",), False, 3, None),
+]
+PARETO = {
+    "accuracy": ("accuracy",),
+    "latency_p50_ms": ("latency", "e2e_ms", "p50"),
+    "size_bytes": ("size_bytes",),
+}
+PARETO_HIGHER = {"accuracy": True, "latency_p50_ms": False, "size_bytes": False}
+
+
+@dataclass
+class Tried:
+    id: int
+    point: Candidate
+    params: dict[str, dict[str, Any]]
+    status: str = "failed"  # ok, goals_not_met, failed
+    reason: str = ""
+    chain: Chain | None = None
+    evaluation: dict[str, Any] | None = None
+    goals: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        if not self.evaluation or not self.evaluation["stages"]:
+            return {}
+        return self.evaluation["stages"][-1]["metrics"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "params": self.params,
+            "status": self.status,
+            "reason": self.reason,
+            "metrics": self.final_metrics,
+            "goals": self.goals,
+            "passes": [
+                {"name": r["name"], "type": r["type"], "key": r["key"], "cache_hit": r["cache_hit"]}
+                for r in (self.chain.records if self.chain else [])
+            ],
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def run_search(session: Session) -> Outcome:
+    loaded = session.loaded
+    strategy = loaded.config.search_strategy
+    if session.eval_plan is None:
+        raise UserError(
+            "a search compares candidates by their metrics, but this config evaluates nothing: add an "
+            "evaluator (`evaluators` + `evaluator`), or a LoRA pass with `eval_dataset_size`"
+        )
+    ranking = [r for r in session.eval_plan.refs if r.priority > 0] or DEFAULT_RANKING
+    search = _Search(session, ranking)
+    searched = [p for p in loaded.passes if p.searched]
+    groups = [searched] if strategy.execution_order == "joint" else [[p] for p in searched]
+    fixed: Candidate = {p.name: p.space.default() for p in searched}
+    print(
+        f"search: {strategy.sampler} sampler, {strategy.execution_order} order, seed {strategy.seed}",
+        flush=True,
+    )
+    for group in groups:
+        sampler = make_sampler(
+            strategy.sampler, {p.name: p.space for p in group}, strategy.seed, strategy.sampler_config
+        )
+        search.check_combinations(sampler, fixed)
+        group_tried: list[Tried] = []
+        while not search.should_stop():
+            suggestion = sampler.suggest()
+            if suggestion is None:
+                break
+            tried = search.try_candidate({**fixed, **suggestion})
+            group_tried.append(tried)
+            sampler.tell(suggestion, search.objective(tried))
+            if strategy.stop_when_goals_met and tried.status == "ok" and tried.goals:
+                search.stopped = f"candidate #{tried.id} met every goal (stop_when_goals_met)"
+        best = search.best(group_tried)
+        if best is not None:
+            fixed.update({p.name: best.point[p.name] for p in group})
+    return search.outcome()
+
+
+class _Search:
+    def __init__(self, session: Session, ranking: list[MetricRef]) -> None:
+        self.session = session
+        self.ranking = ranking
+        self.strategy = session.loaded.config.search_strategy
+        self.tried: list[Tried] = []
+        self.by_key: dict[tuple, Tried] = {}
+        self.started = time.time()
+        self.stopped = ""
+
+    def should_stop(self) -> bool:
+        if self.stopped:
+            return True
+        if self.strategy.max_iter is not None and len(self.tried) >= self.strategy.max_iter:
+            self.stopped = f"max_iter {self.strategy.max_iter} reached"
+        elif self.strategy.max_time is not None and time.time() - self.started >= self.strategy.max_time:
+            self.stopped = f"max_time {self.strategy.max_time:g} s reached"
+        return bool(self.stopped)
+
+    def check_combinations(self, sampler, fixed: Candidate) -> None:
+        """In a finite space, every combination is validated before anything runs: a value that only fails
+        together with another (a cross-field rule) is a config error, not a failed candidate."""
+        from slimtune.errors import ConfigError, ConfigIssue
+
+        if sampler.size() is None:
+            return
+        issues = []
+        for candidate in make_sampler("exhaustive", sampler.spaces, 0)._order:
+            try:
+                self.plans({**fixed, **candidate})
+            except ValidationError as err:
+                where = ", ".join(f"{k}={v!r}" for p in candidate.values() for k, v in p.values)
+                first = err.errors()[0]
+                issues.append(
+                    ConfigIssue(f"passes ({where})", f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+                )
+        if issues:
+            raise ConfigError(issues, str(self.session.loaded.file) if self.session.loaded.file else None)
+
+    def plans(self, candidate: Candidate) -> list[PassPlan]:
+        base = self.session.loaded.base_dir
+        return [
+            plan.at(candidate[plan.name], base) if plan.searched else plan
+            for plan in self.session.loaded.passes
+        ]
+
+    def try_candidate(self, candidate: Candidate) -> Tried:
+        key = candidate_key(candidate)
+        if key in self.by_key:  # pass-by-pass: a later pass's first point repeats the best so far
+            return self.by_key[key]
+        params = {
+            plan.name: candidate[plan.name].as_dict(len(plan.space.alternatives) > 1)
+            for plan in self.session.loaded.passes
+            if plan.searched
+        }
+        tried = Tried(len(self.tried) + 1, candidate, params)
+        self.tried.append(tried)
+        self.by_key[key] = tried
+        text = ", ".join(f"{k}={v!r}" for p in params.values() for k, v in p.items())
+        print(f"\ncandidate #{tried.id}: {text}", flush=True)
+        started = time.time()
+        try:
+            tried.chain = run_chain(self.session, self.plans(candidate), prefix=f"#{tried.id} ")
+            needed = {g.goal.baseline for g in self.session.eval_plan.refs if g.goal and g.goal.baseline}
+            tried.evaluation, tried.goals = evaluate_chain(self.session, tried.chain, only=needed | {"input"})
+        except (PassFailed, ResourceError, ValidationError) as err:
+            tried.reason = _first_line(err)
+        except SlimtuneError:
+            raise  # bad config, missing data: no candidate can escape it
+        except Exception as err:  # a crash inside one candidate's pass: record it, try the others
+            tried.reason = f"{type(err).__name__}: {_first_line(err)}"
+        else:
+            met = all(g["met"] for g in tried.goals)
+            tried.status = "ok" if met else "goals_not_met"
+            missed = [g["metric"] for g in tried.goals if not g["met"]]
+            tried.reason = "" if met else f"goals not met: {', '.join(missed)}"
+        tried.wall_s = time.time() - started
+        verdict = {"ok": "ok", "goals_not_met": "goals not met", "failed": "FAILED"}[tried.status]
+        print(f"candidate #{tried.id}: {verdict}{': ' + tried.reason if tried.reason else ''}", flush=True)
+        return tried
+
+    def objective(self, tried: Tried) -> float | None:
+        """What TPE minimises: the first ranking metric, oriented (None when it failed)."""
+        if tried.status == "failed":
+            return None
+        value = read(tried.final_metrics, self.ranking[0].path)
+        if value is None:
+            return None
+        return -value if self.ranking[0].higher_is_better else value
+
+    def order(self, candidates: list[Tried]) -> list[Tried]:
+        """Best first: candidates that meet every goal before those that do not, then by the ranking."""
+        usable = [t for t in candidates if t.status != "failed"]
+        return sorted(usable, key=lambda t: (t.status != "ok", rank_key(self.ranking, t.final_metrics), t.id))
+
+    def best(self, candidates: list[Tried]) -> Tried | None:
+        ordered = self.order(candidates)
+        return ordered[0] if ordered else None
+
+    def outcome(self) -> Outcome:
+        chosen = self.best(self.tried)
+        if chosen is None:
+            reasons = "\n".join(f"  #{t.id} {t.params}: {t.reason}" for t in self.tried)
+            raise PassFailed(f"every candidate of the search failed:\n{reasons}")
+        usable = [t for t in self.tried if t.status != "failed"]
+        points = [{name: read(t.final_metrics, path) for name, path in PARETO.items()} for t in usable]
+        front = {usable[i].id for i in pareto_front(points, PARETO_HIGHER)}
+        # the chosen one, evaluated at every stage for the report (shared stages come from the eval cache)
+        evaluation, goals = evaluate_chain(self.session, chosen.chain)
+        candidates = []
+        for t in self.tried:
+            entry = t.to_json()
+            entry.update(chosen=t is chosen, pareto=t.id in front)
+            candidates.append(entry)
+        why = self._why(chosen)
+        print(f"\nchosen: candidate #{chosen.id} of {len(self.tried)} ({why})", flush=True)
+        extra = {
+            "candidates": candidates,
+            "search": {
+                "strategy": self.strategy.model_dump(mode="json"),
+                "ranking": [{"metric": r.key, "higher_is_better": r.higher_is_better} for r in self.ranking],
+                "chosen": chosen.id,
+                "why": why,
+                "stopped": self.stopped or "every candidate tried",
+                "failed": sum(t.status == "failed" for t in self.tried),
+                "pareto_front": sorted(front),
+            },
+        }
+        return Outcome(chosen.chain, evaluation, goals, extra)
+
+    def _why(self, chosen: Tried) -> str:
+        first = self.ranking[0]
+        value = read(chosen.final_metrics, first.path)
+        shown = (
+            "n/a" if value is None else (f"{value:.1%}" if first.path == ("accuracy",) else f"{value:.4g}")
+        )
+        order = ", then ".join(r.key for r in self.ranking)
+        if chosen.status == "ok" and chosen.goals:
+            head = f"meets all {len(chosen.goals)} goals"
+        elif chosen.status == "ok":
+            head = "no goals set"
+        else:
+            head = "no candidate met every goal; the best by ranking alone"
+        return f"{head}; ranked by {order}; {first.key} {shown}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:500] if text else type(err).__name__

@@ -1,0 +1,1 @@
+"""Search over pass options: spaces, samplers."""
