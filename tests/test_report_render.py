@@ -92,7 +92,7 @@ def test_markdown_tables(record):
     assert "| true label | fear | joy | sadness | surprise | invalid |" in md
     assert "| joy | 0 | 23 | 1 | 1 | 0 |" in md
     assert (
-        "| 1 | yes | yes | lora.r=16, lora.training_args.learning_rate=0.0003 | 90.7% | 26.9 ms | 86.2 MB |"
+        "| 1 | yes | yes | lora.r=16, lora.training_args.learning_rate=0.0003 | ok | 90.7% | 26.9 ms | 86.2 MB |"
         in md
     )
     assert "- engine.host -> host (top-level since the current schema)" in md

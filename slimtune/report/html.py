@@ -177,7 +177,12 @@ def render_html(record: dict[str, Any]) -> str:
 
     candidates = view.candidates_table(record)
     if candidates.rows:
-        parts.append("<h2>Candidates</h2>" + html_table(candidates, "candidate-table"))
+        note = view.search_summary(record)
+        parts.append(
+            "<h2>Candidates</h2>"
+            + (f'<p class="note">{esc(note)}</p>' if note else "")
+            + html_table(candidates, "candidate-table")
+        )
 
     passes = view.passes_table(record)
     parts.append(

@@ -86,7 +86,10 @@ def render_markdown(record: dict[str, Any]) -> str:
 
     candidates = view.candidates_table(record)
     if candidates.rows:
-        out += ["", "## Candidates", ""] + md_table(candidates)
+        out += ["", "## Candidates", ""]
+        if view.search_summary(record):
+            out += [md_text(view.search_summary(record)), ""]
+        out += md_table(candidates)
 
     mappings = view.key_mappings(record)
     out += ["", "## Config keys mapped from the old schema", ""]

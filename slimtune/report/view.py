@@ -356,7 +356,8 @@ def candidate_value(metrics: dict[str, Any], what: str) -> float | None:
 
 def candidates_table(record: dict[str, Any]) -> Table:
     table = Table(
-        ["id", "chosen", "Pareto", "parameters", "accuracy", "latency p50", "size"], align_right={4, 5, 6}
+        ["id", "chosen", "Pareto", "parameters", "status", "accuracy", "latency p50", "size"],
+        align_right={5, 6, 7},
     )
     for c in as_list(record.get("candidates")):
         if not isinstance(c, dict):
@@ -368,12 +369,35 @@ def candidates_table(record: dict[str, Any]) -> Table:
                 "yes" if c.get("chosen") else "",
                 "yes" if c.get("pareto") else "",
                 fmt_params(c.get("params")),
+                _candidate_status(c),
                 fmt_pct(candidate_value(m, "accuracy")),
                 fmt_ms(candidate_value(m, "p50")),
                 fmt_bytes(candidate_value(m, "size")),
             ]
         )
     return table
+
+
+def search_summary(record: dict[str, Any]) -> str:
+    """One sentence on the search: how many candidates, which was chosen and why, why it stopped."""
+    search = as_dict(record.get("search"))
+    if not search:
+        return ""
+    count = len(as_list(record.get("candidates")))
+    failed = search.get("failed") or 0
+    front = ", ".join(f"#{i}" for i in as_list(search.get("pareto_front")))
+    return (
+        f"{count} candidates tried ({failed} failed); chosen: #{search.get('chosen')} ({search.get('why')}). "
+        f"Stopped: {search.get('stopped')}. Pareto front (accuracy, latency p50, size): {front or 'none'}."
+    )
+
+
+def _candidate_status(candidate: dict[str, Any]) -> str:
+    status = str(candidate.get("status") or "ok").replace("_", " ")
+    reason = str(candidate.get("reason") or "")
+    if status == "failed" and reason:
+        return f"failed: {reason[:120]}{'...' if len(reason) > 120 else ''}"
+    return status
 
 
 def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
