@@ -42,8 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_section, machine, now, versions  # noqa: E402
 
 PEAK_BF16 = 989e12
-BASELINES = ("olive-seed", "olive-b4", "plain-b4")
-ROWS = (*BASELINES, "slimtune", "slimtune-eager")
+# row -> (micro-batch, gradient accumulation)
+SHAPES = {
+    "olive-seed": (1, 4),
+    "olive-b4": (4, 1),
+    "plain-b4": (4, 1),
+    "plain-b8": (8, 1),
+    "slimtune": (4, 1),
+    "slimtune-b8": (8, 1),
+    "slimtune-eager": (4, 1),
+}
+BASELINES = ("olive-seed", "olive-b4", "plain-b4", "plain-b8")
+ROWS = tuple(SHAPES)
 TARGETS = ["qkv_proj", "o_proj"]
 
 
@@ -103,6 +113,7 @@ class Timer:
         import transformers
 
         self.device = device
+        self.start_step = 0
         self.profile_from = profile_from
         self.profiler = None
         self.times: list[float] = []
@@ -120,7 +131,10 @@ class Timer:
                     outer.profiler.__enter__()
 
             def on_step_end(self, args, state, control, **kwargs):
-                outer._sync()
+                # synchronize only where the clock is read for the result: a wait at every step would stop
+                # the host from queueing the next step's work while the GPU runs this one
+                if state.global_step in (outer.start_step, outer.profile_from or state.max_steps):
+                    outer._sync()
                 outer.times.append(time.perf_counter())
                 if outer.profiler is not None and state.global_step == outer.profile_from + 2:
                     outer.profiler.__exit__(None, None, None)
@@ -172,7 +186,7 @@ def common_args(micro: int, accumulation: int, steps: int) -> dict:
         "max_steps": steps,
         "max_grad_norm": 0.3,
         "adam_beta2": 0.999,
-        "logging_steps": 1,
+        "logging_steps": 5,
         "save_strategy": "no",
         "report_to": [],
         "disable_tqdm": True,
@@ -187,7 +201,7 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    micro, accumulation = (1, 4) if row == "olive-seed" else (4, 1)
+    micro, accumulation = SHAPES[row]
     for p in model.parameters():
         p.requires_grad = False
     lora = LoraConfig(
@@ -205,6 +219,7 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
         peft_model = get_peft_model(model, lora)  # adapters stay fp32 under bf16 autocast
         args["bf16"] = device == "cuda"
         args["optim"] = "adamw_torch_fused" if device == "cuda" else "adamw_torch"
+        args["logging_nan_inf_filter"] = False  # its check waits for the GPU at every micro-batch
     args["use_cpu"] = device == "cpu"
     training_args = transformers.TrainingArguments(output_dir=str(out), **args)
     trainer = transformers.Trainer(
@@ -218,11 +233,13 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
     return trainer, peft_model
 
 
-def slimtune_trainer(model, train, steps: int, device: str, out: Path, callbacks, compile_layers=None):
+def slimtune_trainer(
+    row: str, model, train, steps: int, device: str, out: Path, callbacks, compile_layers=None
+):
     from slimtune.passes.lora import LoRAParams
     from slimtune.passes.lora_train import attach_adapter, make_trainer, training_arguments_for
 
-    training = common_args(4, 1, steps)
+    training = common_args(*SHAPES[row], steps)
     for key in (
         "save_strategy",
         "report_to",
@@ -272,7 +289,7 @@ def held_out_loss(model, held, device: str) -> float:
     return total / len(held)
 
 
-def run_row(row: str, config, sequences, held, steps: int, warmup: int, device: str, profile: bool) -> dict:
+def run_row(row: str, config, sequences, held, warmup: int, device: str, profile: bool) -> dict:
     import torch
 
     if device == "cuda":
@@ -282,29 +299,30 @@ def run_row(row: str, config, sequences, held, steps: int, warmup: int, device: 
     params = sum(p.numel() for p in model.parameters())
     # a plain list is a map-style dataset for the Trainer (no datasets package needed)
     train = [{"input_ids": s, "labels": s, "attention_mask": [1] * len(s)} for s in sequences]
-    timer = Timer(device, steps - 2 if profile else None)
+    micro, accumulation = SHAPES[row]
+    steps = len(sequences) // (micro * accumulation)  # every row trains on the same tokens
+    warmup = min(warmup, steps - 3)
+    end = steps - 2 if profile else steps  # the profiled last 2 steps are left out of the timing
+    timer = Timer(device, end if profile else None)
+    timer.start_step = warmup
     plan = None
     with tempfile.TemporaryDirectory() as out:
-        if row == "slimtune":
+        if row.startswith("slimtune"):
+            compile_layers = False if row.endswith("eager") else None
             trainer, peft_model, plan = slimtune_trainer(
-                model, train, steps, device, Path(out), [timer.callback]
+                row, model, train, steps, device, Path(out), [timer.callback], compile_layers
             )
         else:
             trainer, peft_model = baseline_trainer(
                 row, model, train, steps, device, Path(out), [timer.callback]
             )
-        micro = trainer.args.per_device_train_batch_size
-        accumulation = trainer.args.gradient_accumulation_steps
         start = time.perf_counter()
         trainer.train()
-        total = time.perf_counter() - start
     seq = len(sequences[0])
     tokens_per_step = micro * accumulation * seq
-    timed = timer.times[warmup : steps - 2 if profile else steps]  # profiled steps are left out
-    seconds = timed[-1] - timed[0] if len(timed) > 1 else total
-    tokens_per_s = (
-        tokens_per_step * (len(timed) - 1) / seconds if len(timed) > 1 else tokens_per_step * steps / total
-    )
+    # times[i] is read after optimizer step i + 1; the GPU was synchronized after steps `warmup` and `end`
+    seconds = timer.times[end - 1] - timer.times[warmup - 1]
+    tokens_per_s = tokens_per_step * (end - warmup) / seconds
     result = {
         "row": row,
         "micro_batch": micro,
@@ -314,7 +332,7 @@ def run_row(row: str, config, sequences, held, steps: int, warmup: int, device: 
         "tokens_per_s": tokens_per_s,
         "mfu": 4 * params * tokens_per_s / PEAK_BF16,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
-        "train_loss_last": sum(timer.losses[-5:]) / max(len(timer.losses[-5:]), 1),
+        "train_loss_last": timer.losses[-1] if timer.losses else float("nan"),
         "held_out_loss": held_out_loss(peft_model, held, device),
         "first_step_s": timer.times[0] - start if timer.times else float("nan"),
         "params": params,
@@ -331,7 +349,7 @@ def run_row(row: str, config, sequences, held, steps: int, warmup: int, device: 
 def table(results: list[dict]) -> str:
     best = max((r for r in results if r["row"] in BASELINES), key=lambda r: r["tokens_per_s"], default=None)
     lines = [
-        "| row | batch x accum. | tokens/s | MFU | peak GiB | train loss (last 5) | held-out loss | vs best baseline |",
+        "| row | batch x accum. | tokens/s | MFU | peak GiB | train loss (last 5 steps) | held-out loss | vs best baseline |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
@@ -347,7 +365,12 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, from " + ", ".join(ROWS))
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps (4 sequences each) per row")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=30,
+        help="optimizer steps of 4 sequences (rows with batch 8 take half as many)",
+    )
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
     parser.add_argument("--tiny", action="store_true", help="a tiny Phi-3 on the CPU: checks the script runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -373,11 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"[{now()}] {row} ...", flush=True)
         profile = row in opts.profile.split(",")
-        results.append(
-            run_row(
-                row, config, sequences, held, opts.steps, min(opts.warmup, opts.steps - 4), device, profile
-            )
-        )
+        results.append(run_row(row, config, sequences, held, opts.warmup, device, profile))
         r = results[-1]
         print(
             f"    {r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}%, peak {r['peak_gib']:.1f} GiB, "

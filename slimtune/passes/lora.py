@@ -105,6 +105,15 @@ class LoRAParams(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_source_of_eval_data(self):
+        if self.eval_dataset_size is not None and self.eval_data_config is not None:
+            raise ValueError(
+                "eval_dataset_size and eval_data_config both say where evaluation rows come from; keep one "
+                "(a share split off the training data, or a separate data config)"
+            )
+        return self
+
     @model_serializer(mode="wrap")
     def _leave_out_unused(self, handler):
         """Leave the quantization-aware settings out while they are off, so runs that do not use them keep

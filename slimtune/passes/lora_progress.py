@@ -29,10 +29,31 @@ def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return batch
 
 
-class ProgressCallback(TrainerCallback):
-    """One tqdm bar over optimizer steps with loss and tokens/s; also keeps the totals for the record."""
+class CountingCollator:
+    """Wraps a collator and counts the real (non-padding) tokens it hands out, on the CPU: counting them on
+    the GPU would make the host wait for the device at every micro-batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, inner, pad_id: int) -> None:
+        self.inner = inner
+        self.pad_id = pad_id
+        self.tokens = 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from slimtune.passes.lora_speed import real_length
+
+        self.tokens += sum(
+            real_length(r["input_ids"], r["labels"], r.get("attention_mask"), self.pad_id) for r in rows
+        )
+        return self.inner(rows)
+
+
+class ProgressCallback(TrainerCallback):
+    """One tqdm bar over optimizer steps with loss and tokens/s; also keeps the totals for the record.
+    Tokens are the real tokens of this process's batches (`counter`) times the number of processes."""
+
+    def __init__(self, counter: CountingCollator | None = None, processes: int = 1) -> None:
+        self.counter = counter
+        self.processes = processes
         self.bar = None
         self.tokens = 0
         self.tokens_per_second = 0.0
@@ -51,10 +72,10 @@ class ProgressCallback(TrainerCallback):
             dynamic_ncols=True,
         )
         self._start = time.perf_counter()
-        self._start_tokens = state.num_input_tokens_seen
+        self._start_tokens = self._seen(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.tokens = state.num_input_tokens_seen
+        self.tokens = self._seen(state)
         elapsed = time.perf_counter() - self._start
         if elapsed > 0:
             self.tokens_per_second = (self.tokens - self._start_tokens) / elapsed
@@ -64,6 +85,11 @@ class ProgressCallback(TrainerCallback):
             if self._loss is not None:
                 postfix["loss"] = f"{self._loss:.3f}"
             self.bar.set_postfix(postfix, refresh=True)
+
+    def _seen(self, state) -> int:
+        if self.counter is None:
+            return state.num_input_tokens_seen
+        return self.counter.tokens * self.processes
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:

@@ -86,11 +86,10 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     trainable, total = model.get_nb_trainable_parameters()
 
     args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train_set))
-    progress = ProgressCallback()
     row_len = ctx.data_config(params.train_data_config).pre_process_data_config.max_seq_len
-    trainer, plan = make_trainer(
-        model, tokenizer, train_set, evaluation, params, args, ctx.device, row_len, callbacks=[progress]
-    )
+    trainer, plan = make_trainer(model, tokenizer, train_set, evaluation, params, args, ctx.device, row_len)
+    progress = ProgressCallback(trainer.data_collator, int(os.environ.get("WORLD_SIZE", "1")))
+    trainer.add_callback(progress)
     ctx.log("      speed: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in plan.items()))
     checkpoints = complete_checkpoints(Path(args.output_dir))
     if checkpoints:
@@ -198,18 +197,20 @@ def make_trainer(
     """(transformers Trainer with slimtune's speed settings applied, the settings used)."""
     import transformers
 
-    from slimtune.passes.lora_progress import collate
+    from slimtune.passes.lora_progress import CountingCollator, collate
     from slimtune.passes.lora_speed import PackedCollator, compile_layers, speed_plan
 
     plan = speed_plan(params, device)
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if plan["pack_sequences"]:
-        collator = PackedCollator(pad, row_len)
+        inner = PackedCollator(pad, row_len)
     else:
 
-        def collator(rows):
+        def inner(rows):
             return collate(rows, pad)
+
+    collator = CountingCollator(inner, pad)
 
     if plan["compile_layers"]:
         compile_layers(model)
@@ -291,8 +292,11 @@ def training_arguments_for(
         remove_unused_columns=False,
         use_cpu=device == "cpu",
         dataloader_pin_memory=device == "cuda",
-        include_num_input_tokens_seen=True,
     )
+    if device == "cuda" and "logging_nan_inf_filter" not in given:
+        args["logging_nan_inf_filter"] = (
+            False  # its check makes the host wait for the GPU at every micro-batch
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ddp_find_unused_parameters" not in given:
         args["ddp_find_unused_parameters"] = False  # every adapter weight takes part in each step
     if device == "cuda" and params.torch_dtype in ("auto", "bfloat16") and "bf16" not in given:
