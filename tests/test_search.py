@@ -476,3 +476,61 @@ def test_pass_by_pass_fixes_each_pass_before_the_next(tiny, tmp_path):
     assert [p["builder"]["precision"] for p in params[:2]] == ["int8", "int8"]
     best_r = params[2]["lora"]["r"]
     assert params[2] == {"lora": {"r": best_r}, "builder": {"precision": "int4"}}
+
+
+# ---------------------------------------------------------------- slimtune optimize
+
+
+def optimize_args(tiny: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "optimize",
+        "--model",
+        str(tiny),
+        "--data",
+        str(DATA),
+        "--template",
+        "### Text: {phrase}\\n### The tone is:\\n{tone}",
+        "--max-rows",
+        "8",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *extra,
+    ]
+
+
+def test_optimize_dry_run_lists_candidates_then_shows_them_cached(tiny, tmp_path, capsys):
+    args = optimize_args(tiny, tmp_path, "--block-sizes", "32", "--algorithms", "default")
+    assert main([*args, "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert (
+        "4 candidates" in listing
+        and listing.count("to run") == 4
+        and "cached" not in listing.split("\n", 1)[1]
+    )
+    assert "builder.precision=fp32" in listing and "builder.int4_accuracy_level=4" in listing
+    assert not (tmp_path / "out").exists()
+
+    assert main([*args, "--max-accuracy-drop", "1"]) == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert len(record["candidates"]) == 4
+    # ranked by size first (the default preference): an int4 candidate is chosen
+    chosen = next(c for c in record["candidates"] if c["chosen"])
+    assert chosen["params"]["builder"]["alternative"] == 2  # fp32, int8, int4
+    assert record["goals"] and record["goals"][0]["metric"] == "accuracy-accuracy_score"
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("cached") == 4
+
+
+def test_optimize_refuses_what_it_cannot_do(tiny, tmp_path, capsys):
+    assert main([*optimize_args(tiny, tmp_path), "--precisions", "fp16"]) == 2
+    assert "fp16 models for CUDA only" in capsys.readouterr().err
+    args = optimize_args(tiny, tmp_path)
+    at = args.index("--template")
+    del args[at : at + 2]
+    assert main(args) == 2
+    assert "records no prompt template" in capsys.readouterr().err
+    assert main([*optimize_args(tiny, tmp_path), "--max-rows", "0"]) == 2
+    assert not (tmp_path / "out").exists()

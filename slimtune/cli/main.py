@@ -15,7 +15,19 @@ from slimtune import __version__
 from slimtune.errors import EXIT_INTERNAL, EXIT_USER, SlimtuneError
 
 # verb -> module under slimtune.cli exposing `register(subparsers)`; each sets `func` on its parser
-VERBS = ["run", "validate", "config", "passes", "data", "models", "cache", "generate", "evaluate", "report"]
+VERBS = [
+    "run",
+    "validate",
+    "config",
+    "passes",
+    "data",
+    "models",
+    "cache",
+    "generate",
+    "evaluate",
+    "optimize",
+    "report",
+]
 
 
 class _Parser(argparse.ArgumentParser):

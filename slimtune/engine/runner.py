@@ -23,7 +23,9 @@ from slimtune.engine.evaluation import (
     print_stage_table,
 )
 from slimtune.engine.fingerprint import cache_key, fingerprint_path, library_versions
+from slimtune.engine.memory_check import check_memory
 from slimtune.engine.monitor import PeakMemory, Stopwatch
+from slimtune.engine.resources import PassGuard, named_error
 from slimtune.errors import EXIT_GOALS, EXIT_OK
 from slimtune.models.ref import ModelMeta, ModelRef
 
@@ -87,6 +89,7 @@ def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
     device, ep = preflight.device_for(loaded)
     input_ref = _input_model(loaded)
     preflight.check_pass_chain(loaded, input_ref.kind)
+    check_memory(loaded, input_ref.path, device)
     if verbose and loaded.notes:
         print("config keys mapped from the old schema:")
         for note in loaded.notes:
@@ -269,6 +272,30 @@ def _data_fingerprints(plan: PassPlan, loaded: LoadedConfig) -> dict[str, str]:
     return found
 
 
+def pass_key(
+    plan: PassPlan,
+    fingerprint: str,
+    input_kind: str,
+    loaded: LoadedConfig,
+    libraries: dict,
+    device: str,
+    ep: str,
+) -> str:
+    """The cache key of a pass's output: everything that shapes it, and nothing else."""
+    from slimtune.passes.registry import get_pass
+
+    spec = get_pass(plan.type)
+    return cache_key(
+        input_fingerprint=fingerprint,
+        pass_type=spec.type,
+        pass_version=spec.version,
+        params=plan.params.model_dump(mode="json"),
+        data_fingerprints=_data_fingerprints(plan, loaded),
+        libraries=libraries,
+        extra={"device": device, "execution_provider": ep, "input_kind": input_kind},
+    )
+
+
 def _run_pass(
     plan: PassPlan,
     current: ModelRef,
@@ -284,15 +311,7 @@ def _run_pass(
 
     spec = get_pass(plan.type)
     params = plan.params.model_dump(mode="json")
-    key = cache_key(
-        input_fingerprint=fingerprint,
-        pass_type=spec.type,
-        pass_version=spec.version,
-        params=params,
-        data_fingerprints=_data_fingerprints(plan, loaded),
-        libraries=libraries,
-        extra={"device": device, "execution_provider": ep, "input_kind": current.kind},
-    )
+    key = pass_key(plan, fingerprint, current.kind, loaded, libraries, device, ep)
     record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
     entry = cache.lookup(key)
     if entry is None:
@@ -310,9 +329,14 @@ def _run_pass(
                     execution_provider=ep,
                 )
                 ctx.meta.history = [*meta.history, plan.type]
-                with Stopwatch() as clock, PeakMemory() as memory:
+                watched = [cache.root, Path(loaded.config.output_dir)]
+                guard = PassGuard(
+                    plan.name, plan.type, params, loaded, attempt, watched, folder_size(Path(current.path))
+                )
+                with guard, Stopwatch() as clock, PeakMemory() as memory:
                     produced = spec.load_run()(ctx, plan.params)
-                ctx.meta.save(ctx.output_dir)
+                with guard:
+                    ctx.meta.save(ctx.output_dir)
                 info = {
                     "pass_name": plan.name,
                     "pass_type": plan.type,
@@ -327,7 +351,8 @@ def _run_pass(
                     "metrics": ctx.metrics,
                     "library_versions": libraries,
                 }
-                entry = cache.commit(key, attempt, info)
+                with guard:
+                    entry = cache.commit(key, attempt, info)
                 record["cache_hit"] = False
     record.setdefault("cache_hit", True)
     info = entry.info
@@ -351,15 +376,47 @@ def publish_model(ref: ModelRef, dest: Path) -> Path:
     """Place a complete copy of the model folder at `dest` (hard links where possible), atomically:
     it is built beside `dest` and renamed, so `dest` is never half-written."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest)
     tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(ref.path, tmp, copy_function=_link_or_copy)
+    try:
+        shutil.copytree(ref.path, tmp, copy_function=_link_or_copy)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        named = named_error(
+            err,
+            what=f"publishing the model to {dest}",
+            memory_advice="Free memory.",
+            watched=[dest.parent],
+            space_needed=folder_size(Path(ref.path)),
+        )
+        if named is not None and isinstance(err, Exception):
+            raise named from err
+        raise
     old = dest.parent / f".{dest.name}.old{os.getpid()}"
     if dest.exists():
         os.rename(dest, old)
     os.rename(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Temporary folders of earlier publishes to `dest` whose process is gone (killed mid-publish)."""
+    for path in dest.parent.glob(f".{dest.name}.*"):
+        pid = path.name.rsplit("tmp", 1)[-1] if ".tmp" in path.name else path.name.rsplit("old", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _link_or_copy(src: str, dst: str) -> None:

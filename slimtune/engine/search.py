@@ -262,3 +262,36 @@ class _Search:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:500] if text else type(err).__name__
+
+
+def enumerate_candidates(loaded) -> list[Candidate]:
+    """Every candidate of a finite search (joint order), in the order the exhaustive sampler tries them."""
+    from slimtune.search.samplers import ExhaustiveSampler
+
+    searched = {p.name: p.space for p in loaded.passes if p.searched}
+    sampler = ExhaustiveSampler(searched, 0)
+    if sampler.size() is None:
+        raise UserError("the search space is continuous: its candidates are only known when sampled")
+    return list(sampler._order)
+
+
+def candidate_keys(loaded, candidate: Candidate) -> list[str]:
+    """The cache key of each pass of a candidate, computed without running anything (a pass's key depends
+    on its input's key, its parameters, its data and the library versions)."""
+    from slimtune.engine import preflight
+    from slimtune.engine.cache import Cache
+    from slimtune.engine.fingerprint import fingerprint_path, library_versions
+    from slimtune.engine.runner import _input_model, pass_key
+    from slimtune.passes.registry import get_pass
+
+    device, ep = preflight.device_for(loaded)
+    ref = _input_model(loaded)
+    fingerprint, kind = fingerprint_path(ref.path, Cache(loaded.config.cache_dir).root), ref.kind
+    libraries = library_versions()
+    keys = []
+    for plan in loaded.passes:
+        concrete = plan.at(candidate[plan.name], loaded.base_dir) if plan.searched else plan
+        fingerprint = pass_key(concrete, fingerprint, kind, loaded, libraries, device, ep)
+        kind = get_pass(concrete.type).output_kind
+        keys.append(fingerprint)
+    return keys
