@@ -244,3 +244,10 @@ def test_debug_shows_the_exception(tmp_path):
 
     with pytest.raises(UserError):
         main(["--debug", "validate", str(tmp_path / "nope.json")])
+
+
+def test_passes_lists_search_defaults(capsys):
+    assert main(["passes", "ModelBuilder"]) == EXIT_OK
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("int4_block_size"))
+    assert "SEARCHABLE_VALUES: [32, 64, 128]" in line

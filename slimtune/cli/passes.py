@@ -30,6 +30,11 @@ def _run(args) -> int:
             )
             old = [o for o, n in spec.params.renamed.items() if n == field_name]
             alias = f" (old name: {', '.join(old)})" if old else ""
-            print(f"  {field_name}{alias}: {default}. {info.description or ''}".rstrip())
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            searched = (
+                f" SEARCHABLE_VALUES: {extra['search_defaults']}." if extra.get("search_defaults") else ""
+            )
+            text = (info.description or "").rstrip(".")
+            print(f"  {field_name}{alias}: {default}. {text}{'.' if text else ''}{searched}".rstrip())
         print()
     return 0
