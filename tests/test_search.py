@@ -534,3 +534,15 @@ def test_optimize_refuses_what_it_cannot_do(tiny, tmp_path, capsys):
     assert "records no prompt template" in capsys.readouterr().err
     assert main([*optimize_args(tiny, tmp_path), "--max-rows", "0"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_max_iter_caps_a_random_search(tiny, tmp_path):
+    evaluators = {"e": {"metrics": [{"name": "size", "type": "size", "data_config": "emotion"}]}}
+    builder = {"type": "ModelBuilder", "int4_block_size": {"search": [16, 32, 64, 128]}}
+    cfg = config({"builder": builder}, {"sampler": "random", "seed": 5, "max_iter": 2}, evaluators=evaluators)
+    path = write(tmp_path, cfg, tiny)
+    assert main(["run", "--config", str(path)]) == 0
+    record = run_json(path)
+    assert len(record["candidates"]) == 2 and record["search"]["stopped"] == "max_iter 2 reached"
+    tried = [c["params"]["builder"]["int4_block_size"] for c in record["candidates"]]
+    assert len(set(tried)) == 2
