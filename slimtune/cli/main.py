@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug in slimtune, or an environment problem we did not name
         if args.debug:
             raise
+        from slimtune.engine.resources import named_error
+
+        named = named_error(err, what=f"slimtune {args.verb}", memory_advice="Free memory.", watched=[])
+        if named is not None:  # out of memory or disk outside a pass (evaluation, reports...)
+            print(f"error: {named}", file=sys.stderr)
+            return named.exit_code
         import traceback
 
         traceback.print_exc()

@@ -2,17 +2,21 @@
 
 Layout under cache_dir:
   entries/<key>/output/     the pass's output folder (a model)
-  entries/<key>/entry.json  what made it; its presence marks the entry complete
+  entries/<key>/entry.json  what made it, with a manifest (size, sha256) of every output file; its presence
+                            marks the entry complete
   tmp/<key>.<pid>.<n>/      an attempt in progress; renamed into entries/ when complete
   work/<key>/               checkpoints kept across interrupted attempts (removed on success)
-  locks/<key>.lock          one process works on a key at a time; others wait, then reuse
-An interrupted attempt leaves only tmp/ and work/ behind, which never look finished.
+  locks/<key>.lock          one process works on a key at a time (flock: the kernel drops it when the holder
+                            dies, so a killed run never leaves a lock that blocks); others wait, then reuse
+An interrupted attempt leaves only tmp/ and work/ behind, which never look finished; the next attempt at the
+same key removes the old tmp/ folders. An entry whose files no longer match its manifest is a miss.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -24,6 +28,21 @@ from pathlib import Path
 from typing import Any
 
 _counter = itertools.count()
+
+
+def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """relative path -> {size, sha256} of every file under `folder`."""
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        found[path.relative_to(folder).as_posix()] = {
+            "size": path.stat().st_size,
+            "sha256": digest.hexdigest(),
+        }
+    return found
 
 
 def folder_size(path: Path) -> int:
@@ -51,12 +70,36 @@ class Cache:
         return self.root / "entries" / key
 
     def lookup(self, key: str) -> Entry | None:
+        """The complete entry for `key`, or None. Checks that every file of the manifest is there with its
+        size (cheap); `problems` also compares contents."""
         info_file = self._entry_dir(key) / "entry.json"
         try:
             info = json.loads(info_file.read_text())
         except (OSError, ValueError):
             return None
-        return Entry(key, info_file.parent, info)
+        entry = Entry(key, info_file.parent, info)
+        return entry if not self.problems(entry, contents=False) else None
+
+    def problems(self, entry: Entry, contents: bool = True) -> list[str]:
+        """How the entry's output differs from its manifest (entries written before manifests: none)."""
+        files = entry.info.get("files")
+        if files is None:
+            return []
+        found = []
+        actual = {p.relative_to(entry.output).as_posix(): p for p in entry.output.rglob("*") if p.is_file()}
+        for name, expected in files.items():
+            path = actual.get(name)
+            if path is None:
+                found.append(f"{name}: missing")
+            elif path.stat().st_size != expected["size"]:
+                found.append(f"{name}: {path.stat().st_size} bytes, manifest says {expected['size']}")
+        found += [f"{name}: not in the manifest" for name in sorted(set(actual) - set(files))]
+        if contents and not found:
+            digests = file_manifest(entry.output)
+            found += [
+                f"{n}: content differs" for n, e in files.items() if digests[n]["sha256"] != e["sha256"]
+            ]
+        return found
 
     def work_dir(self, key: str) -> Path:
         path = self.root / "work" / key
@@ -64,15 +107,28 @@ class Cache:
         return path
 
     def new_attempt(self, key: str) -> Path:
-        """An empty folder to build the entry in: tmp/<key>.<pid>.<n>/output."""
+        """An empty folder to build the entry in: tmp/<key>.<pid>.<n>/output. Call it holding `lock(key)`:
+        earlier attempts at this key (from killed or failed runs) are removed, since no one else works on it."""
+        self.discard_attempts(key)
         attempt = self.root / "tmp" / f"{key}.{os.getpid()}.{next(_counter)}"
-        shutil.rmtree(attempt, ignore_errors=True)
         (attempt / "output").mkdir(parents=True)
         return attempt
 
+    def discard_attempts(self, key: str) -> None:
+        for old in (self.root / "tmp").glob(f"{key}.*"):
+            shutil.rmtree(old, ignore_errors=True)
+
     def commit(self, key: str, attempt: Path, info: dict[str, Any]) -> Entry:
-        """Write entry.json into the attempt and rename it into place (atomic on one file system)."""
-        info = {**info, "key": key, "created": time.time(), "size_bytes": folder_size(attempt / "output")}
+        """Write entry.json (with the output's manifest) into the attempt and rename it into place (atomic on
+        one file system)."""
+        files = file_manifest(attempt / "output")
+        info = {
+            **info,
+            "key": key,
+            "created": time.time(),
+            "size_bytes": sum(f["size"] for f in files.values()),
+            "files": files,
+        }
         (attempt / "entry.json").write_text(json.dumps(info, indent=2, default=str))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -86,12 +142,20 @@ class Cache:
     def lock(self, key: str) -> Iterator[None]:
         path = self.root / "locks" / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as handle:
+        with open(path, "a+") as handle:  # not "w": that would erase the holder's pid
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                print(f"waiting for another run working on cache entry {key[:12]}...", flush=True)
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                print(
+                    f"waiting for another run (pid {holder}) working on cache entry {key[:12]}...", flush=True
+                )
                 fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
             try:
                 yield
             finally:
