@@ -10,6 +10,11 @@ def register(sub) -> None:
     )
     p.add_argument("--output-dir", help="override the config's output_dir")
     p.add_argument("--cache-dir", help="override the config's cache_dir")
+    p.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="run even when a pass's memory estimate exceeds the memory available (skip_memory_check)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -22,4 +27,6 @@ def _run(args) -> int:
         loaded.config.output_dir = str(__import__("pathlib").Path(args.output_dir).resolve())
     if args.cache_dir:
         loaded.config.cache_dir = str(__import__("pathlib").Path(args.cache_dir).resolve())
+    if args.no_memory_check:
+        loaded.config.skip_memory_check = True
     return run_workflow(loaded, verbose=args.verbose)

@@ -94,7 +94,11 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     checkpoints = complete_checkpoints(Path(args.output_dir))
     if checkpoints:
         ctx.log(f"      resuming from {checkpoints[-1].name}")
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    except BaseException:
+        complete_checkpoints(Path(args.output_dir))  # a failure mid-save leaves no half checkpoint behind
+        raise
     final_eval = trainer.evaluate() if evaluation is not None else {}
 
     if trainer.is_world_process_zero():
@@ -227,13 +231,20 @@ def make_trainer(
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints in step order, leaving out any a kill cut short (trainer_state.json is written last);
-    the incomplete ones are removed so the Trainer never picks them."""
+    """Checkpoints in step order, leaving out any a kill cut short: trainer_state.json is written last (a
+    kill while it is written leaves it unreadable), and rotating out an old checkpoint deletes its files one
+    by one. The incomplete ones are removed so the Trainer never picks them."""
+    import json
     import shutil
 
     found = []
     for path in folder.glob("checkpoint-*"):
-        if (path / "trainer_state.json").is_file():
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        except (OSError, ValueError):
+            complete = False
+        if complete:
             found.append(path)
         else:
             shutil.rmtree(path, ignore_errors=True)
