@@ -391,21 +391,18 @@ def test_a_user_error_stops_the_search_at_once(tiny, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_stop_when_goals_met_ends_the_search_at_the_first_success(tiny, tmp_path):
-    evaluators = {
+def by_size(goal: dict | None = None) -> dict:
+    """An evaluator that ranks candidates by model size (quick to measure, and never a tie across precisions)."""
+    sub = {"name": "size", "priority": 1, **({"goal": goal} if goal else {})}
+    return {
         "quality": {
-            "metrics": [
-                {
-                    "name": "size",
-                    "type": "size",
-                    "data_config": "emotion",
-                    "sub_types": [
-                        {"name": "size", "priority": 1, "goal": {"type": "threshold", "value": 1e9}}
-                    ],
-                }
-            ]
+            "metrics": [{"name": "size", "type": "size", "data_config": "emotion", "sub_types": [sub]}]
         }
     }
+
+
+def test_stop_when_goals_met_ends_the_search_at_the_first_success(tiny, tmp_path):
+    evaluators = by_size(goal={"type": "threshold", "value": 1e9})
     builder = {"type": "ModelBuilder", "int4_block_size": {"search": [32, 64, 128]}}
     cfg = config(
         {"builder": builder}, {"sampler": "exhaustive", "stop_when_goals_met": True}, evaluators=evaluators
@@ -420,18 +417,7 @@ def test_stop_when_goals_met_ends_the_search_at_the_first_success(tiny, tmp_path
 
 def test_goals_and_priorities_choose_the_candidate(tiny, tmp_path):
     """Ranked by size (priority 1): int4 beats int8 beats fp32, whatever the order they were tried in."""
-    evaluators = {
-        "quality": {
-            "metrics": [
-                {
-                    "name": "size",
-                    "type": "size",
-                    "data_config": "emotion",
-                    "sub_types": [{"name": "size", "priority": 1}],
-                },
-            ]
-        }
-    }
+    evaluators = by_size()
     alternatives = [
         {"type": "ModelBuilder", "precision": "fp32"},
         {"type": "ModelBuilder", "precision": "int8"},
@@ -449,18 +435,7 @@ def test_goals_and_priorities_choose_the_candidate(tiny, tmp_path):
 
 
 def test_pass_by_pass_fixes_each_pass_before_the_next(tiny, tmp_path):
-    evaluators = {
-        "quality": {
-            "metrics": [
-                {
-                    "name": "size",
-                    "type": "size",
-                    "data_config": "emotion",
-                    "sub_types": [{"name": "size", "priority": 1}],
-                }
-            ]
-        }
-    }
+    evaluators = by_size()
     lora = {**LORA, "r": {"search": [2, 4]}}
     builder = {"type": "ModelBuilder", "precision": {"search": ["int8", "int4"]}}
     cfg = config(
