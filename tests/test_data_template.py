@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimtune.config.schema import PreProcessDataConfig
-from slimtune.data.template import Template, unescape_cli
+from slimtune.data.template import Template, parse_template, unescape_cli
 from slimtune.errors import DataError, UserError
 
 SEED = "### Text: {phrase}\n### The tone is:\n{tone}"
@@ -89,9 +89,23 @@ def test_missing_field_names_the_field_and_the_columns():
 
 def test_malformed_template():
     with pytest.raises(UserError, match="not a valid format string"):
-        make("{phrase")
+        parse_template("{phrase")
     with pytest.raises(UserError, match="must name columns"):
-        make("{} {0}")
+        parse_template("{} {0}")
+    for bad in ("{phrase", "{} {0}"):  # and a config holding one is refused when it is read
+        with pytest.raises(ValueError, match="text_template"):
+            PreProcessDataConfig(text_template=bad)
+    # `data inspect --template` replaces the config's template without validation: Template checks it too
+    with pytest.raises(UserError, match="not a valid format string"):
+        Template(PreProcessDataConfig().model_copy(update={"text_template": "{phrase"}))
+
+
+def test_field_that_a_row_cannot_fill():
+    template = make("{q[0]} {a:d}")
+    for row in ({"q": {}, "a": 1}, {"q": "", "a": 1}, {"q": "x", "a": "not a number"}):
+        with pytest.raises(DataError, match="cannot be filled from this row"):
+            template.render(row)
+    assert template.render({"q": "xyz", "a": 7}) == "x 7"
 
 
 def test_unescape_cli():

@@ -122,9 +122,18 @@ def test_sliding_window_masks_tokens_already_learned(tok):
     assert out["labels"] == [stream[0:8], [X, X, X] + stream[8:13], [X, X, X] + stream[13:18]]
 
 
+def unchecked(**kw) -> PreProcessDataConfig:
+    """Options the config model refuses (so a config never gets this far), built without its validation:
+    the tokenizer still refuses them for callers that build options in code."""
+    return PreProcessDataConfig.model_construct(**{**PreProcessDataConfig().model_dump(), **kw})
+
+
 def test_join_strategies_refuse_loss_on_answer_only(tok):
+    with pytest.raises(ValueError, match="only with strategy line-by-line"):
+        PreProcessDataConfig(text_template="Q {q} A {a}", strategy="join", loss_on_answer_only=True)
+    pre = unchecked(text_template="Q {q} A {a}", strategy="join", loss_on_answer_only=True)
     with pytest.raises(UserError, match="only with strategy line-by-line"):
-        run(tok, strategy="join", loss_on_answer_only=True)
+        tokenize_rows(dataset(ROWS), pre, tok, Template(pre, tok))
 
 
 def test_loss_on_answer_only_needs_an_answer_field(tok):
@@ -134,8 +143,11 @@ def test_loss_on_answer_only_needs_an_answer_field(tok):
 
 
 def test_sliding_window_needs_a_stride(tok):
+    with pytest.raises(ValueError, match="needs stride"):
+        PreProcessDataConfig(text_template="Q {q} A {a}", strategy="join-sliding-window")
+    pre = unchecked(text_template="Q {q} A {a}", strategy="join-sliding-window")
     with pytest.raises(UserError, match="needs stride"):
-        run(tok, strategy="join-sliding-window")
+        tokenize_rows(dataset(ROWS), pre, tok, Template(pre, tok))
 
 
 def test_null_value_names_the_row(tok):

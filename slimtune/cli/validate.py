@@ -12,8 +12,10 @@ def register(sub) -> None:
 def _run(args) -> int:
     from slimtune.config.summary import plan_summary
     from slimtune.config.validate import load_config
+    from slimtune.engine.input_checks import check_plan
 
     loaded = load_config(args.config)
+    check_plan(loaded)
     print(plan_summary(loaded, verbose=args.verbose))
     print("ok: config is valid")
     return 0

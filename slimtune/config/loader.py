@@ -24,7 +24,12 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+        data = path.read_bytes()
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save the "
+            "config as UTF-8"
+        ) from None
     is_yaml = path.suffix.lower() in (".yaml", ".yml")
     data = _parse_yaml(text, path) if is_yaml else _parse_json(text, path)
     if not isinstance(data, dict):

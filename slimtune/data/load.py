@@ -187,7 +187,7 @@ def quiet_datasets():
     bars = datasets.is_progress_bar_enabled()
     level = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors are reported as DataError
     try:
         yield
     finally:

@@ -202,12 +202,22 @@ class Template:
     def _value(self, row: Mapping[str, Any], part: _Part) -> str:
         if part.column not in row:
             self.check_columns(list(row))
-        value = row[part.column] if part.expr is None else _FORMATTER.get_field(part.expr, (), row)[0]
-        if value is None:
+        field = "{" + (part.expr or part.column) + (f"!{part.conversion}" if part.conversion else "")
+        field += (f":{part.spec}" if part.spec else "") + "}"
+        if row[part.column] is None:
             raise DataError(f"a row has no value (null) for {{{part.column}}}: {_short(row)}")
-        if part.conversion:
-            value = _FORMATTER.convert_field(value, part.conversion)
-        return format(value, part.spec) if part.spec else str(value)
+        try:
+            value = row[part.column] if part.expr is None else _FORMATTER.get_field(part.expr, (), row)[0]
+            if value is None:
+                raise DataError(f"a row has no value (null) for {field}: {_short(row)}")
+            if part.conversion:
+                value = _FORMATTER.convert_field(value, part.conversion)
+            return format(value, part.spec) if part.spec else str(value)
+        except (LookupError, AttributeError, TypeError, ValueError) as err:  # {a[0]}, {a.b}, {a:d}
+            raise DataError(
+                f"the template field {field} cannot be filled from this row ({type(err).__name__}: {err}): "
+                f"{_short(row)}"
+            ) from None
 
     def _messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         if self.messages_col not in row:
@@ -218,6 +228,8 @@ class Template:
                 f"column {self.messages_col!r} must hold a list of {{role, content}} messages; got "
                 f"{_short(messages)}"
             )
+        if not messages:
+            raise DataError(f"column {self.messages_col!r} holds no messages: nothing to train on")
         return messages
 
     def _chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:

@@ -19,6 +19,21 @@ from slimtune.models.ref import ModelMeta
 
 log = logging.getLogger(__name__)
 
+# GGUF `general.architecture` values that transformers converts and onnxruntime-genai's model builder exports;
+# others (mamba, t5, bloom, gpt2 ...) would convert and then fail at LoRA targets or at export, minutes later
+SUPPORTED_ARCHITECTURES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "gemma3",
+    "nemotron",
+    "gpt_oss",
+    "lfm2",
+)
+
 
 @dataclass(frozen=True)
 class GgufInfo:
@@ -50,6 +65,12 @@ def inspect_gguf(gguf_path: str | Path) -> GgufInfo:
     architecture = text("general.architecture")
     if not architecture:
         raise ModelError(f"{path}: the GGUF header has no general.architecture")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ModelError(
+            f"{path}: GGUF architecture {architecture!r} is not supported: slimtune converts GGUF files of "
+            f"decoder-only transformers that both transformers and the ONNX model builder handle (supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}). Give a Hugging Face folder of a supported model instead."
+        )
     parameters = sum(int(t.n_elements) for t in reader.tensors)
     return GgufInfo(architecture=architecture, parameters=parameters, name=text("general.name"))
 

@@ -136,10 +136,13 @@ def check_model_folder(folder: str | Path, *, allow_pickle: bool = False) -> Non
         raise ModelError(
             f"model folder {folder} has no config.json, so it is not a Hugging Face model.{hint}"
         )
+    config = _read_config_json(folder / "config.json")
     safetensors = sorted(folder.glob("*.safetensors"))
     pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if safetensors:
         _check_safetensors(folder, safetensors)
+        _check_embedding_shape(folder, safetensors, config)
+        _check_tokenizer_fits(folder, config)
         return
     if pickled:
         names = ", ".join(p.name for p in pickled)
@@ -149,7 +152,8 @@ def check_model_folder(folder: str | Path, *, allow_pickle: bool = False) -> Non
         raise ModelError(
             f"model folder {folder} has only pickled weights ({names}). Pickled weights can run arbitrary code "
             "when loaded, so they are refused unless allowed: convert them to safetensors (load the model with "
-            "transformers and save_pretrained it), or allow pickled weights explicitly if you trust the source."
+            "transformers and save_pretrained it), or, if you trust the source, allow them explicitly with "
+            "input_model.load_kwargs.use_safetensors: false."
         )
     raise ModelError(f"model folder {folder} has config.json but no weights (*.safetensors)")
 
@@ -176,6 +180,76 @@ def _check_safetensors(folder: Path, files: list[Path]) -> None:
             raise ModelError(
                 f"weights file {file} is corrupt or truncated ({err}); prepare or download the model again"
             ) from None
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    """config.json parsed, with a model type transformers knows."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelError(f"{path} is not UTF-8 text, so not a model config") from None
+    except ValueError as err:
+        raise ModelError(
+            f"{path} is not valid JSON (line {err.lineno}: {err.msg}); the model folder is damaged: "
+            "prepare or download it again"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} must hold a JSON object (the model's configuration)")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or config.get("auto_map"):
+        # no model_type: transformers guesses it from the folder name, as it always has
+        return config  # the model brings its own code (trust_remote_code decides whether it may run)
+    try:  # the plain table of model types: importing it does not import torch
+        from transformers.models.auto.auto_mappings import CONFIG_MAPPING_NAMES
+    except ImportError:  # no transformers, or one laid out differently: the loading pass will tell
+        return config
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ModelError(
+            f"{path}: model_type {model_type!r} is not known to the installed transformers, and the folder "
+            "brings no code for it (auto_map); check the model folder, or upgrade transformers"
+        )
+    return config
+
+
+def _check_embedding_shape(folder: Path, files: list[Path], config: dict[str, Any]) -> None:
+    """The input embedding's shape agrees with config.json (weights and config of different models)."""
+    from safetensors import safe_open
+
+    vocab, hidden = config.get("vocab_size"), config.get("hidden_size")
+    if not isinstance(vocab, int) or not isinstance(hidden, int):
+        return
+    for file in files:
+        with safe_open(file, framework="numpy") as handle:
+            for name in handle.keys():
+                if name.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight")):
+                    shape = list(handle.get_slice(name).get_shape())
+                    if shape != [vocab, hidden]:
+                        raise ModelError(
+                            f"{file}: {name} has shape {shape}, but config.json says vocab_size {vocab} and "
+                            f"hidden_size {hidden}: the weights and config.json belong to different models"
+                        )
+                    return
+
+
+def _check_tokenizer_fits(folder: Path, config: dict[str, Any]) -> None:
+    """Every token id the tokenizer can produce has a row in the model's embedding."""
+    vocab = config.get("vocab_size")
+    path = folder / "tokenizer.json"
+    if not isinstance(vocab, int) or not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ids = list((data.get("model") or {}).get("vocab", {}).values()) if isinstance(data, dict) else []
+        ids += [t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelError(f"{path} is not a readable tokenizer file ({err})") from None
+    ids = [i for i in ids if isinstance(i, int)]
+    if ids and max(ids) >= vocab:
+        raise ModelError(
+            f"{folder}: the tokenizer has {len(set(ids))} tokens (ids up to {max(ids)}), but config.json says "
+            f"vocab_size {vocab}: tokens past the embedding would crash training. The tokenizer belongs to "
+            "another model; copy the model's own tokenizer files into the folder"
+        )
 
 
 _DTYPES = {

@@ -40,11 +40,29 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
         eval_rows = load_rows(eval_config.load_dataset_config)
         eval_pre = eval_config.pre_process_data_config
         eval_template = Template(eval_pre, tokenizer, columns=eval_rows.column_names)
-        eval_samples = tokenize_rows(eval_rows, eval_pre, tokenizer, eval_template)
+        eval_samples = _located(tokenize_rows, eval_config)(eval_rows, eval_pre, tokenizer, eval_template)
     elif params.eval_dataset_size:
         rows, eval_rows = split_rows(rows, params.eval_dataset_size, label_column, seed=pre.random_seed)
         eval_samples = tokenize_rows(eval_rows, pre, tokenizer, template)
         ctx.metrics["eval_split"] = {"train_rows": len(rows), "eval_rows": len(eval_rows)}
-    train_samples = tokenize_rows(rows, pre, tokenizer, template)
+    train_samples = _located(tokenize_rows, train_config)(rows, pre, tokenizer, template)
     info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat, pre.add_special_tokens)
     return train_samples, eval_samples, info
+
+
+def _located(tokenize, data_config):
+    """`tokenize` whose data errors name the data config and its file when they do not name a place."""
+    from slimtune.errors import DataError
+
+    def call(*args):
+        try:
+            return tokenize(*args)
+        except DataError as err:
+            if err.file is not None:
+                raise
+            files = data_config.load_dataset_config.data_files
+            raise DataError(
+                f"data config `{data_config.name}`: {err}", file=files if isinstance(files, str) else str(files)
+            ) from None
+
+    return call

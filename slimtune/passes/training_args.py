@@ -19,6 +19,50 @@ OLD_TRAINING_ARGS = {
 }
 # set by slimtune itself: the pass owns where checkpoints go
 RESERVED_TRAINING_ARGS = {"output_dir"}
+# numbers TrainingArguments takes on trust (a 0 batch size or a negative epoch count fails deep inside the
+# Trainer, or trains nothing): name -> (integer?, smallest value, smallest is allowed?, other allowed values)
+NUMERIC_TRAINING_ARGS: dict[str, tuple[bool, float, bool, tuple]] = {
+    "learning_rate": (False, 0, False, ()),
+    "num_train_epochs": (False, 0, False, ()),
+    "max_steps": (True, 1, True, (-1,)),
+    "per_device_train_batch_size": (True, 1, True, ()),
+    "per_device_eval_batch_size": (True, 1, True, ()),
+    "gradient_accumulation_steps": (True, 1, True, ()),
+    "eval_accumulation_steps": (True, 1, True, ()),
+    "warmup_steps": (False, 0, True, ()),
+    "weight_decay": (False, 0, True, ()),
+    "max_grad_norm": (False, 0, True, ()),
+    "adam_beta1": (False, 0, True, ()),
+    "adam_beta2": (False, 0, True, ()),
+    "adam_epsilon": (False, 0, False, ()),
+    "logging_steps": (False, 0, False, ()),
+    "save_steps": (False, 0, False, ()),
+    "eval_steps": (False, 0, False, ()),
+    "save_total_limit": (True, 1, True, ()),
+    "seed": (True, 0, True, ()),
+    "data_seed": (True, 0, True, ()),
+    "dataloader_num_workers": (True, 0, True, ()),
+}
+
+
+def _numeric_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be `key`, or None. null is left to transformers (it means the default)."""
+    import math
+
+    integer, low, low_ok, allowed = NUMERIC_TRAINING_ARGS[key]
+    if value is None or value in allowed and not isinstance(value, bool):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a {'whole number' if integer else 'number'}, got {value!r}"
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if integer and value != int(value):
+        return f"must be a whole number, got {value!r}"
+    if value < low or (value == low and not low_ok):
+        bound = f"at least {low:g}" if low_ok else f"> {low:g}"
+        extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
+        return f"must be {bound}{extra}, got {value!r}"
+    return None
 
 
 @cache
@@ -61,6 +105,11 @@ def check_training_args(args: dict[str, Any]) -> list[tuple[str, str]]:
     for key in args:
         if key == "warmup_ratio":
             continue
+        if key in NUMERIC_TRAINING_ARGS:
+            problem = _numeric_problem(key, args[key])
+            if problem:
+                problems.append((key, problem))
+                continue
         if key in RESERVED_TRAINING_ARGS:
             problems.append((key, "is set by slimtune (checkpoints go to the cache); remove it"))
         elif key not in names:

@@ -1,0 +1,310 @@
+"""Checks of a validated config that need more than one section at a time, and of the data it names.
+
+`check_plan` is light (no torch, transformers or datasets) and runs for `slimtune validate` too; `check_data`
+loads every data config a pass or metric uses and runs each row through its template, so a bad file is
+reported, with its place, before any model is loaded or any pass starts. What needs the tokenizer (rows
+longer than max_seq_len) is checked when the pass tokenizes, still before the weights load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slimtune.config.validate import LoadedConfig
+from slimtune.errors import ConfigError, ConfigIssue, DataError, UserError
+
+EXECUTION_PROVIDERS = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "DmlExecutionProvider": "dml",
+    "WebGpuExecutionProvider": "webgpu",
+}
+
+
+def check_before_run(loaded: LoadedConfig) -> None:
+    from slimtune.engine import preflight
+
+    check_plan(loaded)
+    preflight.check_systems(loaded)  # what this version cannot run (Azure, remote stores) is said first
+    preflight.check_remote_inputs(loaded)
+    check_data(loaded)
+
+
+# ---------------------------------------------------------------- the plan (light)
+
+
+def check_plan(loaded: LoadedConfig) -> None:
+    """Every cross-section problem at once, as config issues with their lines."""
+    issues: list[ConfigIssue] = []
+    issues += _passes_issues(loaded)
+    issues += _directory_issues(loaded)
+    issues += _provider_issues(loaded)
+    issues += _baseline_issues(loaded)
+    if issues:
+        raise ConfigError(_located(loaded, issues), str(loaded.file) if loaded.file else None)
+
+
+def _passes_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
+    from slimtune.passes.registry import get_pass
+
+    if not loaded.passes:
+        return [
+            ConfigIssue(
+                _original(loaded, ("passes",)),
+                "no passes: there is nothing to run; add at least one pass, e.g. "
+                '"lora": {"type": "LoRA", "train_data_config": "..."}',
+            )
+        ]
+    model = loaded.config.input_model
+    kind = "onnx" if model.type == "ONNXModel" else "adapter" if model.adapter_path else "hf"
+    issues = []
+    for plan in loaded.passes:
+        spec = get_pass(plan.type)
+        if spec is None:
+            continue
+        if kind not in spec.input_kinds:
+            wanted = " or ".join(spec.input_kinds)
+            hint = " (put a LoRA pass before it)" if "adapter" in spec.input_kinds and kind == "hf" else ""
+            issues.append(
+                ConfigIssue(
+                    _original(loaded, ("passes", plan.name)),
+                    f"{plan.type} needs {_a(wanted)} model, but gets {_a(kind)} model{hint}",
+                )
+            )
+            break  # what follows gets a model of a kind we no longer know
+        adapter = getattr(plan.params, "adapter_path", None)
+        if adapter and not Path(adapter, "adapter_config.json").is_file():
+            what = "does not exist" if not Path(adapter).exists() else "holds no adapter_config.json"
+            issues.append(
+                ConfigIssue(
+                    _original(loaded, ("passes", plan.name, "adapter_path")),
+                    f"adapter folder {adapter} {what} (a PEFT adapter folder is expected)",
+                )
+            )
+        kind = spec.output_kind
+    return issues
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _directory_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
+    cfg = loaded.config
+    if Path(cfg.output_dir).resolve() == Path(cfg.cache_dir).resolve():
+        return [
+            ConfigIssue(
+                _original(loaded, ("output_dir",)),
+                f"output_dir and cache_dir are the same folder ({cfg.output_dir}); cleaning the cache would "
+                "delete the results: give them different folders",
+            )
+        ]
+    return []
+
+
+def _provider_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
+    issues = []
+    for name, system in loaded.config.systems.items():
+        for i, accelerator in enumerate(system.accelerators):
+            for provider in accelerator.execution_providers or []:
+                if provider not in EXECUTION_PROVIDERS:
+                    issues.append(
+                        ConfigIssue(
+                            _original(loaded, ("systems", name, "accelerators", i, "execution_providers")),
+                            f"execution provider {provider!r} is not supported; one of "
+                            f"{', '.join(EXECUTION_PROVIDERS)}",
+                        )
+                    )
+    return issues
+
+
+def _baseline_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
+    stages = ["input"] + [p.name for p in loaded.passes]
+    issues = []
+    for name, evaluator in loaded.config.evaluators.items():
+        for i, metric in enumerate(evaluator.metrics):
+            for j, sub in enumerate(metric.sub_types):
+                baseline = sub.goal.baseline if sub.goal else None
+                if baseline is not None and baseline not in stages:
+                    path = ("evaluators", name, "metrics", i, "sub_types", j, "goal", "baseline")
+                    issues.append(
+                        ConfigIssue(
+                            _original(loaded, path),
+                            f"baseline `{baseline}` is not a stage of this run; use `input` or a pass name: "
+                            f"{', '.join(stages)}",
+                        )
+                    )
+    return issues
+
+
+def _original(loaded: LoadedConfig, path: tuple) -> str:
+    """The key path as the user wrote it: old-form configs keep engine settings under `engine` and
+    parameters under `config` wrappers."""
+    from slimtune.config.loader import dotted
+
+    node: Any = loaded.raw
+    out: list = []
+    for part in path:
+        if isinstance(node, dict) and part not in node:
+            wrapper = "engine" if not out else "config"
+            if isinstance(node.get(wrapper), dict) and part in node[wrapper]:
+                out.append(wrapper)
+                node = node[wrapper]
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return dotted(tuple(out))
+
+
+def _located(loaded: LoadedConfig, issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Issues with the line of their key (or of the nearest enclosing key) in the config file."""
+    if not loaded.file or not Path(loaded.file).is_file():
+        return issues
+    from slimtune.config.loader import _key_lines
+
+    try:
+        lines, _ = _key_lines(Path(loaded.file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return issues
+    located = []
+    for issue in issues:
+        parts: list = []
+        for token in issue.path.replace("[", ".[").split("."):
+            if token.startswith("[") and token.endswith("]") and token[1:-1].isdigit():
+                parts.append(int(token[1:-1]))
+            elif token:
+                parts.append(token)
+        line = next(
+            (lines[tuple(parts[:n])] for n in range(len(parts), 0, -1) if tuple(parts[:n]) in lines), None
+        )
+        located.append(ConfigIssue(issue.path, issue.message, line))
+    return located
+
+
+# ---------------------------------------------------------------- the data (loads it)
+
+
+def check_data(loaded: LoadedConfig) -> None:
+    """Load each data config a pass or a metric names, and render every row through its template."""
+    from slimtune.data.load import load_rows
+    from slimtune.data.split import label_column_for
+    from slimtune.data.template import Template
+
+    cfg = loaded.config
+    by_name = {d.name: (i, d) for i, d in enumerate(cfg.data_configs)}
+    train_names, eval_names = [], []
+    for plan in loaded.passes:
+        for key in ("train_data_config", "data_config"):
+            if getattr(plan.params, key, None):
+                train_names.append(getattr(plan.params, key))
+        if getattr(plan.params, "eval_data_config", None):
+            eval_names.append((plan.params.eval_data_config, getattr(plan.params, "train_data_config", None)))
+    for evaluator in cfg.evaluators.values():
+        for metric in evaluator.metrics:
+            if metric.data_config and metric.type == "accuracy":
+                eval_names.append((metric.data_config, train_names[0] if train_names else None))
+            elif metric.data_config:
+                train_names.append(metric.data_config)
+
+    checked: dict[str, tuple[Any, Any, str]] = {}  # name -> (rows, template, file)
+    for name in dict.fromkeys([*train_names, *(e for e, _ in eval_names)]):
+        if name not in by_name:
+            continue  # validation reported it
+        index, data = by_name[name]
+        where = f"data_configs[{index}] (`{name}`)"
+        file = _file_label(data.load_dataset_config.data_files)
+        pre = data.pre_process_data_config
+        try:
+            rows = load_rows(data.load_dataset_config)
+            template = Template(pre, None, rows.column_names, file)
+            _render_rows(rows, template, file)
+        except DataError as err:
+            if err.file is None:
+                raise DataError(f"{where}: {err}", file=file) from None
+            raise
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+        _check_template_options(pre, template, f"data_configs[{index}].pre_process_data_config (`{name}`)")
+        checked[name] = (rows, template, file)
+
+    for eval_name, train_name in eval_names:
+        if eval_name == train_name or eval_name not in checked or train_name not in checked:
+            continue
+        train_rows, train_template, _ = checked[train_name]
+        column = label_column_for(train_rows, train_template.answer_column)
+        eval_rows, eval_template, eval_file = checked[eval_name]
+        if column is None or column != eval_template.answer_column or column not in eval_rows.column_names:
+            continue
+        labels = set(map(str, train_rows[column]))
+        for number, value in enumerate(eval_rows[column], 1):
+            if str(value) not in labels:
+                raise DataError(
+                    f"label {str(value)!r} is not among the labels of the training data (`{train_name}`): "
+                    f"{', '.join(sorted(labels))}; the model can never learn it (a typo, or a label missing "
+                    "from the training data?)",
+                    file=eval_file,
+                    line=_line_of_row(eval_file, number),
+                    column=column,
+                )
+
+
+def _check_template_options(pre: Any, template: Any, where: str) -> None:
+    from slimtune.data.tokenize import check_options
+
+    try:
+        check_options(pre, template)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+
+
+def _render_rows(rows: Any, template: Any, file: str) -> None:
+    """Every row through the template (chat rows: their messages' shape; rendering them needs the tokenizer)."""
+    for number, row in enumerate(rows, 1):
+        try:
+            if template.messages_col:
+                template._messages(row)
+            elif not template.chat:
+                template.render(row)
+        except DataError as err:
+            line = _line_of_row(file, number)  # shown as file:line; the row number says it for other files
+            raise DataError(f"row {number}: {err}", file=file, line=line) from None
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
+            # a field expression such as {answer[0]} or {meta.label} that this row cannot satisfy
+            line = _line_of_row(file, number)
+            raise DataError(
+                f"row {number}: the template cannot be filled from this row ({type(err).__name__}: {err})",
+                file=file,
+                line=line,
+            ) from None
+
+
+def _file_label(data_files: Any) -> str:
+    if isinstance(data_files, str):
+        return data_files
+    if isinstance(data_files, list) and len(data_files) == 1:
+        return str(data_files[0])
+    return json.dumps(data_files) if isinstance(data_files, (list, dict)) else str(data_files)
+
+
+def _line_of_row(file: str, number: int) -> int | None:
+    """The line of the `number`-th row of a JSON lines file (blank lines skipped); None for other files."""
+    path = Path(file)
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json") or not path.is_file():
+        return None
+    seen = 0
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        for line_number, line in enumerate(handle, 1):
+            stripped = line.strip()
+            if line_number == 1 and stripped.startswith("["):
+                return None  # a JSON array: rows are not lines
+            if stripped:
+                seen += 1
+                if seen == number:
+                    return line_number
+    return None
