@@ -32,6 +32,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -300,7 +301,8 @@ def run_row(row: str, config, sequences, held, warmup: int, device: str, profile
     # a plain list is a map-style dataset for the Trainer (no datasets package needed)
     train = [{"input_ids": s, "labels": s, "attention_mask": [1] * len(s)} for s in sequences]
     micro, accumulation = SHAPES[row]
-    steps = len(sequences) // (micro * accumulation)  # every row trains on the same tokens
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: data-parallel over `world` GPUs
+    steps = len(sequences) // (micro * accumulation * world)  # every row trains on the same tokens
     warmup = min(warmup, steps - 3)
     end = steps - 2 if profile else steps  # the profiled last 2 steps are left out of the timing
     timer = Timer(device, end if profile else None)
@@ -319,12 +321,13 @@ def run_row(row: str, config, sequences, held, warmup: int, device: str, profile
         start = time.perf_counter()
         trainer.train()
     seq = len(sequences[0])
-    tokens_per_step = micro * accumulation * seq
+    tokens_per_step = micro * accumulation * seq * world
     # times[i] is read after optimizer step i + 1; the GPU was synchronized after steps `warmup` and `end`
     seconds = timer.times[end - 1] - timer.times[warmup - 1]
     tokens_per_s = tokens_per_step * (end - warmup) / seconds
     result = {
-        "row": row,
+        "row": row if world == 1 else f"{row} ({world} GPUs)",
+        "gpus": world,
         "micro_batch": micro,
         "accumulation": accumulation,
         "steps": steps,
@@ -384,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = "cuda" if torch.cuda.is_available() and not opts.tiny else "cpu"
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if rank != 0:
+        opts.no_docs, opts.json, opts.markdown = True, None, None
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (rank 0 reports for all)
     config = make_config(opts.tiny)
     seq = 1024 if not opts.tiny else 64
     stream = make_sequences(opts.steps * 4 + 8, seq, config.vocab_size)
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     body = (
-        f"Machine: {gpu}; {machine()}. Versions: "
+        f"Machine: {gpu}{f' x {world} (torchrun, DDP; peak memory per GPU)' if world > 1 else ''}; {machine()}. Versions: "
         f"{versions(['torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'triton'])}.\n"
         f"Model: Phi3Config() defaults{' (tiny variant)' if opts.tiny else ''}, {results[0]['params'] / 1e9:.2f}B "
         f"parameters, random bf16 weights; LoRA r 64 / alpha 64 / dropout 0.1 on qkv_proj + o_proj; "

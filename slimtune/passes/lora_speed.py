@@ -85,7 +85,12 @@ class PackedCollator:
                 at += n
             # the padding tail restarts its positions too, so it is a sequence of its own
             position_ids[r, at:] = torch.arange(width - at)
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+        batch = {"input_ids": input_ids, "labels": labels, "use_cache": False}
+        if any(len(row) > 1 for row in rows) or width > min(len(pieces[r[0]][0]) for r in rows):
+            # transformers finds the example boundaries from the restarts; a batch of one example per row
+            # with no padding needs none (and skips that search, which waits for the GPU)
+            batch["position_ids"] = position_ids
+        return batch
 
 
 def decoder_layers(model: Any) -> list[Any]:

@@ -66,6 +66,14 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     )
 
     model = load_base_model(base, params, ctx.device)
+    if params.quantized:
+        # the merge rebuilds this 4-bit image of the base and merges into its dequantized weights
+        ctx.meta.quantized_base = {
+            "scheme": "bnb-4bit",
+            "quant_type": params.quant_type or "nf4",
+            "double_quant": bool(params.double_quant),
+            "compute_dtype": params.compute_dtype or "bfloat16",
+        }
     if params.quantization_aware == "int4":
         from slimtune.passes.fake_quant import fake_quantize_model_int4
 

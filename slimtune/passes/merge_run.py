@@ -30,7 +30,8 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
     from peft import PeftModel
 
     base, adapter = Path(ctx.input.base_path), Path(ctx.input.path)
-    if ctx.meta.quantized_base:
+    grid = ctx.meta.quantized_base or {}
+    if grid.get("scheme") == "int4":
         ctx.log(
             "      warning: this adapter was trained against the int4 grid (quantization_aware); merged into "
             "the float base it loses accuracy. Send it to ModelBuilder unmerged instead."
@@ -44,8 +45,12 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
             dtype = getattr(torch, dtype)
     else:
         dtype = getattr(torch, params.save_dtype)
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **load_kwargs)
+    if grid.get("scheme") == "bnb-4bit":
+        model = dequantized_qlora_base(base, grid, dtype, load_kwargs, ctx.log)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **load_kwargs)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(dtype)
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
     # tokenizer and generation settings: from the adapter folder (saved by LoRA), else from the base
     for name in _TOKENIZER_FILES:
@@ -56,3 +61,34 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
         shutil.copy2(base / "generation_config.json", ctx.output_dir / "generation_config.json")
     ctx.metrics["dtype"] = str(dtype).replace("torch.", "")
     return ModelRef(str(ctx.output_dir), "hf")
+
+
+def dequantized_qlora_base(base: Path, grid: dict, dtype, load_kwargs: dict, log):
+    """The base a QLoRA adapter was trained against: quantized to 4 bits exactly as in training, then
+    dequantized, so the merge adds the adapter to the weights it learned beside (not to the originals).
+    Rebuilding the 4-bit image needs bitsandbytes on CUDA; without them the merge uses the original
+    full-precision weights and says so."""
+    import importlib.util
+
+    import torch
+    import transformers
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        log(
+            "      note: QLoRA adapter merged into the full-precision base weights (rebuilding the 4-bit base "
+            "it was trained against needs bitsandbytes on CUDA)"
+        )
+        return transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **load_kwargs)
+    compute = getattr(torch, grid.get("compute_dtype", "bfloat16"))
+    quantization = transformers.BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=grid.get("quant_type", "nf4"),
+        bnb_4bit_use_double_quant=bool(grid.get("double_quant")),
+        bnb_4bit_compute_dtype=compute,
+    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        base, dtype=compute, quantization_config=quantization, device_map={"": 0}, **load_kwargs
+    )
+    model = model.dequantize()
+    log(f"      QLoRA: base rebuilt in {grid.get('quant_type', 'nf4')} and dequantized before the merge")
+    return model.to("cpu", torch.float32)

@@ -1,0 +1,108 @@
+"""The LoRA pass's speed features that run anywhere: packing keeps the loss, settings resolve per device."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimtune.passes.lora import LoRAParams
+from slimtune.passes.lora_speed import PackedCollator, pack_rows, real_length, speed_plan
+
+
+def test_pack_rows_places_every_example_once_within_the_row_length():
+    lengths = [700, 300, 20, 1000, 5, 512, 512, 90]
+    rows = pack_rows(lengths, 1024)
+    placed = sorted(i for row in rows for i in row)
+    assert placed == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 1024 for row in rows)
+    assert len(rows) == 4  # 3139 tokens need at least 4 rows of 1024
+
+
+def test_an_example_longer_than_a_row_gets_a_row_of_its_own():
+    assert pack_rows([2000, 10], 1024) == [[0], [1]]
+
+
+def test_real_length_reads_the_mask_or_the_padding_tail():
+    assert real_length([5, 6, 0, 0], [5, 6, -100, -100], [1, 1, 0, 0], pad_id=0) == 2
+    assert real_length([5, 6, 0, 0], [5, 6, -100, -100], None, pad_id=0) == 2
+    # a trailing pad id that is learned (EOS used as pad) is a real token
+    assert real_length([5, 0], [5, 0], None, pad_id=0) == 2
+
+
+def test_packed_collator_restarts_positions_and_masks_each_first_label():
+    batch = PackedCollator(pad_id=0, row_len=8)(
+        [
+            {"input_ids": [3, 4, 5], "labels": [3, 4, 5]},
+            {"input_ids": [6, 7], "labels": [-100, 7]},
+            {"input_ids": [8, 9, 10, 11, 12], "labels": [8, 9, 10, 11, 12]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[8, 9, 10, 11, 12, 3, 4, 5], [6, 7, 0, 0, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert batch["labels"].tolist() == [
+        [-100, 9, 10, 11, 12, -100, 4, 5],
+        [-100, 7, -100, -100, -100, -100, -100, -100],
+    ]
+
+
+def test_packed_batch_gives_the_padded_batch_loss(tmp_path):
+    """Examples packed into one row do not see each other: the loss equals the padded batch's."""
+    import torch
+    import transformers
+    from tiny_models import make_tiny_model
+
+    from slimtune.passes.lora_progress import collate
+
+    folder = make_tiny_model("llama", tmp_path / "tiny")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for n in (9, 17, 5, 12):
+        ids = torch.randint(3, model.config.vocab_size, (n,), generator=generator).tolist()
+        samples.append({"input_ids": ids, "labels": ids, "attention_mask": [1] * n})
+    padded = collate(samples, pad_id=0)
+    packed = PackedCollator(pad_id=0, row_len=64)(samples)
+    assert packed["input_ids"].shape[0] == 1  # all four share one row
+    with torch.no_grad():
+        loss_padded = model(**padded, use_cache=False).loss
+        loss_packed = model(**packed).loss
+        # and the same row with the positions left running on (examples see each other) differs
+        crossed = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
+        loss_crossed = model(**crossed).loss
+    assert loss_packed.item() == pytest.approx(loss_padded.item(), rel=1e-5)
+    assert abs(loss_crossed.item() - loss_padded.item()) > 1e-4
+
+
+def test_speed_features_default_to_on_for_cuda_only():
+    params = LoRAParams(train_data_config="d")
+    assert speed_plan(params, "cpu") == {"pack_sequences": False, "compile_layers": False}
+    assert speed_plan(params, "cuda") == {"pack_sequences": True, "compile_layers": True}
+    qlora = LoRAParams(train_data_config="d", quant_type="nf4")
+    assert speed_plan(qlora, "cuda")["compile_layers"] is False  # 4-bit layers run eagerly unless asked
+    forced = LoRAParams(train_data_config="d", pack_sequences=True, compile_layers=True)
+    assert speed_plan(forced, "cpu") == {"pack_sequences": True, "compile_layers": False}
+
+
+def test_speed_settings_at_their_defaults_stay_out_of_the_cache_key():
+    dumped = LoRAParams(train_data_config="d").model_dump()
+    assert not {"pack_sequences", "compile_layers", "distributed"} & set(dumped)
+    assert LoRAParams(train_data_config="d", distributed=2).model_dump()["distributed"] == 2
+
+
+def test_distributed_uses_one_process_on_the_cpu():
+    from slimtune.passes.lora_distributed import per_rank_params, world_size
+
+    assert world_size("auto", "cpu") == 1
+    assert world_size(4, "cpu") == 1
+    notes: list[str] = []
+    params = LoRAParams(train_data_config="d", training_args={"gradient_accumulation_steps": 4})
+    assert per_rank_params(params, 2, notes.append).training_args["gradient_accumulation_steps"] == 2
+    assert "same effective batch" in notes[0]
+    odd = LoRAParams(train_data_config="d", training_args={"gradient_accumulation_steps": 3})
+    assert per_rank_params(odd, 2, notes.append).training_args["gradient_accumulation_steps"] == 3
+
+
+def test_rows_of_one_full_example_carry_no_position_ids():
+    """Nothing was packed and nothing padded: plain causal attention, no boundary search."""
+    batch = PackedCollator(pad_id=0, row_len=4)([{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 2)
+    assert "position_ids" not in batch
+    assert batch["labels"][:, 0].tolist() == [-100, -100]
