@@ -197,8 +197,9 @@ def _read_config_json(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path} must hold a JSON object (the model's configuration)")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or config.get("auto_map"):
-        # no model_type: transformers guesses it from the folder name, as it always has
-        return config  # the model brings its own code (trust_remote_code decides whether it may run)
+        # no model_type: transformers guesses it from the folder name; auto_map: the model brings its own
+        # code (trust_remote_code decides whether it may run)
+        return config
     try:  # the plain table of model types: importing it does not import torch
         from transformers.models.auto.auto_mappings import CONFIG_MAPPING_NAMES
     except ImportError:  # no transformers, or one laid out differently: the loading pass will tell

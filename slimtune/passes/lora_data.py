@@ -62,7 +62,8 @@ def _located(tokenize, data_config):
                 raise
             files = data_config.load_dataset_config.data_files
             raise DataError(
-                f"data config `{data_config.name}`: {err}", file=files if isinstance(files, str) else str(files)
+                f"data config `{data_config.name}`: {err}",
+                file=files if isinstance(files, str) else str(files),
             ) from None
 
     return call
