@@ -48,7 +48,9 @@ class Estimate:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= 0.1 * GiB else f"{n / 2**20:.0f} MiB"
+    if n >= 0.1 * GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else "<1 MiB"
 
 
 def parameter_count(folder: Path) -> int:
