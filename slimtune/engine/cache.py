@@ -78,7 +78,12 @@ class Cache:
         except (OSError, ValueError):
             return None
         entry = Entry(key, info_file.parent, info)
-        return entry if not self.problems(entry, contents=False) else None
+        if self.problems(entry, contents=False):
+            return None
+        work = self.root / "work" / key
+        if work.exists():  # the run that committed it was killed before removing its checkpoints
+            shutil.rmtree(work, ignore_errors=True)
+        return entry
 
     def problems(self, entry: Entry, contents: bool = True) -> list[str]:
         """How the entry's output differs from its manifest (entries written before manifests: none)."""
@@ -132,8 +137,8 @@ class Cache:
         (attempt / "entry.json").write_text(json.dumps(info, indent=2, default=str))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a broken leftover without entry.json (lookup failed): replace it
-            shutil.rmtree(final)
+        if final.exists():  # a broken entry (lookup failed): replace it
+            self._delete(final)
         os.rename(attempt, final)
         shutil.rmtree(self.root / "work" / key, ignore_errors=True)
         return Entry(key, final, info)
@@ -187,7 +192,18 @@ class Cache:
         return False
 
     def remove(self, entry: Entry) -> None:
-        shutil.rmtree(entry.path, ignore_errors=True)
+        self._delete(entry.path)
+
+    def _delete(self, folder: Path) -> None:
+        """Move out of entries/ first (atomic), then delete: a kill mid-delete never leaves a partial entry
+        in entries/, only a folder in tmp/ that the next attempt or `cache clean --partial` removes."""
+        doomed = self.root / "tmp" / f"{folder.name}.deleted.{os.getpid()}.{next(_counter)}"
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- CLI
