@@ -80,3 +80,17 @@ def test_lock_file_names_its_holder(tmp_path):
         assert (tmp_path / "locks" / f"{KEY}.lock").read_text() == str(os.getpid())
         assert cache._in_use(KEY)
     assert not cache._in_use(KEY)
+
+
+def test_cache_verify_names_broken_entries_and_removes_them(tmp_path, capsys):
+    from slimtune.cli.main import main
+
+    cache = Cache(tmp_path)
+    entry = commit(cache, {"model.safetensors": b"x" * 1000})
+    assert main(["cache", "--cache-dir", str(tmp_path), "verify"]) == 0
+    (entry.output / "model.safetensors").write_bytes(b"y" * 1000)
+    capsys.readouterr()
+    assert main(["cache", "--cache-dir", str(tmp_path), "verify"]) == 2
+    assert "model.safetensors: content differs" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", str(tmp_path), "verify", "--remove"]) == 0
+    assert not list((tmp_path / "entries").iterdir())

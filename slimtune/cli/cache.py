@@ -1,4 +1,4 @@
-"""`slimtune cache ls|clean`: pass outputs kept by content key."""
+"""`slimtune cache ls|clean|verify`: pass outputs kept by content key."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ def register(sub) -> None:
     clean.add_argument("--pass-type", help="only entries of this pass type")
     clean.add_argument("--partial", action="store_true", help="only leftovers of interrupted passes")
     clean.set_defaults(func=_clean)
-    for verb in (ls, clean):  # also accepted after the verb: `slimtune cache ls --cache-dir DIR`
+    verify = verbs.add_parser("verify", help="check every entry's files against its manifest (sha256)")
+    verify.add_argument("--remove", action="store_true", help="remove the entries that fail")
+    verify.set_defaults(func=_verify)
+    for verb in (ls, clean, verify):  # also accepted after the verb: `slimtune cache ls --cache-dir DIR`
         verb.add_argument("--cache-dir", default=argparse.SUPPRESS, help="cache folder")
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -31,3 +34,9 @@ def _clean(args) -> int:
     from slimtune.engine.cache import clean_command
 
     return clean_command(args)
+
+
+def _verify(args) -> int:
+    from slimtune.engine.cache import verify_command
+
+    return verify_command(args)

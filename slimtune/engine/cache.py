@@ -238,6 +238,27 @@ def ls_command(args) -> int:
     return 0
 
 
+def verify_command(args) -> int:
+    """Compare every entry's files with its manifest (sizes and sha256); with --remove, drop broken ones."""
+    cache = Cache(args.cache_dir)
+    broken = 0
+    folders = sorted((cache.root / "entries").glob("*"))
+    for folder in folders:
+        try:
+            entry = Entry(folder.name, folder, json.loads((folder / "entry.json").read_text()))
+            problems = cache.problems(entry)
+        except (OSError, ValueError) as err:
+            entry, problems = Entry(folder.name, folder, {}), [f"entry.json: {err}"]
+        if problems:
+            broken += 1
+            print(f"{folder.name[:12]}.. broken: {'; '.join(problems[:5])}")
+            if args.remove:
+                cache.remove(entry)
+    action = "removed" if args.remove else "a re-run recomputes them; --remove deletes them"
+    print(f"{len(folders)} entries checked, {broken} broken" + (f" ({action})" if broken else ""))
+    return 2 if broken and not args.remove else 0
+
+
 def clean_command(args) -> int:
     cache = Cache(args.cache_dir)
     removed = 0
