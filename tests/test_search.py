@@ -353,6 +353,8 @@ def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tiny, tmp_path):
     assert main(["run", "--config", str(path)]) == 0
     first, second = run_json(path)["candidates"]
     assert first["status"] == "failed" and "no_such_algorithm" in first["reason"] and not first["chosen"]
+    # the passes it ran, then the one it failed in
+    assert [(p["name"], p.get("failed", False)) for p in first["passes"]] == [("lora", False), ("builder", True)]
     assert second["status"] == "ok" and second["chosen"]
     assert run_json(path)["search"]["failed"] == 1
 
@@ -428,7 +430,7 @@ def test_goals_and_priorities_choose_the_candidate(tiny, tmp_path):
     assert main(["run", "--config", str(path)]) == 0
     record = run_json(path)
     chosen = next(c for c in record["candidates"] if c["chosen"])
-    assert chosen["params"]["builder"] == {"alternative": 2}
+    assert chosen["params"]["builder"] == {"alternative": 2, "precision": "int4"}
     sizes = {c["params"]["builder"]["alternative"]: c["metrics"]["size_bytes"] for c in record["candidates"]}
     assert sizes[2] < sizes[1] < sizes[0]
     assert "ranked by size-size" in record["search"]["why"]

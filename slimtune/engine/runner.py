@@ -110,11 +110,13 @@ def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
     )
 
 
-def run_chain(session: Session, plans: list[PassPlan], prefix: str = "") -> Chain:
-    """Run passes in order, each through the cache."""
+def run_chain(session: Session, plans: list[PassPlan], prefix: str = "", chain: Chain | None = None) -> Chain:
+    """Run passes in order, each through the cache. `chain`, when given, is filled as passes finish, so
+    that a caller still has the passes that ran before one failed."""
     current, fingerprint, meta = session.input_ref, session.input_fingerprint, session.input_meta
-    records: list[dict[str, Any]] = []
-    stages: list[tuple[str, ModelRef, str, ModelMeta]] = [("input", current, fingerprint, meta)]
+    chain = chain if chain is not None else Chain([], [])
+    records, stages = chain.records, chain.stages
+    stages.append(("input", current, fingerprint, meta))
     for index, plan in enumerate(plans, 1):
         print(f"{prefix}[{index}/{len(plans)}] {plan.name} ({plan.type})", flush=True)
         current, fingerprint, meta, record = _run_pass(
@@ -132,7 +134,7 @@ def run_chain(session: Session, plans: list[PassPlan], prefix: str = "") -> Chai
         stages.append((plan.name, current, fingerprint, meta))
         status = "cache hit" if record["cache_hit"] else f"done in {record['wall_s']:.1f} s"
         print(f"{prefix}      {status}: {current.path}", flush=True)
-    return Chain(records, stages)
+    return chain
 
 
 def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None):
@@ -209,6 +211,9 @@ def finish(session: Session, outcome: Outcome) -> int:
         **outcome.extra,
         "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
     }
+    from slimtune.redact import redact as redact_secrets
+
+    record = redact_secrets(record, loaded.secrets)  # tokens and ${ENV} values: not in run.json or reports
     write_json_atomic(output_dir / "run.json", record)
     _write_reports(output_dir, record)
     print_summary(records, final)

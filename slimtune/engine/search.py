@@ -52,6 +52,7 @@ class Tried:
     evaluation: dict[str, Any] | None = None
     goals: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    failed_pass: dict[str, Any] | None = None  # the pass a failed candidate stopped in
 
     @property
     def final_metrics(self) -> dict[str, Any]:
@@ -70,7 +71,8 @@ class Tried:
             "passes": [
                 {"name": r["name"], "type": r["type"], "key": r["key"], "cache_hit": r["cache_hit"]}
                 for r in (self.chain.records if self.chain else [])
-            ],
+            ]
+            + ([self.failed_pass] if self.failed_pass else []),
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -164,7 +166,7 @@ class _Search:
         if key in self.by_key:  # pass-by-pass: a later pass's first point repeats the best so far
             return self.by_key[key]
         params = {
-            plan.name: candidate[plan.name].as_dict(len(plan.space.alternatives) > 1)
+            plan.name: _point_params(plan, candidate[plan.name])
             for plan in self.session.loaded.passes
             if plan.searched
         }
@@ -174,16 +176,21 @@ class _Search:
         text = ", ".join(f"{k}={v!r}" for p in params.values() for k, v in p.items())
         print(f"\ncandidate #{tried.id}: {text}", flush=True)
         started = time.time()
+        tried.chain = Chain([], [])
+        plans: list[PassPlan] = []
         try:
-            tried.chain = run_chain(self.session, self.plans(candidate), prefix=f"#{tried.id} ")
+            plans = self.plans(candidate)
+            run_chain(self.session, plans, prefix=f"#{tried.id} ", chain=tried.chain)
             needed = {g.goal.baseline for g in self.session.eval_plan.refs if g.goal and g.goal.baseline}
             tried.evaluation, tried.goals = evaluate_chain(self.session, tried.chain, only=needed | {"input"})
         except (PassFailed, ResourceError, ValidationError) as err:
             tried.reason = _first_line(err)
+            tried.failed_pass = _failed_pass(plans, tried.chain)
         except SlimtuneError:
             raise  # bad config, missing data: no candidate can escape it
         except Exception as err:  # a crash inside one candidate's pass: record it, try the others
             tried.reason = f"{type(err).__name__}: {_first_line(err)}"
+            tried.failed_pass = _failed_pass(plans, tried.chain)
         else:
             met = all(g["met"] for g in tried.goals)
             tried.status = "ok" if met else "goals_not_met"
@@ -257,6 +264,27 @@ class _Search:
         else:
             head = "no candidate met every goal; the best by ranking alone"
         return f"{head}; ranked by {order}; {first.key} {shown}"
+
+
+def _point_params(plan: PassPlan, point) -> dict[str, Any]:
+    """The parameters that make this point what it is: the searched values, and for a pass with several
+    alternatives, which one plus the fixed values that tell the alternatives apart (e.g. `precision`)."""
+    alternatives = plan.space.alternatives
+    if len(alternatives) == 1:
+        return point.as_dict(False)
+    mine = alternatives[point.alternative].fixed
+    differing = {
+        k: v for k, v in mine.items() if any(k not in a.fixed or a.fixed[k] != v for a in alternatives)
+    }
+    return {**point.as_dict(True), **differing}
+
+
+def _failed_pass(plans: list[PassPlan], chain: Chain) -> dict[str, Any] | None:
+    """The pass a candidate failed in (the first one without a record): it ran, and left no output."""
+    if len(chain.records) >= len(plans):
+        return None  # the passes finished; the evaluation failed
+    plan = plans[len(chain.records)]
+    return {"name": plan.name, "type": plan.type, "key": None, "cache_hit": False, "failed": True}
 
 
 def _first_line(err: BaseException) -> str:
