@@ -204,3 +204,42 @@ def test_skip_memory_check_is_a_config_key_in_both_schemas(tiny, tmp_path, monke
     current.config.skip_memory_check = False
     with pytest.raises(Exception, match="needs about"):
         check_memory(current, tiny, "cpu")
+
+
+def test_what_counts_as_out_of_memory_or_a_full_disk(tmp_path):
+    from slimtune.engine.resources import named_error
+    from slimtune.errors import UserError
+
+    def name(err):
+        return named_error(err, what="passes.x (X)", memory_advice="Advice.", watched=[tmp_path])
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError, by name
+        pass
+
+    cuda = OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 1862.65 GiB. GPU 0 has a total capacity of "
+        "139.80 GiB of which 139.29 GiB is free. Including non-PyTorch memory, this process "
+        "has 518.00 MiB memory in use. Of the allocated memory 0 bytes is allocated"
+    )
+    assert str(name(cuda)).startswith(
+        "passes.x (X) ran out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 1862.65 GiB."
+    )
+    assert str(name(cuda)).endswith("memory in use.). Advice.")
+    assert "ran out of memory" in str(name(MemoryError()))
+    try:  # wrapped, as a pass that catches and re-raises does
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "model.onnx"))
+        except OSError as inner:
+            raise UserError("ModelBuilder failed: OSError ...") from inner
+    except UserError as wrapped:
+        assert f"the disk is full writing {tmp_path / 'model.onnx'}" in str(name(wrapped))
+    rust = Exception(
+        "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+        '"No space left on device" })'
+    )  # safetensors' own error type
+    assert "the disk is full" in str(name(rust))
+    assert name(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert name(OSError(errno.EACCES, "Permission denied")) is None
+    assert (
+        name(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")) is None
+    )  # disk has room

@@ -112,8 +112,10 @@ def named_error(
 def _reason(err: BaseException) -> str:
     for e in _chain(err):
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if len(text) > 200:  # e.g. CUDA's: keep whole sentences ("... Tried to allocate 2.00 GiB.")
+            text = text[: text.rfind(". ", 0, 200) + 1] or text[:200]
         if text:
-            return f"{type(e).__name__}: {text[:200]}"
+            return f"{type(e).__name__}: {text}"
     return type(err).__name__
 
 
