@@ -333,7 +333,7 @@ def run_row(row: str, config, sequences, held, warmup: int, device: str, profile
         "steps": steps,
         "tokens": tokens_per_step * steps,
         "tokens_per_s": tokens_per_s,
-        "mfu": 4 * params * tokens_per_s / PEAK_BF16,
+        "mfu": 4 * params * tokens_per_s / (PEAK_BF16 * world),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
         "train_loss_last": timer.losses[-1] if timer.losses else float("nan"),
         "held_out_loss": held_out_loss(peft_model, held, device),

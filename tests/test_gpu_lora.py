@@ -180,10 +180,15 @@ def test_packed_compiled_training_keeps_the_eager_padded_loss(tiny, tmp_path):
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_lora_data_parallel_over_two_gpus(tiny, tmp_path):
-    lora = {"type": "LoRA", "training_args": {"max_steps": 4, "per_device_train_batch_size": 4}}
+@pytest.mark.parametrize(("distributed", "world"), [("auto", 2), ("off", 1)])
+def test_lora_data_parallel_over_two_gpus(tiny, tmp_path, distributed, world):
+    lora = {
+        "type": "LoRA",
+        "distributed": distributed,
+        "training_args": {"max_steps": 4, "per_device_train_batch_size": 4},
+    }
     record = run(write_config(tmp_path, tiny, lora, export=False))
     metrics = record["passes"][0]["metrics"]
-    assert metrics["world_size"] == 2
+    assert metrics["world_size"] == world
     assert metrics["steps"] == 4
     assert (Path(record["passes"][0]["output_path"]) / "adapter_model.safetensors").is_file()

@@ -43,7 +43,9 @@ def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
     """Keep the effective batch of the one-GPU run where the accumulation steps divide by the GPU count."""
     args = dict(params.training_args)
     accumulation = int(args.get("gradient_accumulation_steps", 1))
-    if accumulation % world == 0:
+    if world == 1:
+        log("      one GPU of several (distributed: off): one process through torchrun")
+    elif accumulation % world == 0:
         args["gradient_accumulation_steps"] = accumulation // world
         log(
             f"      data-parallel over {world} GPUs: gradient accumulation {accumulation} -> "

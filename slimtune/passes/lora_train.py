@@ -37,9 +37,17 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
     from slimtune.passes.lora_distributed import in_worker, run_distributed, world_size
 
     world = world_size(params.distributed, ctx.device)
-    if world > 1 and not in_worker():
+    if not in_worker() and (world > 1 or (ctx.device == "cuda" and _visible_gpus() > 1)):
+        # also one GPU of several goes through torchrun: a plain process that sees several GPUs gets
+        # torch DataParallel from the Trainer, which is slower than DDP and breaks compiled layers
         return run_distributed(ctx, params, world)
     return train(ctx, params)
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
