@@ -23,6 +23,15 @@ KINDS = ("config", "data", "model")
 CASES = sorted(p for kind in KINDS for p in (CATALOGUE / kind).iterdir() if (p / "expect.json").is_file())
 
 
+@pytest.fixture(autouse=True)
+def _forget_secrets():
+    """Secrets a config names are remembered for the process (as in one CLI run); not across tests."""
+    from slimtune import redact
+
+    yield
+    redact.forget()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from tiny_models import make_tiny_model

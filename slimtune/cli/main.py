@@ -13,6 +13,7 @@ import sys
 
 from slimtune import __version__
 from slimtune.errors import EXIT_INTERNAL, EXIT_USER, SlimtuneError
+from slimtune.redact import RedactingFilter, redact_text
 
 # verb -> module under slimtune.cli exposing `register(subparsers)`; each sets `func` on its parser
 VERBS = [
@@ -62,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(message)s" if not args.debug else "%(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # secrets from the config never reach a log line
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     try:
         return int(args.func(args) or 0)
     except SlimtuneError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
@@ -81,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
 
         named = named_error(err, what=f"slimtune {args.verb}", memory_advice="Free memory.", watched=[])
         if named is not None:  # out of memory or disk outside a pass (evaluation, reports...)
-            print(f"error: {named}", file=sys.stderr)
+            print(f"error: {redact_text(str(named))}", file=sys.stderr)
             return named.exit_code
         import traceback
 
-        traceback.print_exc()
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
         print(
-            f"internal error: {type(err).__name__}: {err}\n(please report this; --debug shows more)",
+            redact_text(
+                f"internal error: {type(err).__name__}: {err}\n(please report this; --debug shows more)"
+            ),
             file=sys.stderr,
         )
         return EXIT_INTERNAL

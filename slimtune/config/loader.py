@@ -122,7 +122,11 @@ def interpolate_env(data: Any, file: str | None = None) -> tuple[Any, set[str]]:
             return _ENV.sub(repl, value)
         return value
 
+    from slimtune import redact
+
     out = sub(data, ())
+    # before anything can fail: an error message quoting a value must not show a secret
+    redact.remember(used | redact.secret_values(data) | redact.secret_values(out))
     if missing:
         raise ConfigError(missing, file)
     return out, {v for v in used if v}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slimtune.config.base import Strict
 from slimtune.passes.registry import PassSpec, register_pass
@@ -42,6 +42,21 @@ class ModelBuilderParams(Strict):
     )
     extra_options: dict[str, Any] = Field(default_factory=dict, description="passed to the builder as given")
     metadata_only: bool = Field(False, description="write genai_config.json and tokenizer files only")
+
+    @field_validator("extra_options")
+    @classmethod
+    def _filename_stays_inside(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """`filename` is the one option that names a file the builder writes, inside the pass's output folder:
+        a path there would write the model elsewhere."""
+        name = value.get("filename")
+        if name is not None and (
+            not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+        ):
+            raise ValueError(
+                f"extra_options.filename: must be a plain file name such as model.onnx (it is written inside "
+                f"the pass's output folder), got {name!r}"
+            )
+        return value
 
 
 register_pass(

@@ -272,6 +272,17 @@ def _captured_output(log_path: Path):
                 os.close(fd)
             root.handlers[:] = handlers
             root.setLevel(level)
+            log.flush()
+            _mask_secrets(log_path)  # the builder prints its options, hf_token included
+
+
+def _mask_secrets(path: Path) -> None:
+    from slimtune.redact import redact_text
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    masked = redact_text(text)
+    if masked != text:
+        path.write_text(masked, encoding="utf-8")
 
 
 def _verify_output(output_dir: Path, options: dict[str, str], metadata_only: bool, log_path: Path) -> None:
