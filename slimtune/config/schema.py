@@ -57,8 +57,8 @@ RESOURCE_TYPES = {
 def _resource(value: Any) -> Any:
     """A path is a string, or a resource dict validated by its `type`."""
     if isinstance(value, dict):
-        if "type" not in value and all(isinstance(v, (str, list)) for v in value.values()):
-            return value  # a split mapping {"train": ..., "test": ...}
+        if "type" not in value:
+            return value  # a split mapping {"train": ..., "test": ...} (its values are checked by the field)
         kind = value.get("type")
         if kind == "local_file" or kind == "local_folder":
             return value.get("path") or value.get("config", {}).get("path")
@@ -155,6 +155,23 @@ class LoadDatasetConfig(Strict):
     trust_remote_code: bool = False
 
     _files = field_validator("data_files", mode="before")(classmethod(lambda cls, v: _resource(v)))
+
+    @field_validator("data_files")
+    @classmethod
+    def _files_kind(cls, value: Any) -> Any:
+        def paths(v: Any) -> bool:
+            return (isinstance(v, str) and bool(v.strip())) or (
+                isinstance(v, list) and bool(v) and all(isinstance(i, str) and i.strip() for i in v)
+            )
+
+        if value is None or isinstance(value, AzureMLDatastore) or paths(value):
+            return value
+        if isinstance(value, dict) and value and all(paths(v) for v in value.values()):
+            return value
+        raise ValueError(
+            "must be a path, a non-empty list of paths, a mapping {split: path or paths} or an "
+            f"azureml_datastore resource; got {type(value).__name__} {value!r}"
+        )
 
 
 class PreProcessDataConfig(Strict):

@@ -75,9 +75,11 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
     return rows
 
 
-def _reject_remote(value: Any, key: str, hint: str = "copy the data to a local file") -> None:
+def _reject_remote(
+    value: Any, key: str, hint: str = "copy the data to a local file and give its path"
+) -> None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None) or value
-    raise UserError(f"{key}: remote data ({kind}) is not implemented yet; {hint} and give its path")
+    raise UserError(f"{key}: remote data ({kind}) is not implemented yet; {hint}")
 
 
 def _expand(data_files: Any) -> dict[str, list[str]]:

@@ -30,6 +30,31 @@ def check_before_run(loaded: LoadedConfig) -> None:
     preflight.check_systems(loaded)  # what this version cannot run (Azure, remote stores) is said first
     preflight.check_remote_inputs(loaded)
     check_data(loaded)
+    check_tokenizer_files(loaded)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def check_tokenizer_files(loaded: LoadedConfig) -> None:
+    """A Hugging Face model folder given as the input model has readable weights and a tokenizer (without one,
+    the first pass fails inside transformers). GGUF files and known models are checked when resolved."""
+    from slimtune.errors import ModelError
+
+    model = loaded.config.input_model
+    path = model.model_path
+    if model.type != "HfModel" or not isinstance(path, str) or not Path(path, "config.json").is_file():
+        return
+    folder = Path(path)
+    from slimtune.models.loading import check_model_folder
+
+    # weights and config.json first: their problems are the more basic ones
+    check_model_folder(folder, allow_pickle=model.load_kwargs.use_safetensors is False)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise ModelError(
+            f"model folder {folder} has no tokenizer ({', '.join(TOKENIZER_FILES)} or *.tiktoken); copy the "
+            "tokenizer files of the model into the folder (tokenizer.save_pretrained does it)"
+        )
 
 
 # ---------------------------------------------------------------- the plan (light)
