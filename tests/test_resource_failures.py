@@ -182,6 +182,10 @@ def test_memory_estimate_refuses_before_any_pass_and_can_be_overridden(tiny, tmp
 
     assert main(["run", "--config", str(config), "--no-memory-check"]) == 0  # builder's own check skipped too
     assert (tmp_path / "out" / "model" / "model.onnx").is_file()
+    # every pass is cached now: a re-run needs no memory for them and is not refused
+    assert main(["run", "--config", str(config)]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert all(p["cache_hit"] for p in record["passes"])
 
 
 def test_skip_memory_check_is_a_config_key_in_both_schemas(tiny, tmp_path, monkeypatch, capsys):

@@ -176,14 +176,17 @@ def available_bytes(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(loaded: Any, model_path: str | Path, device: str) -> None:
-    """Refuse the run, before any pass, when a pass's estimate exceeds the memory available now."""
+def check_memory(loaded: Any, model_path: str | Path, device: str, cached: set[str] = frozenset()) -> None:
+    """Refuse the run, before any pass, when a pass's estimate exceeds the memory available now. Passes
+    named in `cached` (their output is in the cache) need no memory and are not checked."""
     if getattr(loaded.config, "skip_memory_check", False):
         return
     model = Path(model_path)
     if not model.is_dir():
         return
     for estimate in estimates(loaded, model, device):
+        if estimate.pass_name in cached:
+            continue
         available = available_bytes(estimate.device)
         if estimate.total > available:
             where = "GPU memory" if estimate.device == "cuda" else "memory"

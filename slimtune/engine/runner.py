@@ -89,14 +89,13 @@ def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
     device, ep = preflight.device_for(loaded)
     input_ref = _input_model(loaded)
     preflight.check_pass_chain(loaded, input_ref.kind)
-    check_memory(loaded, input_ref.path, device)
     if verbose and loaded.notes:
         print("config keys mapped from the old schema:")
         for note in loaded.notes:
             print(f"  {note}")
     cache = Cache(loaded.config.cache_dir)
     meta = ModelMeta.load(input_ref.path) or ModelMeta(base_model=_base_name(loaded))
-    return Session(
+    session = Session(
         loaded,
         cache,
         library_versions(),
@@ -105,9 +104,25 @@ def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
         input_ref,
         fingerprint_path(input_ref.path, cache.root),
         meta,
-        plan_evaluation(loaded),
+        None,
         started,
     )
+    check_memory(loaded, input_ref.path, device, cached=_cached_passes(session))
+    session.eval_plan = plan_evaluation(loaded)
+    return session
+
+
+def _cached_passes(session: Session) -> set[str]:
+    """Names of the passes whose output the cache already holds (they need no memory this run)."""
+    from slimtune.passes.registry import get_pass
+
+    found, fingerprint, kind = set(), session.input_fingerprint, session.input_ref.kind
+    for plan in session.loaded.passes:
+        key = pass_key(plan, fingerprint, kind, session.loaded, session.libraries, session.device, session.ep)
+        if session.cache.lookup(key) is not None:
+            found.add(plan.name)
+        fingerprint, kind = key, get_pass(plan.type).output_kind
+    return found
 
 
 def run_chain(session: Session, plans: list[PassPlan], prefix: str = "", chain: Chain | None = None) -> Chain:
