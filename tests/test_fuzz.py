@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from slimtune.config.summary import plan_summary
 from slimtune.config.validate import load_config, load_config_dict
 from slimtune.engine.input_checks import check_plan
 from slimtune.errors import SlimtuneError
@@ -35,9 +37,12 @@ def _forget_secrets():
     redact.forget()
 
 
+SCALE = float(os.environ.get("SLIMTUNE_FUZZ_SCALE", "1"))  # e.g. 20 for a long bug hunt
+
+
 def fuzz(examples: int) -> settings:
     return settings(
-        max_examples=examples,
+        max_examples=max(1, int(examples * SCALE)),
         deadline=None,
         database=None,  # nothing written into the repository; a failure prints the example to reproduce it
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -100,10 +105,11 @@ json_values = st.recursive(
 
 
 def only_user_errors(cfg: dict[str, Any], base_dir: Path) -> None:
-    """Load, validate and cross-check `cfg`: success or a SlimtuneError, nothing else."""
+    """Load, validate, cross-check and summarise `cfg`: success or a SlimtuneError, nothing else."""
     try:
         loaded = load_config_dict(cfg, base_dir=base_dir)
         check_plan(loaded)
+        assert plan_summary(loaded).strip()  # what `slimtune validate` prints for a valid config
     except SlimtuneError as err:
         assert str(err).strip(), "a user error with no message"
 
