@@ -29,7 +29,4 @@ def _run(args) -> int:
         loaded.config.cache_dir = str(__import__("pathlib").Path(args.cache_dir).resolve())
     if args.no_memory_check:
         loaded.config.skip_memory_check = True
-    from slimtune.engine.input_checks import check_before_run
-
-    check_before_run(loaded)  # cross-section and data problems, before any model is loaded
     return run_workflow(loaded, verbose=args.verbose)

@@ -84,8 +84,9 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
 def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
     """Every check that can fail fast, then what the passes share: cache, input model, evaluation rows."""
     started = time.time()
-    preflight.check_systems(loaded)
-    preflight.check_remote_inputs(loaded)
+    from slimtune.engine.input_checks import check_before_run
+
+    check_before_run(loaded)  # systems, remote inputs, cross-section problems, data: before any model
     device, ep = preflight.device_for(loaded)
     input_ref = _input_model(loaded)
     preflight.check_pass_chain(loaded, input_ref.kind)
