@@ -107,17 +107,3 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path, capsys):
     with Cache(tmp_path).lock(key):
         assert lock_file.read_text() == str(os.getpid())
     assert "waiting" not in capsys.readouterr().out  # taken at once, not after a wait
-
-
-def test_killed_run_then_a_run_with_another_output_dir_reuses_its_work(tiny, tmp_path):
-    """A run killed mid-training holds no lock afterwards: a second run on the same cache resumes its
-    checkpoints (from another output_dir), rather than waiting for a dead process or starting over."""
-    config = write_config(tmp_path, tiny, seed=2)
-    first = Attempt.start(with_output_dir(config, "out_a"))
-    work = tmp_path / "cache" / "work"
-    assert first.wait_for(lambda: bool(list(work.glob("*/checkpoints/checkpoint-*/trainer_state.json"))))
-    assert first.kill()
-    second = Attempt.start(with_output_dir(config, "out_b"))
-    assert second.finish() == 0, second.output()
-    assert any("resuming from checkpoint-" in line for line in second.lines), second.output()
-    assert (tmp_path / "out_b" / "model" / "model.onnx").is_file()
