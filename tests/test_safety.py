@@ -234,3 +234,45 @@ def test_secret_in_a_data_error_is_not_echoed(tmp_path, capsys, monkeypatch):
     code, text = run_cli(["run", "--config", str(config)], capsys)
     assert code == 2 and "not found" in text, text
     assert SECRET_ENV not in text and "***" in text, text
+
+
+# ---------------------------------------------------------------- remote code
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_remote_code_only_when_the_config_allows_it_and_said_so(
+    tmp_path, tiny_model, capsys, monkeypatch, trusted
+):
+    """Every from_pretrained call of a whole run (LoRA, merge, export) gets trust_remote_code only when
+    input_model.load_kwargs sets it, and a run that sets it says so."""
+    import transformers
+
+    calls: list[tuple[str, object]] = []
+
+    def spy(cls_name: str, original):
+        def wrapper(*args, **kwargs):
+            calls.append((cls_name, kwargs.get("trust_remote_code")))
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("AutoModelForCausalLM", "AutoTokenizer", "AutoConfig"):
+        cls = getattr(transformers, name)
+        monkeypatch.setattr(cls, "from_pretrained", spy(name, cls.from_pretrained))
+    monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "store"))
+    cfg = workflow(tiny_model, write_rows(tmp_path / "train.jsonl"))
+    if trusted:
+        cfg["input_model"]["load_kwargs"] = {"trust_remote_code": True}
+    cfg["output_dir"], cfg["cache_dir"] = str(tmp_path / "out"), str(tmp_path / "cache")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+
+    code, text = run_cli(["run", "--config", str(config)], capsys)
+    assert code in (0, 3), text
+    assert {name for name, _ in calls} >= {"AutoModelForCausalLM", "AutoTokenizer"}, calls
+    trusting = [name for name, value in calls if value]
+    if trusted:
+        assert trusting and "trust_remote_code is on" in text, (calls, text)
+    else:
+        assert not trusting, calls
+        assert "trust_remote_code" not in text
