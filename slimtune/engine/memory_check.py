@@ -96,7 +96,7 @@ def training_estimate(
     seq = int(seq_len or 1024)
     quantized = bool(getattr(params, "quantized", False))
     weight_bytes = 0.6 if quantized else _dtype_bytes(getattr(params, "torch_dtype", "auto"), device)
-    act_bytes = 2 if (device == "cuda" and weight_bytes <= 2) else 4
+    act_bytes = 4 if weight_bytes == 4 else 2  # activations in the compute dtype (bf16 for a 4-bit base)
     h, i, layers, heads = shape["hidden"], shape["intermediate"], shape["layers"], shape["heads"]
     kv = h * shape["kv_heads"] // heads
     rank = int(getattr(params, "r", 16))
