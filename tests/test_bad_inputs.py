@@ -143,3 +143,29 @@ def test_the_shared_data_runs(workspace, capsys, monkeypatch):
     code, text = run_cli(["run", "--config", str(folder / "config.json")], capsys)
     assert reached and code == 0, text
     assert os.environ["SLIMTUNE_TEST_MODEL"]
+
+
+@pytest.mark.parametrize(
+    "case", ["config/r_zero", "data/latin1_bytes", "model/gguf_unsupported_architecture"]
+)
+def test_a_case_per_kind_through_a_real_process(case, workspace, tiny_model):
+    """The same answers from `python -m slimtune` in its own process (logging, exit code, stderr as a user
+    sees them), not only from main() called in this one."""
+    import subprocess
+    import sys
+
+    expect = json.loads((CATALOGUE / case / "expect.json").read_text())
+    folder = workspace / case
+    shutil.copytree(CATALOGUE / case, folder)
+    out = workspace / "run-output"
+    argv = ["run", "--config", str(folder / expect["config"]), "--output-dir", str(out)]
+    env = {**os.environ, "SLIMTUNE_TEST_MODEL": str(tiny_model), "SLIMTUNE_HOME": str(workspace / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimtune", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    for fragment in expect["problem"] + expect["where"]:
+        assert fragment in text, f"{fragment!r} not in:\n{text}"
+    assert not out.exists()
