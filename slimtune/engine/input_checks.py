@@ -118,6 +118,19 @@ def _a(word: str) -> str:
 
 def _directory_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
     cfg = loaded.config
+    issues = []
+    for key in ("output_dir", "cache_dir"):
+        path = Path(getattr(cfg, key))
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:  # found at the end of a run otherwise, after the training
+            issues.append(
+                ConfigIssue(
+                    _original(loaded, (key,)),
+                    f"{blocking} is a file, so {key} {path} cannot be a folder; give a folder path",
+                )
+            )
+    if issues:
+        return issues
     if Path(cfg.output_dir).resolve() == Path(cfg.cache_dir).resolve():
         return [
             ConfigIssue(
