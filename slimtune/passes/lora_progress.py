@@ -64,6 +64,10 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
 
+        self._start = time.perf_counter()
+        self._start_tokens = self._seen(state)
+        if not state.is_world_process_zero:  # one bar for a data-parallel run, from rank 0
+            return
         self.bar = tqdm(
             total=state.max_steps,
             initial=state.global_step,
@@ -71,8 +75,6 @@ class ProgressCallback(TrainerCallback):
             unit="step",
             dynamic_ncols=True,
         )
-        self._start = time.perf_counter()
-        self._start_tokens = self._seen(state)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.tokens = self._seen(state)
