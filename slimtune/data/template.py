@@ -206,6 +206,13 @@ class Template:
         field += (f":{part.spec}" if part.spec else "") + "}"
         if row[part.column] is None:
             raise DataError(f"a row has no value (null) for {{{part.column}}}: {_short(row)}")
+        if part.expr is None and isinstance(row[part.column], (list, dict)):
+            # str() would put Python's repr of it into the training text
+            kind = "a list" if isinstance(row[part.column], list) else "an object"
+            raise DataError(
+                f"{{{part.column}}} holds {kind}, not text: {_short(row)}; pick an item with a field such as "
+                f"{{{part.column}[0]}}, or flatten the column"
+            )
         try:
             value = row[part.column] if part.expr is None else _FORMATTER.get_field(part.expr, (), row)[0]
             if value is None:
