@@ -1,29 +1,32 @@
-"""LoRA training speed on one GPU: Olive-style Trainer + peft baselines against slimtune's LoRA pass path.
+"""LoRA training speed: Olive-style Trainer + peft baselines against slimtune's LoRA pass path, one run.
 
     python benchmarks/train_throughput.py                       # all rows, Phi-3-mini shape, on a GPU
     python benchmarks/train_throughput.py --tiny --steps 3      # a smoke run of the script on the CPU
+    torchrun --nproc_per_node 2 benchmarks/train_throughput.py --rows slimtune   # data-parallel scaling
 
 No download: the model is `transformers.Phi3Config()` (Phi-3-mini's shape) with random bf16 weights, the
 data a synthetic token stream (a sparse Markov chain, so the loss can fall) cut into 1024-token sequences,
 as Olive's corpus strategy joins rows. The LoRA settings are the source document's: r 64, alpha 64,
 dropout 0.1 on qkv_proj + o_proj. Every row trains from the same weights on the same sequences in the same
-order, for the same number of tokens, with the same effective batch (the seed's 4 sequences) and
-optimiser settings (lr 1e-4 constant after 3% warm-up, max_grad_norm 0.3, adam_beta2 0.999).
+order, for the same number of tokens, with the same optimiser settings (lr 1e-4 constant after 3% warm-up,
+max_grad_norm 0.3, adam_beta2 0.999); the effective batch is the seed's 4 sequences except in the `-b8` rows.
 
 Rows:
-  olive-seed    Olive's LoRA pass as it configures Trainer + peft (olive/passes/pytorch/lora.py): model and
-                adapters in bf16 without autocast, paged_adamw_32bit (adamw_torch without bitsandbytes),
-                sdpa attention, the seed's batch 1 x accumulation 4, no gradient checkpointing
-  olive-b4      the same with batch 4 x accumulation 1
-  plain-b4      the best plain Trainer + peft set-up found: batch 4, bf16 autocast with fp32 adapters,
-                fused AdamW, sdpa
-  slimtune      slimtune's LoRA pass path (lora_train.attach_adapter / training_arguments_for /
-                make_trainer): packed rows, compiled decoder layers, batch 4
+  olive-seed      Olive's LoRA pass as it configures Trainer + peft (olive/passes/pytorch/lora.py): model
+                  and adapters in bf16 without autocast, paged_adamw_32bit (adamw_torch without
+                  bitsandbytes), sdpa attention, the seed's batch 1 x accumulation 4, no gradient checkpointing
+  olive-b4        the same with batch 4 x accumulation 1
+  plain-b4, -b8   the best plain Trainer + peft set-ups found: bf16 autocast with fp32 adapters, fused AdamW,
+                  sdpa, no per-step NaN check; batch 4 or 8
+  slimtune, -b8   slimtune's LoRA pass path (lora_train.attach_adapter / training_arguments_for /
+                  make_trainer): packed collator, compiled decoder layers; batch 4 or 8
+  slimtune-eager  the same path with compile_layers off
 
 Reported: tokens/s over the steps after warm-up, MFU (4 x parameters x tokens / time / peak bf16 FLOP/s,
-989 TFLOP/s for an H100 / H200), peak GPU memory (torch max_memory_allocated), the training loss over the
-last steps and the loss on 8 held-out sequences after the same number of tokens, and each row's
-throughput as a ratio of the best baseline's.
+989 TFLOP/s for an H100 / H200, per GPU), peak GPU memory (torch max_memory_allocated), the training loss
+of the last logged 5 steps and the loss on 8 held-out sequences after the same number of tokens, and each
+row's throughput as a ratio of the best baseline's. Under torchrun the rows are data-parallel (DDP, the
+batch is per GPU) and rank 0 reports.
 """
 
 from __future__ import annotations
