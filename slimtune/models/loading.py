@@ -133,6 +133,9 @@ def check_model_folder(folder: str | Path, *, allow_pickle: bool = False) -> Non
             hint = (
                 " It holds an ONNX Runtime GenAI model: set input_model.type to ONNXModel to use it as one."
             )
+        elif any(folder.glob("*.gguf")):
+            names = ", ".join(sorted(p.name for p in folder.glob("*.gguf")))
+            hint = f" It holds GGUF files ({names}): give the .gguf file itself as model_path."
         raise ModelError(
             f"model folder {folder} has no config.json, so it is not a Hugging Face model.{hint}"
         )
