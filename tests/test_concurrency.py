@@ -33,7 +33,7 @@ def pass_keys(tmp_path: Path, model: Path) -> list[str]:
     """Cache keys of the workflow's passes (they do not depend on cache_dir), from a run in its own cache."""
     folder = tmp_path / "keys"
     folder.mkdir()
-    config = write_config(folder, model, seed=1)
+    config = write_config(folder, model, seed=1, evaluate=False, max_steps=6)
     assert main(["run", "--config", str(config)]) == 0
     return [p["key"] for p in json.loads((folder / "out" / "run.json").read_text())["passes"]]
 
@@ -52,7 +52,7 @@ def test_two_runs_share_one_cache(tiny, tmp_path):
     keys = pass_keys(tmp_path, tiny)
     shared = tmp_path / "shared"
     shared.mkdir()
-    config = write_config(shared, tiny, seed=1)
+    config = write_config(shared, tiny, seed=1, evaluate=False, max_steps=6)
     lock_file = shared / "cache" / "locks" / f"{keys[0]}.lock"
     lock_file.parent.mkdir(parents=True)
     with open(lock_file, "a+") as held:

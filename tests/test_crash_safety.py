@@ -52,7 +52,11 @@ RESUMED = re.compile(r"resuming from checkpoint-(\d+)")
 PROCESS_TIMEOUT_S = 300
 
 
-def write_config(folder: Path, model: Path, seed: int) -> Path:
+def write_config(
+    folder: Path, model: Path, seed: int, *, evaluate: bool = True, max_steps: int = MAX_STEPS
+) -> Path:
+    """The example's three passes on a tiny model; with `evaluate`, every stage is evaluated on the 16 rows
+    LoRA holds out, as the example does."""
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
         "data_configs": [
@@ -73,9 +77,9 @@ def write_config(folder: Path, model: Path, seed: int) -> Path:
                 "r": 4,
                 "alpha": 8,
                 "train_data_config": "emotion",
-                "eval_dataset_size": 0.2,
+                **({"eval_dataset_size": 0.2} if evaluate else {}),
                 "training_args": {
-                    "max_steps": MAX_STEPS,
+                    "max_steps": max_steps,
                     "per_device_train_batch_size": 4,
                     "logging_steps": 5,
                     "save_steps": SAVE_STEPS,
@@ -298,6 +302,8 @@ def test_random_kills_never_corrupt_cache_or_output(tmp_path):
         expected_resume = 0  # newest complete checkpoint a kill left behind, not yet resumed from
         attempts: list[Attempt] = []
         for phase in PHASES:
+            if len(kills) >= MIN_KILLS:
+                break
             attempt = Attempt.start(config)
             attempts.append(attempt)
             if phase == "lora-checkpoint":  # a checkpoint newer than any the earlier kills left
