@@ -65,7 +65,7 @@ def write_config(
                 "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
                 "pre_process_data_config": {
                     "text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                    "max_seq_len": 64,
+                    "max_seq_len": 96,
                     "pad_to_max_len": False,
                     "loss_on_answer_only": True,
                 },

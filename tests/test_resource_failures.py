@@ -34,7 +34,7 @@ def write_config(folder: Path, model: Path, **top) -> Path:
                 "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 40},
                 "pre_process_data_config": {
                     "text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                    "max_seq_len": 64,
+                    "max_seq_len": 96,
                     "pad_to_max_len": False,
                 },
             }
@@ -96,7 +96,7 @@ def test_training_out_of_memory_is_named_with_what_to_change(tiny, tmp_path, cap
     err = run_failing(write_config(tmp_path, tiny), capsys)
     assert "passes.lora (LoRA) ran out of memory" in err
     assert "per_device_train_batch_size (now 4" in err
-    assert "max_seq_len of data config `emotion` (now 64)" in err
+    assert "max_seq_len of data config `emotion` (now 96)" in err
     assert "gradient_checkpointing" in err
     assert_nothing_partial(tmp_path, complete_passes=0)
 
@@ -176,7 +176,7 @@ def test_memory_estimate_refuses_before_any_pass_and_can_be_overridden(tiny, tmp
     config = write_config(tmp_path, tiny)
     err = run_failing(config, capsys)
     assert "passes.lora: LoRA training needs about" in err
-    assert "activations for 4 x 64 tokens" in err and "but only 0.2 GiB of memory is available" in err
+    assert "activations for 4 x 96 tokens" in err and "but only 0.2 GiB of memory is available" in err
     assert "skip_memory_check: true" in err and "--no-memory-check" in err
     assert not (tmp_path / "cache" / "entries").exists(), "the refusal came after a pass ran"
 
