@@ -33,6 +33,8 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     template = Template(pre, tokenizer, columns=rows.column_names)
     label_column = label_column_for(rows, template.answer_column)
     labels = sorted(set(map(str, rows[label_column]))) if label_column else None
+    context = model_context(ctx.input.path)
+    check_answers_fit(rows, pre, tokenizer, template, train_config, context, log=ctx.log)
 
     eval_samples = None
     if params.eval_data_config:
@@ -48,6 +50,70 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     train_samples = _located(tokenize_rows, train_config)(rows, pre, tokenizer, template)
     info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat, pre.add_special_tokens)
     return train_samples, eval_samples, info
+
+
+TOO_MANY_CUT = 0.5  # share of rows losing their answer above which max_seq_len plainly does not fit the data
+
+
+def check_answers_fit(
+    rows: Any,
+    pre: Any,
+    tokenizer: Any,
+    template: Any,
+    data_config: Any,
+    context: int | None = None,
+    log=print,
+) -> None:
+    """With one row per sample and a template that ends with the answer, a row longer than max_seq_len loses
+    its answer to truncation: the model learns the row without it (or, with the loss on the answer only,
+    nothing). Refused when a row is longer than the model's whole context (`context` tokens: no max_seq_len
+    could keep it) or when more than half of the rows would lose their answer; a few are named in a warning."""
+    from slimtune.data.tokenize import row_token_lengths
+    from slimtune.engine.input_checks import _line_of_row
+    from slimtune.errors import DataError
+
+    if pre.strategy != "line-by-line" or not template.answer_column or not len(rows):
+        return
+    lengths = _located(row_token_lengths, data_config)(rows, pre, tokenizer, template)
+    files = data_config.load_dataset_config.data_files
+    file = files if isinstance(files, str) else str(files)
+    beyond = [i for i, n in enumerate(lengths) if context and n > context]
+    if beyond:
+        first = beyond[0]
+        raise DataError(
+            f"row {first + 1} has {lengths[first]} tokens, more than the model's whole context "
+            f"({context} tokens, max_position_embeddings){f' ({len(beyond)} rows like it)' if len(beyond) > 1 else ''}"
+            f": no max_seq_len keeps it whole, and its answer {{{template.answer_column}}} would be cut off. "
+            "Shorten or remove it",
+            file=file,
+            line=_line_of_row(file, first + 1),
+        )
+    too_long = [i for i, n in enumerate(lengths) if n > pre.max_seq_len]
+    if not too_long:
+        return
+    first, longest = too_long[0], max(lengths[i] for i in too_long)
+    line = _line_of_row(file, first + 1)
+    what = (
+        f"{len(too_long)} of {len(rows)} rows are longer than max_seq_len {pre.max_seq_len} (the first: row "
+        f"{first + 1}, {lengths[first]} tokens; the longest {longest}), so their answer {{{template.answer_column}}} "
+        "would be cut off"
+    )
+    fix = f"raise max_seq_len (data config `{data_config.name}`), or shorten or remove the long rows"
+    if len(too_long) > TOO_MANY_CUT * len(rows):
+        raise DataError(f"{what}. Refused: {fix}", file=file, line=line)
+    log(f"      warning: {f'{file}:{line}' if line else file}: {what}; {fix}")
+
+
+def model_context(folder: str) -> int | None:
+    """max_position_embeddings from a model folder's config.json (None when it does not say)."""
+    import json
+    from pathlib import Path
+
+    try:
+        value = json.loads(Path(folder, "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _located(tokenize, data_config):
