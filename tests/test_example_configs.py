@@ -24,7 +24,5 @@ def test_search_example_is_the_example_with_a_searched_builder():
     assert lora.params.model_dump() == base.passes[0].params.model_dump()  # same LoRA: same cache entry
     builder = [p for p in search.passes if p.name == "builder"][0]
     points = [dict(p.values) for p in builder.space.points()]
-    assert points == [
-        {"int4_accuracy_level": a, "int4_block_size": b} for b in (32, 128) for a in (1, 4)
-    ]
+    assert points == [{"int4_accuracy_level": a, "int4_block_size": b} for b in (32, 128) for a in (1, 4)]
     assert search.config.search_strategy.sampler == "exhaustive"

@@ -354,7 +354,10 @@ def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tiny, tmp_path):
     first, second = run_json(path)["candidates"]
     assert first["status"] == "failed" and "no_such_algorithm" in first["reason"] and not first["chosen"]
     # the passes it ran, then the one it failed in
-    assert [(p["name"], p.get("failed", False)) for p in first["passes"]] == [("lora", False), ("builder", True)]
+    assert [(p["name"], p.get("failed", False)) for p in first["passes"]] == [
+        ("lora", False),
+        ("builder", True),
+    ]
     assert second["status"] == "ok" and second["chosen"]
     assert run_json(path)["search"]["failed"] == 1
 
@@ -523,3 +526,22 @@ def test_max_iter_caps_a_random_search(tiny, tmp_path):
     assert len(record["candidates"]) == 2 and record["search"]["stopped"] == "max_iter 2 reached"
     tried = [c["params"]["builder"]["int4_block_size"] for c in record["candidates"]]
     assert len(set(tried)) == 2
+
+
+def test_ties_on_the_prioritized_metric_are_broken_by_size():
+    """Two candidates with equal accuracy (common on a few hundred rows): the smaller one wins."""
+    from slimtune.engine.search import Tried, _Search, ranking_for
+    from slimtune.evaluate.goals import MetricRef
+
+    search = _Search.__new__(_Search)
+    accuracy = MetricRef("accuracy-accuracy_score", ("accuracy",), True, 1, None)
+    unranked_latency = MetricRef("latency-avg", ("latency", "e2e_ms", "avg"), False, -1, None)
+    search.ranking = ranking_for([unranked_latency, accuracy])
+    assert [r.key for r in search.ranking] == ["accuracy-accuracy_score", "latency-p50", "size"]
+    big, small = (
+        Tried(
+            i, {}, {}, status="ok", evaluation={"stages": [{"metrics": {"accuracy": 0.9, "size_bytes": s}}]}
+        )
+        for i, s in ((1, 200), (2, 100))
+    )
+    assert search.best([big, small]) is small

@@ -16,7 +16,7 @@ config, missing data) stops the run at once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -85,7 +85,7 @@ def run_search(session: Session) -> Outcome:
             "a search compares candidates by their metrics, but this config evaluates nothing: add an "
             "evaluator (`evaluators` + `evaluator`), or a LoRA pass with `eval_dataset_size`"
         )
-    ranking = [r for r in session.eval_plan.refs if r.priority > 0] or DEFAULT_RANKING
+    ranking = ranking_for(session.eval_plan.refs)
     search = _Search(session, ranking)
     searched = [p for p in loaded.passes if p.searched]
     groups = [searched] if strategy.execution_order == "joint" else [[p] for p in searched]
@@ -113,6 +113,14 @@ def run_search(session: Session) -> Outcome:
         if best is not None:
             fixed.update({p.name: best.point[p.name] for p in group})
     return search.outcome()
+
+
+def ranking_for(refs: list[MetricRef]) -> list[MetricRef]:
+    """The config's prioritized metrics, then (to break ties: equal accuracy on a few hundred rows is common)
+    the default ones it does not rank already, renumbered 1, 2, 3..."""
+    prioritized = sorted((r for r in refs if r.priority > 0), key=lambda r: r.priority)
+    ranked = prioritized + [d for d in DEFAULT_RANKING if d.path not in {r.path for r in prioritized}]
+    return [replace(r, priority=i) for i, r in enumerate(ranked, 1)]
 
 
 class _Search:

@@ -94,7 +94,9 @@ def metric_refs(metrics: list[Any]) -> list[MetricRef]:
 def required_metrics(metrics: list[Any]) -> list[str]:
     """What evaluate_model must compute for these metrics (label ranking only when a sub-type reads it)."""
     needed = {NEEDS[m.type] for m in metrics if m.type in NEEDS}
-    if any(m.type == "accuracy" and any(s.name == "likelihood_accuracy" for s in m.sub_types) for m in metrics):
+    if any(
+        m.type == "accuracy" and any(s.name == "likelihood_accuracy" for s in m.sub_types) for m in metrics
+    ):
         needed.add("likelihood")
     return sorted(needed)
 
