@@ -545,3 +545,12 @@ def test_ties_on_the_prioritized_metric_are_broken_by_size():
         for i, s in ((1, 200), (2, 100))
     )
     assert search.best([big, small]) is small
+
+
+def test_bad_pass_and_strategy_shapes_get_one_message_each():
+    cfg = config({"a": 5, "b": [3]})
+    cfg["search_strategy"] = 7
+    text = problems(cfg)
+    assert text.startswith("config: 3 problems")
+    assert "passes.a: must be a pass config" in text and "passes.b: alternatives must be pass configs" in text
+    assert "search_strategy: must be false or a mapping" in text and "PassEntry" not in text

@@ -382,7 +382,36 @@ class RunConfig(Strict):
     @field_validator("search_strategy", mode="before")
     @classmethod
     def _true_means_default(cls, value: Any) -> Any:
-        return {} if value is True else value
+        if value is True:
+            return {}
+        if value not in (False, None) and not isinstance(value, dict):
+            raise ValueError(
+                f"must be false or a mapping (sampler, execution_order, max_iter, ...), got {type(value).__name__}"
+            )
+        return value
+
+    @field_validator("passes", mode="before")
+    @classmethod
+    def _pass_shapes(cls, value: Any) -> Any:
+        """One clear message per bad entry (a union's branches would each add their own)."""
+        if not isinstance(value, dict):
+            return value
+        problems = []
+        for name, entry in value.items():
+            if isinstance(entry, list):
+                bad = [i for i, alt in enumerate(entry) if not isinstance(alt, dict)]
+                if bad:
+                    problems.append(
+                        f"passes.{name}: alternatives must be pass configs (mappings); item {bad[0]} is not"
+                    )
+            elif not isinstance(entry, dict):
+                problems.append(
+                    f"passes.{name}: must be a pass config (a mapping with `type`) or a list of them, "
+                    f"got {type(entry).__name__}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @model_validator(mode="after")
     def _unique_data_names(self) -> RunConfig:
