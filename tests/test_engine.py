@@ -217,3 +217,26 @@ def test_cache_ls_and_clean(tiny, tmp_path, capsys):
     assert not leftover.exists() and len(list((tmp_path / "cache" / "entries").iterdir())) == 3
     assert main(["cache", "--cache-dir", cache, "clean", "--pass-type", "ModelBuilder"]) == 0
     assert len(list((tmp_path / "cache" / "entries").iterdir())) == 2
+
+
+def test_input_load_kwargs_reach_the_lora_pass_and_its_cache_key(tiny, tmp_path, monkeypatch):
+    """input_model.load_kwargs.dtype and attn_implementation are used by LoRA and change its cache key."""
+    import slimtune.passes.lora_train as lora_train
+
+    seen = []
+    real = lora_train.load_base_model
+    monkeypatch.setattr(
+        lora_train,
+        "load_base_model",
+        lambda base, params, device, **kw: (
+            seen.append((params.torch_dtype, kw)) or real(base, params, device, **kw)
+        ),
+    )
+    path = write_config(tmp_path, tiny["llama"], max_steps=1)
+    plain = run(path)
+    config = yaml.safe_load(path.read_text())
+    config["input_model"]["load_kwargs"] = {"dtype": "bfloat16", "attn_implementation": "eager"}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    loaded = run(path)
+    assert seen[0] == ("auto", {}) and seen[1] == ("bfloat16", {"attn_implementation": "eager"})
+    assert plain["passes"][0]["key"] != loaded["passes"][0]["key"]

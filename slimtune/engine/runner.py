@@ -313,8 +313,18 @@ def pass_key(
         params=plan.params.model_dump(mode="json"),
         data_fingerprints=_data_fingerprints(plan, loaded),
         libraries=libraries,
-        extra={"device": device, "execution_provider": ep, "input_kind": input_kind},
+        extra=_key_extra(loaded, device, ep, input_kind),
     )
+
+
+def _key_extra(loaded: LoadedConfig, device: str, ep: str, input_kind: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"device": device, "execution_provider": ep, "input_kind": input_kind}
+    # how the passes load the input model (dtype, attention, remote code) shapes their output; the default
+    # is left out so that keys made before this was keyed stay valid
+    loading = loaded.config.input_model.load_kwargs.model_dump(mode="json", exclude_defaults=True)
+    if loading:
+        extra["load_kwargs"] = loading
+    return extra
 
 
 def _run_pass(

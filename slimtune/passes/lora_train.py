@@ -73,7 +73,11 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
         f"{len(evaluation) if evaluation else 0} evaluation samples"
     )
 
-    model = load_base_model(base, params, ctx.device)
+    loading = ctx.load_kwargs()  # trust_remote_code (logged), attn_implementation, revision, variant
+    given = ctx.run_config.input_model.load_kwargs.dtype if ctx.run_config is not None else None
+    if params.torch_dtype == "auto" and given not in (None, "auto"):
+        params = params.model_copy(update={"torch_dtype": given})  # input_model.load_kwargs.dtype
+    model = load_base_model(base, params, ctx.device, **loading)
     if params.quantized:
         # the merge rebuilds this 4-bit image of the base and merges into its dequantized weights
         ctx.meta.quantized_base = {
