@@ -32,11 +32,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflows import emotion_data_config
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "emotion" / "data.jsonl"
 SEED = 20261128
 MIN_KILLS = 20
 MAX_STEPS = 40
@@ -59,18 +58,7 @@ def write_config(
     LoRA holds out, as the example does."""
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [
-            {
-                "name": "emotion",
-                "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
-                "pre_process_data_config": {
-                    "text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                    "max_seq_len": 96,
-                    "pad_to_max_len": False,
-                    "loss_on_answer_only": True,
-                },
-            }
-        ],
+        "data_configs": [emotion_data_config(80, max_seq_len=96)],
         "passes": {
             "lora": {
                 "type": "LoRA",

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflows import emotion_data_config, generate_onnx
 
 from slimtune.cli.main import main
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "emotion" / "data.jsonl"
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 
@@ -50,19 +49,7 @@ def write_config(
     lora.update(extra_lora or {})
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [
-            {
-                "name": "emotion",
-                # 80 rows: 64 to train on, 16 held out; every stage is evaluated on those 16
-                "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
-                "pre_process_data_config": {
-                    "text_template": TEMPLATE,
-                    "max_seq_len": 64,
-                    "pad_to_max_len": False,
-                    "loss_on_answer_only": True,
-                },
-            }
-        ],
+        "data_configs": [emotion_data_config(80)],
         "passes": {
             "lora": lora,
             "merge": {"type": "MergeAdapterWeights"},
@@ -79,21 +66,6 @@ def write_config(
 def run(config: Path) -> dict:
     assert main(["run", "--config", str(config)]) == 0
     return json.loads((config.parent / "out" / "run.json").read_text())
-
-
-def generate_onnx(folder: Path, n: int = 5) -> list[int]:
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=10 + n, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens([1, 5, 6, 7, 8, 9, 10, 11, 12, 13])
-    out = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        out.append(int(generator.get_next_tokens()[0]))
-    return out
 
 
 @pytest.mark.parametrize(

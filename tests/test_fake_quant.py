@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from workflows import emotion_data_config
 
 from slimtune.passes.fake_quant import fake_quantize_int4, fake_quantize_model_int4
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "emotion" / "data.jsonl"
-TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 
 def ort_dequantized(weight: np.ndarray, block_size: int) -> np.ndarray:
@@ -211,18 +208,7 @@ def test_quantization_aware_lora_then_builder_end_to_end(tiny, tmp_path):
 
     config = {
         "input_model": {"type": "HfModel", "model_path": str(tiny["llama"])},
-        "data_configs": [
-            {
-                "name": "emotion",
-                "load_dataset_config": {"data_name": "json", "data_files": str(DATA)},
-                "pre_process_data_config": {
-                    "text_template": TEMPLATE,
-                    "max_seq_len": 64,
-                    "pad_to_max_len": False,
-                    "loss_on_answer_only": True,
-                },
-            }
-        ],
+        "data_configs": [emotion_data_config(None)],
         "passes": {
             "lora": {
                 "type": "LoRA",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflows import emotion_data_config, generate_onnx
 
 from slimtune.cli.main import main
 
@@ -21,10 +22,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA
 needs_bnb = pytest.mark.skipif(
     importlib.util.find_spec("bitsandbytes") is None, reason="needs the bitsandbytes package"
 )
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "emotion" / "data.jsonl"
-TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +52,7 @@ def write_config(folder: Path, model: Path, lora: dict, *, export: bool) -> Path
         },
         "host": "gpu",
         "target": "cpu",  # the int4 model is built for, and run on, the CPU
-        "data_configs": [
-            {
-                "name": "emotion",
-                "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 64},
-                "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 64},
-            }
-        ],
+        "data_configs": [emotion_data_config(64, answer_only=False, pad=True)],
         "passes": passes,
         "cache_dir": "cache",
         "output_dir": "out",
@@ -74,21 +65,6 @@ def write_config(folder: Path, model: Path, lora: dict, *, export: bool) -> Path
 def run(config: Path) -> dict:
     assert main(["run", "--config", str(config)]) == 0
     return json.loads((config.parent / "out" / "run.json").read_text())
-
-
-def generate_onnx(folder: Path, n: int = 5) -> list[int]:
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=10 + n, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens([1, 5, 6, 7, 8, 9, 10, 11, 12, 13])
-    out = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        out.append(int(generator.get_next_tokens()[0]))
-    return out
 
 
 @needs_bnb

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflows import emotion_data_config
 
 from slimtune.cli.main import main
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "emotion" / "data.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +26,7 @@ def tiny(tmp_path_factory):
 def write_config(folder: Path, model: Path, **top) -> Path:
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [
-            {
-                "name": "emotion",
-                "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 40},
-                "pre_process_data_config": {
-                    "text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                    "max_seq_len": 96,
-                    "pad_to_max_len": False,
-                },
-            }
-        ],
+        "data_configs": [emotion_data_config(40, max_seq_len=96, answer_only=False)],
         "passes": {
             "lora": {
                 "type": "LoRA",

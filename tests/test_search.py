@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflows import emotion_data_config
 
 from slimtune.cli.main import main
 from slimtune.config.validate import load_config_dict
@@ -16,24 +17,12 @@ from slimtune.search.space import Categorical, PassSpace, Range, split_search_va
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "emotion" / "data.jsonl"
-TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 
 def config(passes: dict, search=None, **extra) -> dict:
     cfg = {
         "input_model": {"model_path": "smollm2-135m-instruct"},
-        "data_configs": [
-            {
-                "name": "emotion",
-                "load_dataset_config": {"data_name": "json", "data_files": str(DATA), "max_samples": 80},
-                "pre_process_data_config": {
-                    "text_template": TEMPLATE,
-                    "max_seq_len": 64,
-                    "pad_to_max_len": False,
-                    "loss_on_answer_only": True,
-                },
-            }
-        ],
+        "data_configs": [emotion_data_config(80)],
         "passes": passes,
         **extra,
     }
