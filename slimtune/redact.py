@@ -93,3 +93,18 @@ class RedactingFilter(logging.Filter):
             if masked != message:
                 record.msg, record.args = masked, None
         return True
+
+
+class RedactingStream:
+    """A text stream that masks known secrets in what is written to it (progress lines print paths and
+    parameters that may hold `${ENV}` values). Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_text(text) if _known and isinstance(text, str) else text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -236,6 +236,21 @@ def test_secret_in_a_data_error_is_not_echoed(tmp_path, capsys, monkeypatch):
     assert SECRET_ENV not in text and "***" in text, text
 
 
+def test_secret_in_printed_progress_is_masked(tmp_path, capsys, monkeypatch):
+    """Plain prints (the plan summary, progress lines) go through the same masking as errors and logs."""
+    monkeypatch.setenv("SLIMTUNE_TEST_TOKEN", SECRET_ENV)
+    rows = write_rows(tmp_path / f"{SECRET_ENV}.jsonl")
+    cfg = workflow(tmp_path / "model", rows)
+    cfg["data_configs"][0]["load_dataset_config"]["data_files"] = str(
+        tmp_path / "${SLIMTUNE_TEST_TOKEN}.jsonl"
+    )
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    code, text = run_cli(["validate", str(config)], capsys)
+    assert code == 0, text
+    assert SECRET_ENV not in text and "***.jsonl" in text, text
+
+
 # ---------------------------------------------------------------- remote code
 
 

@@ -13,7 +13,7 @@ import sys
 
 from slimtune import __version__
 from slimtune.errors import EXIT_INTERNAL, EXIT_USER, SlimtuneError
-from slimtune.redact import RedactingFilter, redact_text
+from slimtune.redact import RedactingFilter, RedactingStream, redact_text
 
 # verb -> module under slimtune.cli exposing `register(subparsers)`; each sets `func` on its parser
 VERBS = [
@@ -66,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # secrets from the config never reach a log line
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    try:
+        return _call(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _call(args) -> int:
     try:
         return int(args.func(args) or 0)
     except SlimtuneError as err:
