@@ -108,7 +108,26 @@ def _eos_ids(*candidates: Any) -> set[int]:
     return out
 
 
-class HfBackend:
+class _GreedyDecoding:
+    """Generation and timing for a backend that implements `_greedy` (one token at a time, so the first
+    token's time can be marked)."""
+
+    def generate_ids(
+        self, prompt_ids: list[int], max_new_tokens: int, *, stop: StopFn | None = None
+    ) -> list[int]:
+        return self._greedy(prompt_ids, max_new_tokens, stop, ignore_eos=False)
+
+    def timed_generate(self, prompt_ids: list[int], new_tokens: int) -> Timing:
+        marks: list[float] = []
+        start = time.perf_counter()
+        ids = self._greedy(
+            prompt_ids, new_tokens, None, ignore_eos=True, on_first=lambda: marks.append(time.perf_counter())
+        )
+        end = time.perf_counter()
+        return Timing(ids, len(prompt_ids), marks[0] - start, end - start)
+
+
+class HfBackend(_GreedyDecoding):
     """A transformers causal LM in fp32 on CPU; with `adapter_path`, the PEFT adapter applied (not merged)."""
 
     def __init__(
@@ -174,20 +193,6 @@ class HfBackend:
                 out = self.model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
         return new
 
-    def generate_ids(
-        self, prompt_ids: list[int], max_new_tokens: int, *, stop: StopFn | None = None
-    ) -> list[int]:
-        return self._greedy(prompt_ids, max_new_tokens, stop, ignore_eos=False)
-
-    def timed_generate(self, prompt_ids: list[int], new_tokens: int) -> Timing:
-        marks: list[float] = []
-        start = time.perf_counter()
-        ids = self._greedy(
-            prompt_ids, new_tokens, None, ignore_eos=True, on_first=lambda: marks.append(time.perf_counter())
-        )
-        end = time.perf_counter()
-        return Timing(ids, len(prompt_ids), marks[0] - start, end - start)
-
     def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
         """Right-padded batches (longest first, so batches hold similar lengths); one forward per batch."""
         import torch
@@ -232,7 +237,7 @@ def _log_softmax(logits) -> Any:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-class OnnxBackend:
+class OnnxBackend(_GreedyDecoding):
     """An ONNX Runtime GenAI folder. Scoring appends a context once and each continuation after it, reading
     the logits of the appended tokens, then rewinds to the context (one prompt pass for all labels)."""
 
@@ -320,20 +325,6 @@ class OnnxBackend:
             if stop is not None and stop(new):
                 break
         return new
-
-    def generate_ids(
-        self, prompt_ids: list[int], max_new_tokens: int, *, stop: StopFn | None = None
-    ) -> list[int]:
-        return self._greedy(prompt_ids, max_new_tokens, stop, ignore_eos=False)
-
-    def timed_generate(self, prompt_ids: list[int], new_tokens: int) -> Timing:
-        marks: list[float] = []
-        start = time.perf_counter()
-        ids = self._greedy(
-            prompt_ids, new_tokens, None, ignore_eos=True, on_first=lambda: marks.append(time.perf_counter())
-        )
-        end = time.perf_counter()
-        return Timing(ids, len(prompt_ids), marks[0] - start, end - start)
 
     def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
         groups: dict[tuple[int, ...], list[int]] = {}
