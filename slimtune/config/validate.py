@@ -77,7 +77,7 @@ def load_config_dict(
     try:
         data, secrets = interpolate_env(raw, label)
     except ConfigError as err:  # give each unset ${NAME} the line it is on
-        raise ConfigError([_with_line(i, lines) for i in err.issues], label) from None
+        raise ConfigError([with_line(i, lines) for i in err.issues], label) from None
     migrated, m = migrate(data)
     issues = list(m.issues)
     config, model_issues = _validate_model(RunConfig, migrated, (), m)
@@ -90,7 +90,7 @@ def load_config_dict(
     if config is not None and config.search_strategy:
         issues += _search_issues(config.search_strategy, plans, m)
     if issues:
-        located = [_with_line(i, lines) for i in _dedupe(issues)]
+        located = [with_line(i, lines) for i in _dedupe(issues)]
         located.sort(key=lambda i: (i.line is None, i.line or 0))  # file order; stable within a line
         raise ConfigError(located, label)
     from slimtune.config.resolve import resolve_paths
@@ -421,7 +421,7 @@ def _suggest(key: str, section: type[BaseModel] | None) -> str:
     return f"; did you mean {' or '.join(names.values())}?"
 
 
-def _with_line(issue: ConfigIssue, lines: dict[Path_, int]) -> ConfigIssue:
+def with_line(issue: ConfigIssue, lines: dict[Path_, int]) -> ConfigIssue:
     parts: list = []
     for token in issue.path.replace("[", ".[").split("."):
         if token.startswith("[") and token.endswith("]") and token[1:-1].isdigit():

@@ -210,19 +210,9 @@ def _located(loaded: LoadedConfig, issues: list[ConfigIssue]) -> list[ConfigIssu
         lines, _ = _key_lines(Path(loaded.file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         return issues
-    located = []
-    for issue in issues:
-        parts: list = []
-        for token in issue.path.replace("[", ".[").split("."):
-            if token.startswith("[") and token.endswith("]") and token[1:-1].isdigit():
-                parts.append(int(token[1:-1]))
-            elif token:
-                parts.append(token)
-        line = next(
-            (lines[tuple(parts[:n])] for n in range(len(parts), 0, -1) if tuple(parts[:n]) in lines), None
-        )
-        located.append(ConfigIssue(issue.path, issue.message, line))
-    return located
+    from slimtune.config.validate import with_line
+
+    return [with_line(issue, lines) for issue in issues]
 
 
 # ---------------------------------------------------------------- the data (loads it)
