@@ -205,7 +205,7 @@ def finish(session: Session, outcome: Outcome) -> int:
         "wall_s": time.time() - session.started,
         "config_file": str(loaded.file) if loaded.file else None,
         "config_as_given": loaded.raw,
-        "config_migrated": redact(loaded.migrated, loaded.secrets),
+        "config_migrated": loaded.migrated,
         "key_mappings": loaded.notes,
         "machine": {
             "platform": platform.platform(),
@@ -462,19 +462,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-
-
-def redact(value: Any, secrets: set[str]) -> Any:
-    if not secrets:
-        return value
-    if isinstance(value, dict):
-        return {k: redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, secrets) for v in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-    return value
 
 
 def print_summary(records: list[dict[str, Any]], final: Path) -> None:
