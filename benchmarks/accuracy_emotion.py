@@ -6,7 +6,13 @@ and int4 ONNX, with latency and size. Runs the real pipeline (`slimtune run`) on
 - seed: ../shared/data/dataset-classification.json with a 20% held-out split that keeps identical rows on one
   side (skipped when the file is absent).
 
-Run: .venv/bin/python benchmarks/accuracy_emotion.py [--epochs 2] [--datasets project seed] [--qat] [--no-write]
+Run: .venv/bin/python benchmarks/accuracy_emotion.py [--epochs 2] [--datasets project seed]
+        [--routes plain qat] [--gpu] [--model PATH] [--no-write | --markdown FILE]
+
+Routes: plain (LoRA -> merge -> int4), qat (quantization-aware LoRA -> int4 unmerged), and with --gpu (training
+on the GPU, the int4 model built for and run on the CPU): qlora (QLoRA nf4 + double quantization -> merge of
+the dequantized base -> int4) and fp8 (LoRA with the frozen base in fp8 -> merge -> int4); on the GPU the
+plain route sets fp8_base off so it is the bf16 reference.
 Prints a table per data set and appends them to docs/benchmarks.md. Pass outputs are cached under
 .slimtune-cache-bench, so a second run only re-evaluates what changed.
 """
@@ -21,7 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import ROOT, append_section, machine, versions
+from common import ROOT, append_section, machine, now, versions
 
 SEED_DATA = ROOT.parent / "shared" / "data" / "dataset-classification.json"
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
@@ -40,7 +46,16 @@ def data_config(name: str, path: Path) -> dict:
     }
 
 
-def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
+ROUTES = {
+    "plain": "LoRA -> merge -> int4",
+    "qat": "quantization-aware LoRA -> int4 unmerged",
+    "qlora": "QLoRA (nf4, double quant) -> merge (dequantized base) -> int4",
+    "fp8": "LoRA, fp8 base -> merge -> int4",
+}
+GPU_ONLY = ("qlora", "fp8")
+
+
+def config_for(dataset: str, epochs: float, out: Path, route: str, gpu: bool, model: str) -> dict:
     lora = {
         "type": "LoRA",
         "r": 16,
@@ -61,9 +76,15 @@ def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
         "merge": {"type": "MergeAdapterWeights"},
         "builder": {"type": "ModelBuilder", "precision": "int4"},
     }
-    if qat:  # trained on the int4 grid, exported unmerged (see examples/emotion/config.yaml)
+    if route == "qat":  # trained on the int4 grid, exported unmerged (see examples/emotion/config.yaml)
         lora["quantization_aware"] = "int4"
         del passes["merge"]
+    elif route == "qlora":
+        lora.update(type="QLoRA", quant_type="nf4", double_quant=True, compute_dtype="bfloat16")
+    elif gpu:
+        lora["fp8_base"] = route == "fp8"
+    if gpu:
+        lora["compile_layers"] = False  # a 135M model trains faster eagerly than compiled
     if dataset == "project":
         datas = [
             data_config("train", ROOT / "examples/emotion/data.jsonl"),
@@ -89,8 +110,19 @@ def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
         },
         {"name": "size", "type": "size"},
     ]
+    systems = {}
+    if gpu:  # train (and evaluate the torch stages) on the GPU; the int4 model is built for the CPU
+        systems = {
+            "systems": {
+                "gpu": {"type": "LocalSystem", "accelerators": [{"device": "gpu"}]},
+                "cpu": {"type": "LocalSystem", "accelerators": [{"device": "cpu"}]},
+            },
+            "host": "gpu",
+            "target": "cpu",
+        }
     return {
-        "input_model": {"type": "HfModel", "model_path": "smollm2-135m-instruct"},
+        "input_model": {"type": "HfModel", "model_path": model},
+        **systems,
         "data_configs": datas,
         "passes": passes,
         "evaluators": {"quality": {"metrics": metrics}},
@@ -101,11 +133,15 @@ def config_for(dataset: str, epochs: float, out: Path, qat: bool) -> dict:
     }
 
 
-def run(dataset: str, epochs: float, qat: bool) -> tuple[dict, float]:
-    work = ROOT / "runs" / f"bench-accuracy-{dataset}{'-qat' if qat else ''}"
+def run(dataset: str, epochs: float, route: str, gpu: bool, model: str) -> tuple[dict, float]:
+    work = (
+        ROOT
+        / "runs"
+        / f"bench-accuracy-{dataset}{'' if route == 'plain' else '-' + route}{'-gpu' if gpu else ''}"
+    )
     work.mkdir(parents=True, exist_ok=True)
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump(config_for(dataset, epochs, work, qat), sort_keys=False))
+    config.write_text(yaml.safe_dump(config_for(dataset, epochs, work, route, gpu, model), sort_keys=False))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "slimtune", "run", "--config", str(config)], check=True, cwd=ROOT)
     return json.loads((work / "run.json").read_text()), time.perf_counter() - start
@@ -130,8 +166,9 @@ def table(record: dict) -> str:
     lora = record["passes"][0]
     lines += [
         "",
-        f"LoRA: {lora['metrics'].get('steps')} steps, {lora['original_wall_s']:.0f} s, "
-        f"{lora['metrics'].get('tokens_per_s', 0):.0f} tokens/s, final eval loss {lora['metrics'].get('eval_loss')}.",
+        f"{lora['type']}: {lora['metrics'].get('steps')} steps on {lora['metrics'].get('device')}, "
+        f"{lora['original_wall_s']:.0f} s, {lora['metrics'].get('tokens_per_s', 0):.0f} tokens/s, final eval loss "
+        f"{lora['metrics'].get('eval_loss')}, speed settings {lora['metrics'].get('speed')}.",
     ]
     return "\n".join(lines)
 
@@ -148,30 +185,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--datasets", nargs="+", default=["project", "seed"], choices=["project", "seed"])
-    parser.add_argument("--qat", action="store_true", help="also run the quantization-aware variant")
+    parser.add_argument("--routes", nargs="+", default=["plain"], choices=list(ROUTES))
+    parser.add_argument("--qat", action="store_true", help="same as adding qat to --routes")
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU (needed by qlora and fp8)")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder or .gguf file")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--markdown", type=Path, help="write the section here instead of docs/benchmarks.md")
     args = parser.parse_args()
+    routes = list(dict.fromkeys(args.routes + (["qat"] if args.qat else [])))
+    if not args.gpu and set(routes) & set(GPU_ONLY):
+        parser.error(f"routes {', '.join(GPU_ONLY)} need --gpu")
     sections = []
     for dataset in args.datasets:
         if dataset == "seed" and not SEED_DATA.exists():
             print(f"skipping the seed data set: {SEED_DATA} not found")
             continue
-        for qat in [False, True] if args.qat else [False]:
-            record, seconds = run(dataset, args.epochs, qat)
-            how = "quantization-aware LoRA -> int4 unmerged" if qat else "LoRA -> merge -> int4"
-            text = f"### {dataset} data, {how} ({seconds:.0f} s for the whole run)\n\n{table(record)}"
+        for route in routes:
+            record, seconds = run(dataset, args.epochs, route, args.gpu, args.model)
+            text = (
+                f"### {dataset} data, {ROUTES[route]} ({seconds:.0f} s for the whole run)\n\n{table(record)}"
+            )
             print(text)
             sections.append(text)
     if sections and not args.no_write:
+        gpu = ""
+        if args.gpu:
+            import torch
+
+            gpu = f"- GPU: {torch.cuda.get_device_name(0)} (training and torch-stage evaluation)\n"
         body = (
-            f"`benchmarks/accuracy_emotion.py --epochs {args.epochs}`: the default model (SmolLM2-135M-Instruct) "
-            f"through LoRA (r 16, alpha 32, answer-only loss, lr 3e-4, batch 8, seed 0) -> merge -> int4 ONNX (with `--qat`, also "
-            f"the quantization-aware LoRA exported unmerged); every stage "
-            f"evaluated by slimtune on the same held-out rows (greedy exact match).\n\n- machine: {machine()}\n"
-            f"- versions: {versions(['slimtune', 'torch', 'transformers', 'peft', 'onnxruntime-genai'])}\n\n"
+            f"`benchmarks/accuracy_emotion.py --epochs {args.epochs} --routes {' '.join(routes)}"
+            f"{' --gpu' if args.gpu else ''}`: the model ({args.model}) through LoRA (r 16, alpha 32, answer-only "
+            f"loss, lr 3e-4, batch 8, seed 0) by each route, to int4 ONNX; every stage evaluated by slimtune on "
+            f"the same held-out rows (greedy exact match).\n\n- machine: {machine()}\n{gpu}"
+            f"- versions: {versions(['slimtune', 'torch', 'transformers', 'peft', 'bitsandbytes', 'onnxruntime-genai'])}\n\n"
             + "\n\n".join(sections)
         )
-        print(f"appended to {append_section('Task accuracy per stage (emotion)', body)}")
+        if args.markdown:
+            args.markdown.write_text(f"## Task accuracy per stage (emotion) ({now()})\n\n{body}\n")
+        else:
+            print(f"appended to {append_section('Task accuracy per stage (emotion)', body)}")
     return 0
 
 

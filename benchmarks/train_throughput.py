@@ -19,8 +19,10 @@ Rows:
   plain-b4, -b8   the best plain Trainer + peft set-ups found: bf16 autocast with fp32 adapters, fused AdamW,
                   sdpa, no per-step NaN check; batch 4 or 8
   slimtune, -b8   slimtune's LoRA pass path (lora_train.attach_adapter / training_arguments_for /
-                  make_trainer): packed collator, compiled decoder layers; batch 4 or 8
-  slimtune-eager  the same path with compile_layers off
+                  make_trainer) at its defaults: packed collator, compiled decoder layers, the frozen base's
+                  products in fp8 where the GPU has fp8 tensor cores (slimtune.passes.lora_fp8); batch 4 or 8
+  slimtune-bf16, -bf16-b8   the same with fp8_base off (every product in bf16)
+  slimtune-eager  the same path with compile_layers and fp8_base off
 
 Reported: tokens/s over the steps after warm-up, MFU (4 x parameters x tokens / time / peak bf16 FLOP/s,
 989 TFLOP/s for an H100 / H200, per GPU), peak GPU memory (torch max_memory_allocated), the training loss
@@ -54,6 +56,8 @@ SHAPES = {
     "plain-b8": (8, 1),
     "slimtune": (4, 1),
     "slimtune-b8": (8, 1),
+    "slimtune-bf16": (4, 1),
+    "slimtune-bf16-b8": (8, 1),
     "slimtune-eager": (4, 1),
 }
 BASELINES = ("olive-seed", "olive-b4", "plain-b4", "plain-b8")
@@ -237,9 +241,7 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
     return trainer, peft_model
 
 
-def slimtune_trainer(
-    row: str, model, train, steps: int, device: str, out: Path, callbacks, compile_layers=None
-):
+def slimtune_trainer(row: str, model, train, steps: int, device: str, out: Path, callbacks):
     from slimtune.passes.lora import LoRAParams
     from slimtune.passes.lora_train import attach_adapter, make_trainer, training_arguments_for
 
@@ -259,7 +261,8 @@ def slimtune_trainer(
         target_modules=TARGETS,
         train_data_config="bench",
         training_args={**training, "save_strategy": "no"},
-        compile_layers=compile_layers,
+        compile_layers=False if row.endswith("eager") else None,
+        fp8_base=False if ("bf16" in row or row.endswith("eager")) else None,
     )
     peft_model, _, _ = attach_adapter(model, params)
     args = training_arguments_for(params, out, device, has_eval=False, n_train=len(train))
@@ -293,7 +296,20 @@ def held_out_loss(model, held, device: str) -> float:
     return total / len(held)
 
 
-def run_row(row: str, config, sequences, held, warmup: int, device: str, profile: bool) -> dict:
+def attention_backend(name: str, device: str):
+    """The sdpa kernel to use ('' leaves PyTorch's own choice)."""
+    import contextlib
+
+    if not name or device != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, name.upper())])
+
+
+def run_row(
+    row: str, config, sequences, held, warmup: int, device: str, profile: bool, sdpa: str = ""
+) -> dict:
     import torch
 
     if device == "cuda":
@@ -313,16 +329,16 @@ def run_row(row: str, config, sequences, held, warmup: int, device: str, profile
     plan = None
     with tempfile.TemporaryDirectory() as out:
         if row.startswith("slimtune"):
-            compile_layers = False if row.endswith("eager") else None
             trainer, peft_model, plan = slimtune_trainer(
-                row, model, train, steps, device, Path(out), [timer.callback], compile_layers
+                row, model, train, steps, device, Path(out), [timer.callback]
             )
         else:
             trainer, peft_model = baseline_trainer(
                 row, model, train, steps, device, Path(out), [timer.callback]
             )
         start = time.perf_counter()
-        trainer.train()
+        with attention_backend(sdpa, device):
+            trainer.train()
     seq = len(sequences[0])
     tokens_per_step = micro * accumulation * seq * world
     # times[i] is read after optimizer step i + 1; the GPU was synchronized after steps `warmup` and `end`
@@ -384,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         "--markdown", type=Path, help="write the docs section here instead of docs/benchmarks.md"
     )
     parser.add_argument("--no-docs", action="store_true", help="print only")
+    parser.add_argument(
+        "--sdpa", default="", help="force an sdpa kernel for every row: flash_attention, cudnn_attention, ..."
+    )
     parser.add_argument("--profile", default="", help="comma-separated rows whose last 2 steps are profiled")
     opts = parser.parse_args(argv)
 
@@ -408,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"[{now()}] {row} ...", flush=True)
         profile = row in opts.profile.split(",")
-        results.append(run_row(row, config, sequences, held, opts.warmup, device, profile))
+        results.append(run_row(row, config, sequences, held, opts.warmup, device, profile, opts.sdpa))
         r = results[-1]
         print(
             f"    {r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}%, peak {r['peak_gib']:.1f} GiB, "

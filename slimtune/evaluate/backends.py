@@ -189,8 +189,13 @@ class HfBackend(_GreedyDecoding):
                 new.append(token)
                 if len(new) >= max_new_tokens or (stop is not None and stop(new)):
                     break
-                # transformers 5 calls the KV cache `cache` (`past_key_values` is deprecated)
-                out = self.model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
+                # transformers >= 5.2x calls the KV cache `cache` (`past_key_values` is deprecated); earlier
+                # 5.x releases know only `past_key_values`
+                if getattr(out, "cache", None) is not None:
+                    step = {"cache": out.cache}
+                else:
+                    step = {"past_key_values": out.past_key_values}
+                out = self.model(input_ids=torch.tensor([[token]]), use_cache=True, **step)
         return new
 
     def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:

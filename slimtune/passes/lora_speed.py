@@ -123,4 +123,15 @@ def speed_plan(params: Any, device: str) -> dict[str, bool]:
     pack = params.pack_sequences if params.pack_sequences is not None else on_gpu
     # bitsandbytes' 4-bit layers are left to run eagerly unless asked for
     compile_ = params.compile_layers if params.compile_layers is not None else on_gpu and not params.quantized
-    return {"pack_sequences": bool(pack), "compile_layers": bool(compile_) and on_gpu}
+    from slimtune.passes.lora_fp8 import fp8_available
+
+    plain = not (params.quantized or params.use_dora or params.quantization_aware)
+    fp8 = params.fp8_base if params.fp8_base is not None else plain and fp8_available(device)
+    if fp8 and not fp8_available(device):
+        from slimtune.errors import UserError
+
+        raise UserError(
+            "fp8_base: true needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or later: Ada, "
+            "Hopper, Blackwell); leave it out to use fp8 only where the GPU has it"
+        )
+    return {"pack_sequences": bool(pack), "compile_layers": bool(compile_) and on_gpu, "fp8_base": bool(fp8)}

@@ -110,7 +110,10 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     trainer, plan = make_trainer(model, tokenizer, train_set, evaluation, params, args, ctx.device, row_len)
     progress = ProgressCallback(trainer.data_collator, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(progress)
-    ctx.log("      speed: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in plan.items()))
+    ctx.log(
+        "      speed: "
+        + ", ".join(f"{k} {('on' if v else 'off') if isinstance(v, bool) else v}" for k, v in plan.items())
+    )
     checkpoints = complete_checkpoints(Path(args.output_dir))
     if checkpoints:
         ctx.log(f"      resuming from {checkpoints[-1].name}")
@@ -236,6 +239,10 @@ def make_trainer(
 
     collator = CountingCollator(inner, pad)
 
+    if plan["fp8_base"]:
+        from slimtune.passes.lora_fp8 import convert_frozen_linears
+
+        plan["fp8_layers"] = convert_frozen_linears(model)
     if plan["compile_layers"]:
         compile_layers(model)
     trainer = transformers.Trainer(
