@@ -130,6 +130,27 @@ def test_same_greedy_ids_across_kinds(models):
         assert onnx.generate_ids(ids, 12) == expected
 
 
+def test_greedy_decoding_with_transformers_that_return_past_key_values(models):
+    """transformers 5.1x outputs have `past_key_values` and no `cache` (the GPU machine's 5.17 did)."""
+    from types import SimpleNamespace
+
+    hf = open_model(models["hf"])
+    ids = prompt_ids(hf)
+    expected = hf.generate_ids(ids, 12)
+    model, calls = hf.model, []
+
+    def older_transformers(input_ids, use_cache, past_key_values=None, **kwargs):
+        assert "cache" not in kwargs
+        calls.append(past_key_values is not None)
+        step = {} if past_key_values is None else {"cache": past_key_values}
+        out = model(input_ids=input_ids, use_cache=use_cache, **step)
+        return SimpleNamespace(logits=out.logits, past_key_values=out.cache)
+
+    hf.model = older_transformers
+    assert hf.generate_ids(ids, 12) == expected
+    assert calls[0] is False and all(calls[1:]) and len(calls) == len(expected)
+
+
 def test_adapter_applied_unmerged_matches_its_merge(models):
     lora, merged, hf = (open_model(models[k]) for k in ("lora", "merged", "hf"))
     ids = prompt_ids(hf)
