@@ -131,7 +131,17 @@ def speed_plan(params: Any, device: str) -> dict[str, bool]:
         from slimtune.errors import UserError
 
         raise UserError(
-            "fp8_base: true needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or later: Ada, "
-            "Hopper, Blackwell); leave it out to use fp8 only where the GPU has it"
+            f"LoRA pass: fp8_base: true needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or "
+            f"later: Ada, Hopper, Blackwell), and this run trains on {_device_name(device)}; leave fp8_base "
+            "out to use fp8 only where the GPU has it"
         )
     return {"pack_sequences": bool(pack), "compile_layers": bool(compile_) and on_gpu, "fp8_base": bool(fp8)}
+
+
+def _device_name(device: str) -> str:
+    if device != "cuda":
+        return "the CPU"
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"

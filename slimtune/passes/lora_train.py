@@ -34,6 +34,9 @@ def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
         raise UserError(f"LoRA needs a Hugging Face model, got a {ctx.input.kind} model")
     if params.quantized:
         _check_qlora_possible(ctx)
+    from slimtune.passes.lora_speed import speed_plan
+
+    speed_plan(params, ctx.device)  # a setting this device cannot honour fails here, before any weights load
     from slimtune.passes.lora_distributed import in_worker, run_distributed, world_size
 
     world = world_size(params.distributed, ctx.device)
