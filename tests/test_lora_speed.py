@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from slimtune.passes.lora import LoRAParams
-from slimtune.passes.lora_speed import PackedCollator, pack_rows, real_length, speed_plan
+from slimtune.passes.lora_speed import (
+    COMPILE_MIN_WORK,
+    PackedCollator,
+    pack_rows,
+    real_length,
+    speed_plan,
+    training_work,
+)
 
 
 def test_pack_rows_places_every_example_once_within_the_row_length():
@@ -74,17 +81,58 @@ def test_packed_batch_gives_the_padded_batch_loss(tmp_path):
 
 def test_speed_features_default_to_on_for_cuda_only():
     params = LoRAParams(train_data_config="d")
-    assert speed_plan(params, "cpu") == {"pack_sequences": False, "compile_layers": False}
-    assert speed_plan(params, "cuda") == {"pack_sequences": True, "compile_layers": True}
+    off = {"pack_sequences": False, "compile_layers": False, "fp8_base": False}
+    assert speed_plan(params, "cpu") == off
+    assert speed_plan(params, "cpu", work=1e20) == off
+    on = speed_plan(params, "cuda", work=1e17)
+    assert on["pack_sequences"] is True and on["compile_layers"] is True
     qlora = LoRAParams(train_data_config="d", quant_type="nf4")
-    assert speed_plan(qlora, "cuda")["compile_layers"] is False  # 4-bit layers run eagerly unless asked
+    assert speed_plan(qlora, "cuda", work=1e17)["compile_layers"] is False  # 4-bit layers run eagerly
     forced = LoRAParams(train_data_config="d", pack_sequences=True, compile_layers=True)
-    assert speed_plan(forced, "cpu") == {"pack_sequences": True, "compile_layers": False}
+    assert speed_plan(forced, "cpu") == {"pack_sequences": True, "compile_layers": False, "fp8_base": False}
+
+
+def test_short_runs_are_not_compiled_and_then_get_no_fp8_base(monkeypatch):
+    import slimtune.passes.lora_fp8 as fp8
+
+    monkeypatch.setattr(fp8, "fp8_available", lambda device: device == "cuda")
+    params = LoRAParams(train_data_config="d")
+    short = speed_plan(params, "cuda", work=COMPILE_MIN_WORK / 10)
+    assert short == {"pack_sequences": True, "compile_layers": False, "fp8_base": False}
+    long = speed_plan(params, "cuda", work=COMPILE_MIN_WORK)
+    assert long == {"pack_sequences": True, "compile_layers": True, "fp8_base": True}
+    asked = LoRAParams(train_data_config="d", compile_layers=True, fp8_base=True)
+    assert speed_plan(asked, "cuda", work=1.0) == long  # explicit settings win over the run's size
+    dora = LoRAParams(train_data_config="d", use_dora=True)
+    assert speed_plan(dora, "cuda", work=COMPILE_MIN_WORK)["fp8_base"] is False
+
+
+def test_training_work_counts_parameters_times_real_tokens():
+    from types import SimpleNamespace
+
+    import torch
+
+    model = torch.nn.Linear(10, 10)  # 110 parameters
+    rows = [
+        {"input_ids": [5, 6, 7, 0, 0], "labels": [5, 6, 7, -100, -100], "attention_mask": [1, 1, 1, 0, 0]},
+        {"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "attention_mask": [1, 1, 1, 1, 1]},
+    ]
+    epochs = SimpleNamespace(
+        max_steps=-1, num_train_epochs=3, per_device_train_batch_size=2, gradient_accumulation_steps=1
+    )
+    assert (
+        training_work(model, rows, epochs, pad_id=0) == 110 * 4 * 2 * 3
+    )  # mean 4 real tokens, 2 rows, 3 epochs
+    steps = SimpleNamespace(
+        max_steps=5, num_train_epochs=3, per_device_train_batch_size=2, gradient_accumulation_steps=2
+    )
+    assert training_work(model, rows, steps, pad_id=0) == 110 * 4 * 5 * 2 * 2
+    assert training_work(model, [], epochs, pad_id=0) == 0
 
 
 def test_speed_settings_at_their_defaults_stay_out_of_the_cache_key():
     dumped = LoRAParams(train_data_config="d").model_dump()
-    assert not {"pack_sequences", "compile_layers", "distributed"} & set(dumped)
+    assert not {"pack_sequences", "compile_layers", "fp8_base", "distributed"} & set(dumped)
     assert LoRAParams(train_data_config="d", distributed=2).model_dump()["distributed"] == 2
 
 

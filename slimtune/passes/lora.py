@@ -74,13 +74,16 @@ class LoRAParams(Strict):
         "example, so examples do not attend to each other); None: on for CUDA, off on the CPU",
     )
     compile_layers: bool | None = Field(
-        None, description="torch.compile each decoder layer (CUDA only); None: on for CUDA"
+        None,
+        description="torch.compile each decoder layer (CUDA only); None: on for CUDA when the run is long "
+        "enough to repay the compile (parameters x training tokens >= 1e16, e.g. a 3.8B model on 2.6M tokens)",
     )
     fp8_base: bool | None = Field(
         None,
         description="run the frozen base's matrix products in fp8 (weights and activations scaled per row "
         "to float8_e4m3; the adapters stay bf16/fp32); about 2x the product rate on GPUs with fp8 tensor "
-        "cores (compute capability 8.9+: Ada, Hopper). None: on where the GPU has them, for plain LoRA",
+        "cores (compute capability 8.9+: Ada, Hopper). None: on where the GPU has them and the layers are "
+        "compiled, for plain LoRA",
     )
     distributed: Literal["auto", "off"] | int = Field(
         "auto",

@@ -228,11 +228,13 @@ def make_trainer(
     import transformers
 
     from slimtune.passes.lora_progress import CountingCollator, collate
-    from slimtune.passes.lora_speed import PackedCollator, compile_layers, speed_plan
+    from slimtune.passes.lora_speed import PackedCollator, compile_layers, speed_plan, training_work
 
-    plan = speed_plan(params, device)
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    plan = speed_plan(
+        params, device, training_work(model, train_set, args, pad) if device == "cuda" else None
+    )
     if plan["pack_sequences"]:
         inner = PackedCollator(pad, row_len)
     else:
