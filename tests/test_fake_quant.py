@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from workflows import emotion_data_config
+from workflows import emotion_data_config, run_config
 
 from slimtune.passes.fake_quant import fake_quantize_int4, fake_quantize_model_int4
 
@@ -204,8 +202,6 @@ def test_quantization_aware_lora_then_builder_end_to_end(tiny, tmp_path):
     """LoRA(quantization_aware int4) -> ModelBuilder int4 with the unmerged adapter; the ONNX model runs."""
     import onnxruntime_genai as og
 
-    from slimtune.cli.main import main
-
     config = {
         "input_model": {"type": "HfModel", "model_path": str(tiny["llama"])},
         "data_configs": [emotion_data_config(None)],
@@ -229,10 +225,7 @@ def test_quantization_aware_lora_then_builder_end_to_end(tiny, tmp_path):
         "cache_dir": "cache",
         "output_dir": "out",
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert main(["run", "--config", str(path)]) == 0
-    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    record = run_config(tmp_path, config)
     passes = record["passes"]
     assert [p["type"] for p in passes] == ["LoRA", "ModelBuilder"]
     assert passes[0]["params"]["quantization_aware"] == "int4"

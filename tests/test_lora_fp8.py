@@ -5,7 +5,6 @@ torch's CPU build has `_scaled_mm` for float8 too, so everything but the GPU run
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -124,11 +123,8 @@ def test_fp8_base_left_out_of_the_cache_key_at_its_default():
 @pytest.mark.gpu
 @pytest.mark.skipif(not FP8_GPU, reason="needs a CUDA GPU with fp8 tensor cores")
 def test_lora_pass_trains_with_an_fp8_base_on_the_gpu(tmp_path):
-    import yaml
     from tiny_models import make_tiny_model
-    from workflows import emotion_data_config
-
-    from slimtune.cli.main import main
+    from workflows import emotion_data_config, run_config
 
     model = make_tiny_model("llama", tmp_path / "llama")  # the model test_gpu_lora trains
     config = {
@@ -150,10 +146,7 @@ def test_lora_pass_trains_with_an_fp8_base_on_the_gpu(tmp_path):
         "cache_dir": "cache",
         "output_dir": "out",
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert main(["run", "--config", str(path)]) == 0
-    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    record = run_config(tmp_path, config)
     metrics = record["passes"][0]["metrics"]
     assert metrics["speed"]["fp8_base"] is True and metrics["speed"]["fp8_layers"] > 0
     assert metrics["speed"]["compile_layers"] is False  # 6 steps of a tiny model: not worth compiling

@@ -1,4 +1,5 @@
-"""What the integration tests share: the example's data as a data config, and running a tiny ONNX model."""
+"""What the integration tests share: the example's data as a data config, running a config through the CLI, and
+running a tiny ONNX model."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def emotion_data_config(
     if answer_only:
         pre["loss_on_answer_only"] = True
     return {"name": "emotion", "load_dataset_config": load, "pre_process_data_config": pre}
+
+
+def run_config(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Write `config` as folder/config.yaml, run it with `slimtune run` (must succeed), return its run.json
+    (the config's output_dir is read relative to `folder`)."""
+    import json
+
+    import yaml
+
+    from slimtune.cli.main import main
+
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path)]) == 0
+    return json.loads((folder / config["output_dir"] / "run.json").read_text())
 
 
 def generate_onnx(folder: str | Path, n: int = 5) -> list[int]:
