@@ -11,8 +11,10 @@ Run: .venv/bin/python benchmarks/accuracy_emotion.py [--epochs 2] [--datasets pr
 
 Routes: plain (LoRA -> merge -> int4), qat (quantization-aware LoRA -> int4 unmerged), and with --gpu (training
 on the GPU, the int4 model built for and run on the CPU): qlora (QLoRA nf4 + double quantization -> merge of
-the dequantized base -> int4) and fp8 (LoRA with the frozen base in fp8 -> merge -> int4); on the GPU the
-plain route sets fp8_base off so it is the bf16 reference.
+the dequantized base -> int4), and fp8 (LoRA with the frozen base in fp8 -> merge -> int4); on the GPU the
+plain route sets fp8_base off so it is the bf16 reference. fp8 without --gpu runs the same fp8 arithmetic on the
+CPU (slimtune.passes.lora_fp8's stand-in for _scaled_mm: e4m3 rounding with per-row scales, fp32 products, bf16
+out), to see what the fp8 base does to task accuracy where no fp8 GPU is at hand.
 Prints a table per data set and appends them to docs/benchmarks.md. Pass outputs are cached under
 .slimtune-cache-bench, so a second run only re-evaluates what changed.
 """
@@ -50,9 +52,14 @@ ROUTES = {
     "plain": "LoRA -> merge -> int4",
     "qat": "quantization-aware LoRA -> int4 unmerged",
     "qlora": "QLoRA (nf4, double quant) -> merge (dequantized base) -> int4",
-    "fp8": "LoRA, fp8 base -> merge -> int4",
+    "fp8": "LoRA, fp8 base (emulated on the CPU without --gpu) -> merge -> int4",
 }
-GPU_ONLY = ("qlora", "fp8")
+GPU_ONLY = ("qlora",)
+# `slimtune run` with the fp8 base allowed on the CPU (the pass refuses it there: it is slow and only emulated)
+EMULATED_FP8 = (
+    "import sys; import slimtune.passes.lora_fp8 as fp8; fp8.fp8_available = lambda device: True; "
+    "from slimtune.cli.main import main; raise SystemExit(main(sys.argv[1:]))"
+)
 
 
 def config_for(dataset: str, epochs: float, out: Path, route: str, gpu: bool, model: str) -> dict:
@@ -81,7 +88,7 @@ def config_for(dataset: str, epochs: float, out: Path, route: str, gpu: bool, mo
         del passes["merge"]
     elif route == "qlora":
         lora.update(type="QLoRA", quant_type="nf4", double_quant=True, compute_dtype="bfloat16")
-    elif gpu:
+    elif gpu or route == "fp8":
         lora["fp8_base"] = route == "fp8"
     if gpu:
         lora["compile_layers"] = False  # a 135M model trains faster eagerly than compiled
@@ -143,7 +150,8 @@ def run(dataset: str, epochs: float, route: str, gpu: bool, model: str) -> tuple
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump(config_for(dataset, epochs, work, route, gpu, model), sort_keys=False))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "slimtune", "run", "--config", str(config)], check=True, cwd=ROOT)
+    command = ["-c", EMULATED_FP8] if route == "fp8" and not gpu else ["-m", "slimtune"]
+    subprocess.run([sys.executable, *command, "run", "--config", str(config)], check=True, cwd=ROOT)
     return json.loads((work / "run.json").read_text()), time.perf_counter() - start
 
 
@@ -194,7 +202,7 @@ def main() -> int:
     args = parser.parse_args()
     routes = list(dict.fromkeys(args.routes + (["qat"] if args.qat else [])))
     if not args.gpu and set(routes) & set(GPU_ONLY):
-        parser.error(f"routes {', '.join(GPU_ONLY)} need --gpu")
+        parser.error(f"route {', '.join(GPU_ONLY)} needs --gpu")
     sections = []
     for dataset in args.datasets:
         if dataset == "seed" and not SEED_DATA.exists():

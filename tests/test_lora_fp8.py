@@ -44,9 +44,9 @@ def test_fp8_linear_forward_and_input_gradient_match_bf16(rows, device):
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96, bias=True).bfloat16().requires_grad_(False).to(device)
     fp8 = make_fp8_linear(linear)
-    x = torch.randn(2, rows, 64, requires_grad=True, device=device)
+    x = torch.randn(2, rows, 64, dtype=torch.bfloat16, requires_grad=True, device=device)
     ref_x = x.detach().clone().requires_grad_(True)
-    y, ref = fp8(x), linear(ref_x.bfloat16())
+    y, ref = fp8(x), linear(ref_x)
     assert y.shape == ref.shape == (2, rows, 96) and y.dtype == torch.bfloat16
     assert rel(y, ref) < 0.06
     grad = torch.randn_like(ref, dtype=torch.float32)
@@ -54,7 +54,20 @@ def test_fp8_linear_forward_and_input_gradient_match_bf16(rows, device):
     (ref.float() * grad).sum().backward()
     assert rel(x.grad, ref_x.grad) < 0.06
     # a wrong layout or scale would be off by far more than fp8 rounding: prove the check can fail
-    assert rel(y, linear(ref_x.bfloat16() * 1.5)) > 0.3
+    assert rel(y, linear(ref_x * 1.5)) > 0.3
+
+
+def test_fp8_linear_in_an_fp32_model_returns_fp32():
+    """An fp32 base without autocast (training on the CPU, or torch_dtype float32): the layer hands back what
+    nn.Linear would, so the rest of the model sees its own dtype."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).requires_grad_(False)
+    fp8 = make_fp8_linear(linear)
+    x = torch.randn(16, 64, requires_grad=True)
+    y = fp8(x)
+    assert y.dtype == torch.float32 and rel(y, linear(x)) < 0.06
+    y.sum().backward()
+    assert x.grad.dtype == torch.float32
 
 
 def test_conversion_replaces_frozen_linears_only_and_the_adapter_still_learns(tmp_path):

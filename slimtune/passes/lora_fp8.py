@@ -77,7 +77,8 @@ class _Fp8Product:
                 def forward(ctx, x, w_fwd, s_fwd, w_bwd, s_bwd):
                     ctx.save_for_backward(w_bwd, s_bwd)
                     ctx.dtype = x.dtype
-                    return _product(x, w_fwd, s_fwd, x.dtype)
+                    # bf16 out: what _scaled_mm writes with per-row scales (and the CPU stand-in rounds to)
+                    return _product(x, w_fwd, s_fwd, torch.bfloat16)
 
                 @staticmethod
                 def backward(ctx, grad):
@@ -107,11 +108,11 @@ def make_fp8_linear(linear: Any) -> Any:
             self.register_buffer("weight", torch.empty(0, dtype=w.dtype, device=w.device), persistent=False)
 
         def forward(self, x):
-            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
-            if dtype not in (torch.bfloat16, torch.float16):
-                dtype = torch.bfloat16
-            y = _Fp8Product.get().apply(x.to(dtype), self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd)
-            return y if self.bias is None else y + self.bias.to(y.dtype)
+            # the dtype a plain linear layer would return here: autocast's, else the input's
+            device = x.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+            y = _Fp8Product.get().apply(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd).to(dtype)
+            return y if self.bias is None else y + self.bias.to(dtype)
 
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 (frozen)"
