@@ -52,7 +52,7 @@ ROUTES = {
     "plain": "LoRA -> merge -> int4",
     "qat": "quantization-aware LoRA -> int4 unmerged",
     "qlora": "QLoRA (nf4, double quant) -> merge (dequantized base) -> int4",
-    "fp8": "LoRA, fp8 base (emulated on the CPU without --gpu) -> merge -> int4",
+    "fp8": "LoRA, fp8 base -> merge -> int4",
 }
 GPU_ONLY = ("qlora",)
 # `slimtune run` with the fp8 base allowed on the CPU (the pass refuses it there: it is slow and only emulated)
@@ -210,9 +210,8 @@ def main() -> int:
             continue
         for route in routes:
             record, seconds = run(dataset, args.epochs, route, args.gpu, args.model)
-            text = (
-                f"### {dataset} data, {ROUTES[route]} ({seconds:.0f} s for the whole run)\n\n{table(record)}"
-            )
+            where = "" if args.gpu or route != "fp8" else " (fp8 products emulated on the CPU)"
+            text = f"### {dataset} data, {ROUTES[route]}{where} ({seconds:.0f} s for the whole run)\n\n{table(record)}"
             print(text)
             sections.append(text)
     if sections and not args.no_write:
@@ -220,7 +219,7 @@ def main() -> int:
         if args.gpu:
             import torch
 
-            gpu = f"- GPU: {torch.cuda.get_device_name(0)} (training and torch-stage evaluation)\n"
+            gpu = f"- GPU: {torch.cuda.get_device_name(0)} (training; evaluation runs on the CPU: fp32 PyTorch and ONNX Runtime)\n"
         body = (
             f"`benchmarks/accuracy_emotion.py --epochs {args.epochs} --routes {' '.join(routes)}"
             f"{' --gpu' if args.gpu else ''}`: the model ({args.model}) through LoRA (r 16, alpha 32, answer-only "
