@@ -247,7 +247,8 @@ def make_trainer(
     if plan["fp8_base"]:
         from slimtune.passes.lora_fp8 import convert_frozen_linears
 
-        model.to(args.device)  # quantize on the GPU the Trainer would move it to (seconds, not minutes on CPU)
+        # quantize on the GPU the Trainer would move it to (seconds, not minutes on the CPU)
+        model.to(args.device)
         plan["fp8_layers"] = convert_frozen_linears(model)
     if plan["compile_layers"]:
         compile_layers(model)
