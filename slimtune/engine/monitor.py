@@ -14,37 +14,38 @@ BACKOFF = 20
 
 
 class PeakMemory:
-    """Peak resident memory while the block runs: this process's own high-water mark where Linux keeps one
-    (VmHWM, reset at the start through /proc/self/clear_refs; exact, no sampling), plus its children's,
-    sampled in a background thread (children found through /proc/<pid>/task/*/children when the kernel has
-    that file, otherwise psutil). Elsewhere this process is sampled too."""
+    """Peak resident memory while the block runs, this process's and its children's, sampled in a background
+    thread (children found through /proc/<pid>/task/*/children when the kernel has that file, otherwise
+    psutil). On Linux this process's high-water mark (VmHWM, reset at the start through /proc/self/clear_refs)
+    is counted too, so a peak between two samples is not lost while it is still held at the end or the kernel
+    recorded it (it does so lazily)."""
 
     def __init__(self, interval: float = 0.2):
         self.interval = interval
         self.peak_bytes = 0
         self.samples = 0
         self._own_peak = False
-        self._sampled = 0
+        self._sampled = 0  # largest sample of this process and its children together
+        self._children = 0  # largest sample of the children alone
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _sample(self) -> int:
-        total = 0 if self._own_peak else _rss(os.getpid())
-        for pid in _descendants(os.getpid()):
-            total += _rss(pid)
+    def _sample(self) -> None:
+        children = sum(_rss(pid) for pid in _descendants(os.getpid()))
+        self._children = max(self._children, children)
+        self._sampled = max(self._sampled, children + _rss(os.getpid()))
         self.samples += 1
-        return total
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             start = time.perf_counter()
-            self._sampled = max(self._sampled, self._sample())
+            self._sample()
             cost = time.perf_counter() - start
             self._stop.wait(max(self.interval, BACKOFF * cost))
 
     def __enter__(self) -> PeakMemory:
         self._own_peak = _reset_high_water_mark()
-        self._sampled = self._sample()
+        self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="slimtune-peak-memory")
         self._thread.start()
         return self
@@ -53,9 +54,9 @@ class PeakMemory:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self._sampled = max(self._sampled, self._sample())
+        self._sample()
         own = _high_water_mark() if self._own_peak else None
-        self.peak_bytes = self._sampled + (own or 0)
+        self.peak_bytes = max(self._sampled, (own or 0) + self._children)
 
 
 def _reset_high_water_mark() -> bool:
