@@ -23,7 +23,6 @@ class PeakMemory:
     def __init__(self, interval: float = 0.2):
         self.interval = interval
         self.peak_bytes = 0
-        self.samples = 0
         self._own_peak = False
         self._sampled = 0  # largest sample of this process and its children together
         self._children = 0  # largest sample of the children alone
@@ -34,7 +33,6 @@ class PeakMemory:
         children = sum(_rss(pid) for pid in _descendants(os.getpid()))
         self._children = max(self._children, children)
         self._sampled = max(self._sampled, children + _rss(os.getpid()))
-        self.samples += 1
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -88,32 +86,29 @@ def _rss(pid: int) -> int:
 
 
 def _descendants(pid: int) -> list[int]:
-    found = _proc_children(pid)
-    if found is None:
+    if not Path(f"/proc/{pid}/task/{pid}/children").exists():  # not Linux, or a kernel without the file
         import psutil
 
         try:
             return [child.pid for child in psutil.Process(pid).children(recursive=True)]
         except psutil.Error:
             return []
-    out, todo = [], found
+    out, todo = [], _proc_children(pid)
     while todo:
         child = todo.pop()
         out.append(child)
-        todo.extend(_proc_children(child) or [])
+        todo.extend(_proc_children(child))
     return out
 
 
-def _proc_children(pid: int) -> list[int] | None:
-    """Children of `pid` from /proc/<pid>/task/<tid>/children; None where the kernel has no such file."""
+def _proc_children(pid: int) -> list[int]:
+    """Children of `pid` from /proc/<pid>/task/<tid>/children (none once the process has ended)."""
     task = Path(f"/proc/{pid}/task")
-    if not (task / str(pid) / "children").exists():
-        return None if pid == os.getpid() else []
     out: list[int] = []
     try:
         threads = os.listdir(task)
     except OSError:
-        return []  # the process ended
+        return out
     for tid in threads:
         try:
             out += [int(x) for x in (task / tid / "children").read_text().split()]
