@@ -271,6 +271,16 @@ def test_every_problem_at_once_in_file_order(tmp_path):
             "input_model.config.hf_config.task",
             ["text-generation"],
         ),
+        (  # found by the fuzzer: a list as the type was a TypeError (unhashable)
+            lambda c: c["input_model"]["config"].update(model_path={"type": []}),
+            "input_model.config.model_path",
+            ["unknown resource type []"],
+        ),
+        (
+            lambda c: c["input_model"]["config"].update(model_path={"type": "local_file", "config": [1]}),
+            "input_model.config.model_path",
+            ["must be a model folder"],
+        ),
         (lambda c: c.update(passes="lora"), "passes", ["dictionary"]),
         (lambda c: c.update(data_configs={"name": "x"}), "data_configs", ["list"]),
     ],

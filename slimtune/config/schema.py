@@ -61,8 +61,9 @@ def _resource(value: Any) -> Any:
             return value  # a split mapping {"train": ..., "test": ...} (its values are checked by the field)
         kind = value.get("type")
         if kind == "local_file" or kind == "local_folder":
-            return value.get("path") or value.get("config", {}).get("path")
-        if kind not in RESOURCE_TYPES:
+            config = value.get("config")
+            return value.get("path") or (config.get("path") if isinstance(config, dict) else None)
+        if not isinstance(kind, str) or kind not in RESOURCE_TYPES:
             raise ValueError(
                 f"unknown resource type {kind!r}; expected one of {sorted(RESOURCE_TYPES)} or a path"
             )
