@@ -13,7 +13,7 @@ Routes: plain (LoRA -> merge -> int4), qat (quantization-aware LoRA -> int4 unme
 on the GPU, the int4 model built for and run on the CPU): qlora (QLoRA nf4 + double quantization -> merge of
 the dequantized base -> int4), and fp8 (LoRA with the frozen base in fp8 -> merge -> int4); on the GPU the
 plain route sets fp8_base off so it is the bf16 reference. fp8 without --gpu runs the same fp8 arithmetic on the
-CPU (slimtune.passes.lora_fp8's stand-in for _scaled_mm: e4m3 rounding with per-row scales, fp32 products, bf16
+CPU (slimtune.passes.lora.fp8's stand-in for _scaled_mm: e4m3 rounding with per-row scales, fp32 products, bf16
 out), to see what the fp8 base does to task accuracy where no fp8 GPU is at hand.
 Prints a table per data set and appends them to docs/benchmarks.md. Pass outputs are cached under
 .slimtune-cache-bench, so a second run only re-evaluates what changed.
@@ -57,7 +57,7 @@ ROUTES = {
 GPU_ONLY = ("qlora",)
 # `slimtune run` with the fp8 base allowed on the CPU (the pass refuses it there: it is slow and only emulated)
 EMULATED_FP8 = (
-    "import sys; import slimtune.passes.lora_fp8 as fp8; fp8.fp8_available = lambda device: True; "
+    "import sys; import slimtune.passes.lora.fp8 as fp8; fp8.fp8_available = lambda device: True; "
     "from slimtune.cli.main import main; raise SystemExit(main(sys.argv[1:]))"
 )
 

@@ -57,10 +57,10 @@ def _pre():
 
 
 def build(ref, options: dict, out: Path) -> float:
-    from slimtune.engine.context import PassContext
     from slimtune.models.ref import ModelMeta
+    from slimtune.passes.context import PassContext
     from slimtune.passes.model_builder import ModelBuilderParams
-    from slimtune.passes.model_builder_run import run
+    from slimtune.passes.model_builder.run import run
 
     (out / "out").mkdir(parents=True)
     (out / "work").mkdir()
@@ -69,7 +69,6 @@ def build(ref, options: dict, out: Path) -> float:
         meta=ModelMeta(),
         output_dir=out / "out",
         work_dir=out / "work",
-        run_config=None,
         device="cpu",
         execution_provider="cpu",
         log=lambda s: None,

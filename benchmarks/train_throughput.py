@@ -22,7 +22,7 @@ Rows:
                   make_trainer) as it runs a long job: packed collator, compiled decoder layers (the default
                   compiles runs of >= 1e16 parameter-tokens, e.g. this model on 2.6M tokens; the rows time a
                   163k-token sample of such a run, so they set compile_layers on), the frozen base's products
-                  in fp8 where the GPU has fp8 tensor cores (slimtune.passes.lora_fp8); batch 4 or 8
+                  in fp8 where the GPU has fp8 tensor cores (slimtune.passes.lora.fp8); batch 4 or 8
   slimtune-bf16, -bf16-b8   the same with fp8_base off (every product in bf16)
   slimtune-eager  the same path with compile_layers and fp8_base off
 
@@ -245,7 +245,7 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
 
 def slimtune_trainer(row: str, model, train, steps: int, device: str, out: Path, callbacks):
     from slimtune.passes.lora import LoRAParams
-    from slimtune.passes.lora_train import attach_adapter, make_trainer, training_arguments_for
+    from slimtune.passes.lora.train import attach_adapter, make_trainer, training_arguments_for
 
     training = common_args(*SHAPES[row], steps)
     for key in (

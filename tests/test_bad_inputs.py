@@ -128,7 +128,7 @@ def test_the_configs_the_cases_are_made_from_are_valid(name, workspace, capsys):
 def test_the_shared_data_runs(workspace, capsys, monkeypatch):
     """The data and model the data cases share go through slimtune's checks before any pass (the cases break
     one thing each). Stops right after the checks: no training here."""
-    from slimtune.engine import runner
+    from slimtune.engine import chain
 
     reached = []
 
@@ -136,7 +136,7 @@ def test_the_shared_data_runs(workspace, capsys, monkeypatch):
         reached.append(True)
         raise SystemExit(0)
 
-    monkeypatch.setattr(runner, "_run_pass", stop)
+    monkeypatch.setattr(chain, "run_pass", stop)
     folder = workspace / "config" / "valid"
     folder.mkdir(parents=True)
     shutil.copy(CATALOGUE / "_shared" / "valid.json", folder / "config.json")

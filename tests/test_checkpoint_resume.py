@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimtune.passes.lora_train import complete_checkpoints
+from slimtune.passes.lora.train import complete_checkpoints
 
 
 def checkpoint(folder, step, *, state=True, weights=True, state_text=None):

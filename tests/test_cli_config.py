@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from slimtune.cli.main import main
-from slimtune.config.validate import load_config
+from slimtune.config.load import load_config
 from slimtune.errors import EXIT_OK, EXIT_USER
 
 ROOT = Path(__file__).resolve().parents[1]

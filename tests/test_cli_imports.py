@@ -35,7 +35,7 @@ assert rc == 0, rc
     "body",
     [
         "import slimtune",
-        "import slimtune.config.validate, slimtune.config.summary, slimtune.passes.registry\n"
+        "import slimtune.config.load, slimtune.config.summary, slimtune.passes.registry\n"
         "slimtune.passes.registry.all_passes()",
         CALL_MAIN.format(argv=["--help"]),
         CALL_MAIN.format(argv=["validate", SEED]),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from slimtune.config.validate import LoadedConfig, load_config_dict
+from slimtune.config.load import LoadedConfig, load_config_dict
 from slimtune.errors import ConfigError
 
 DATA = {
@@ -504,7 +504,7 @@ def test_old_and_new_training_arg_both_given_keeps_the_new_one(tmp_path):
 
 def test_seed_local_config_equals_its_current_form(tmp_path):
     """tests/configs/seed_local.json (old schema) and seed_local_current.yaml say the same thing."""
-    from slimtune.config.validate import load_config
+    from slimtune.config.load import load_config
 
     configs = Path(__file__).parent / "configs"
     old, new = load_config(configs / "seed_local.json"), load_config(configs / "seed_local_current.yaml")

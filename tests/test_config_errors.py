@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from slimtune.config.validate import load_config
+from slimtune.config.load import load_config
 from slimtune.errors import ConfigError, ConfigIssue, UserError
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.config.validate import load_config
+from slimtune.config.load import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "tests" / "configs").glob("*.json")) + sorted(

@@ -1,5 +1,5 @@
 """Rows longer than the limits: a few are named in a warning, most rows or a row beyond the model's context
-are refused (slimtune.passes.lora_data.check_answers_fit, run by the LoRA pass before the weights load)."""
+are refused (slimtune.passes.lora.data.check_answers_fit, run by the LoRA pass before the weights load)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from test_data_fixtures import dataset, word_tokenizer
 from slimtune.config.schema import PreProcessDataConfig
 from slimtune.data.template import Template
 from slimtune.errors import DataError
-from slimtune.passes.lora_data import check_answers_fit
+from slimtune.passes.lora.data import check_answers_fit
 
 SHORT = {"q": "one two", "a": "yes"}  # BOS Q one two A yes EOS: 7 tokens
 LONG = {"q": "one " * 20, "a": "no"}  # 25 tokens

@@ -193,7 +193,7 @@ def test_cache_ls_and_clean(tiny, tmp_path, capsys):
 
 def test_input_load_kwargs_reach_the_lora_pass_and_its_cache_key(tiny, tmp_path, monkeypatch):
     """input_model.load_kwargs.dtype and attn_implementation are used by LoRA and change its cache key."""
-    import slimtune.passes.lora_train as lora_train
+    import slimtune.passes.lora.train as lora_train
 
     seen = []
     real = lora_train.load_base_model

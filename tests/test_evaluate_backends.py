@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.engine.context import PassContext
 from slimtune.evaluate.backends import open_model
 from slimtune.evaluate.evaluator import evaluate_model, likelihood_predictions
 from slimtune.models.ref import ModelMeta, ModelRef
+from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder import ModelBuilderParams
-from slimtune.passes.model_builder_run import run as build
+from slimtune.passes.model_builder.run import run as build
 from tests.tiny_models import make_tiny_model
 
 og = pytest.importorskip("onnxruntime_genai")
@@ -33,7 +33,6 @@ def export(hf: Path, out: Path, precision: str = "fp32") -> Path:
         meta=ModelMeta(),
         output_dir=out,
         work_dir=out.with_suffix(".work"),
-        run_config=None,
         device="cpu",
         execution_provider="cpu",
         log=lambda _: None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimtune.config.validate import load_config
+from slimtune.config.load import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "emotion"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from workflows import emotion_data_config, run_config
 
-from slimtune.passes.fake_quant import fake_quantize_int4, fake_quantize_model_int4
+from slimtune.models.fake_quant import fake_quantize_int4, fake_quantize_model_int4
 
 
 def ort_dequantized(weight: np.ndarray, block_size: int) -> np.ndarray:
@@ -100,10 +100,10 @@ def test_fake_quant_equals_quantizer_on_tiny_model_weights(tiny, arch):
 
 
 def _build_int4(source: Path, folder: Path) -> Path:
-    from slimtune.engine.context import PassContext
     from slimtune.models.ref import ModelMeta, ModelRef
+    from slimtune.passes.context import PassContext
     from slimtune.passes.model_builder import ModelBuilderParams
-    from slimtune.passes.model_builder_run import run
+    from slimtune.passes.model_builder.run import run
 
     (folder / "out").mkdir(parents=True)
     (folder / "work").mkdir()
@@ -112,7 +112,6 @@ def _build_int4(source: Path, folder: Path) -> Path:
         meta=ModelMeta(),
         output_dir=folder / "out",
         work_dir=folder / "work",
-        run_config=None,
         device="cpu",
         execution_provider="cpu",
         log=lambda s: None,

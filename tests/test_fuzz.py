@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from slimtune.config.load import load_config, load_config_dict
 from slimtune.config.summary import plan_summary
-from slimtune.config.validate import load_config, load_config_dict
 from slimtune.engine.input_checks import check_plan
 from slimtune.errors import SlimtuneError
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from slimtune.cli.main import main
-from slimtune.engine.context import PassContext
 from slimtune.evaluate.generate import generate_hf, prompt_from_row
 from slimtune.evaluate.onnx_genai import OnnxGenaiModel, StreamCutter, answer_end, is_onnx_genai_folder
 from slimtune.models.ref import ModelMeta, ModelRef
+from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder import ModelBuilderParams
-from slimtune.passes.model_builder_run import run as build
+from slimtune.passes.model_builder.run import run as build
 from tests.tiny_models import CHAT_TEMPLATE, make_tiny_model
 
 pytest.importorskip("onnxruntime_genai")
@@ -34,7 +34,6 @@ def folders(tmp_path_factory) -> dict[str, Path]:
             meta=ModelMeta(),
             output_dir=root / precision,
             work_dir=root / f"{precision}.work",
-            run_config=None,
             device="cpu",
             execution_provider="cpu",
             log=lambda _: None,

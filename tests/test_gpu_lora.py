@@ -96,7 +96,7 @@ def test_qlora_merge_adds_the_adapter_to_the_dequantized_base(tiny, tmp_path):
 
     record = run(write_config(tmp_path, tiny, {"type": "QLoRA", "quant_type": "nf4"}, export=False))
     adapter = Path(record["passes"][0]["output_path"])
-    from slimtune.passes.merge_run import dequantized_qlora_base
+    from slimtune.passes.merge.run import dequantized_qlora_base
 
     grid = json.loads((adapter / "slimtune.json").read_text())["quantized_base"]
     base = dequantized_qlora_base(tiny, grid, torch.float32, {}, print)
@@ -128,9 +128,9 @@ def test_packed_compiled_training_keeps_the_eager_padded_loss(tiny, tmp_path):
     import transformers
 
     from slimtune.passes.lora import LoRAParams
-    from slimtune.passes.lora_progress import collate
-    from slimtune.passes.lora_speed import PackedCollator, compile_layers
-    from slimtune.passes.lora_train import attach_adapter
+    from slimtune.passes.lora.progress import collate
+    from slimtune.passes.lora.speed import PackedCollator, compile_layers
+    from slimtune.passes.lora.train import attach_adapter
 
     samples = []
     generator = torch.Generator().manual_seed(0)

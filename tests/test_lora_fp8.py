@@ -1,4 +1,4 @@
-"""The frozen base in fp8 (slimtune.passes.lora_fp8): numerics against the bf16 product, which layers are
+"""The frozen base in fp8 (slimtune.passes.lora.fp8): numerics against the bf16 product, which layers are
 converted, when the LoRA pass turns it on, and (on a GPU with fp8 tensor cores) a training run with it.
 
 torch's CPU build has `_scaled_mm` for float8 too, so everything but the GPU run is checked here."""
@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from slimtune.errors import UserError  # noqa: E402
 from slimtune.passes.lora import LoRAParams  # noqa: E402
-from slimtune.passes.lora_fp8 import convert_frozen_linears, make_fp8_linear, quantize_rows  # noqa: E402
-from slimtune.passes.lora_speed import speed_plan  # noqa: E402
+from slimtune.passes.lora.fp8 import convert_frozen_linears, make_fp8_linear, quantize_rows  # noqa: E402
+from slimtune.passes.lora.speed import speed_plan  # noqa: E402
 
 
 def rel(a, b) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimtune.passes.lora import LoRAParams
-from slimtune.passes.lora_speed import (
+from slimtune.passes.lora.speed import (
     COMPILE_MIN_WORK,
     PackedCollator,
     pack_rows,
@@ -57,7 +57,7 @@ def test_packed_batch_gives_the_padded_batch_loss(tmp_path):
     import transformers
     from tiny_models import make_tiny_model
 
-    from slimtune.passes.lora_progress import collate
+    from slimtune.passes.lora.progress import collate
 
     folder = make_tiny_model("llama", tmp_path / "tiny")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
@@ -93,7 +93,7 @@ def test_speed_features_default_to_on_for_cuda_only():
 
 
 def test_short_runs_are_not_compiled_and_then_get_no_fp8_base(monkeypatch):
-    import slimtune.passes.lora_fp8 as fp8
+    import slimtune.passes.lora.fp8 as fp8
 
     monkeypatch.setattr(fp8, "fp8_available", lambda device: device == "cuda")
     params = LoRAParams(train_data_config="d")
@@ -137,7 +137,7 @@ def test_speed_settings_at_their_defaults_stay_out_of_the_cache_key():
 
 
 def test_distributed_uses_one_process_on_the_cpu():
-    from slimtune.passes.lora_distributed import per_rank_params, world_size
+    from slimtune.passes.lora.distributed import per_rank_params, world_size
 
     assert world_size("auto", "cpu") == 1
     assert world_size(4, "cpu") == 1

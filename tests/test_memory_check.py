@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.engine.memory_check import GiB, builder_estimate, training_estimate
+from slimtune.config.schema import DataConfig
 from slimtune.passes.lora import LoRAParams
+from slimtune.passes.lora.memory import training_estimate as lora_estimate
+from slimtune.passes.memory import GiB, MemoryQuery
+from slimtune.passes.model_builder import ModelBuilderParams, builder_estimate
 
 # SmolLM2-135M-Instruct, the default model: shapes from its config.json
 SMOLLM2 = {
@@ -65,6 +68,12 @@ def params(batch: int = 8, **args) -> LoRAParams:
     )
 
 
+def training_estimate(name: str, pass_type: str, params: LoRAParams, model: Path, seq: int, device: str):
+    """The LoRA pass's estimate for a training data config of `seq`-token rows."""
+    data = DataConfig(name="d", pre_process_data_config={"max_seq_len": seq})
+    return lora_estimate(MemoryQuery(name, pass_type, params, model, device, {"train_data_config": data}))
+
+
 @pytest.mark.parametrize(("shape", "measured"), MEASURED_PEAK_GIB.items())
 def test_training_estimate_reproduces_measured_peaks(tmp_path, shape, measured):
     model = fake_model(tmp_path / "smollm2", SMOLLM2)
@@ -87,8 +96,14 @@ def test_training_estimate_follows_the_advice_it_gives(tmp_path):
     assert on_gpu.device == "cuda" and on_gpu.total < base
 
 
-def test_builder_estimate_is_the_builders_own(tmp_path):
-    from slimtune.passes.model_builder_run import estimate_build_memory
+def test_builder_estimate_counts_three_fp32_copies_and_can_be_switched_off(tmp_path):
+    from slimtune.models.shape import fp32_weight_bytes
+    from slimtune.passes.model_builder import MEMORY_FACTOR, MEMORY_OVERHEAD
 
     model = fake_model(tmp_path / "smollm2", SMOLLM2)
-    assert builder_estimate("builder", model).total == estimate_build_memory(model)
+    weights = fp32_weight_bytes(model)  # from the safetensors header's shapes
+    assert weights > 500e6
+    query = MemoryQuery("builder", "ModelBuilder", ModelBuilderParams(), model, "cpu")
+    assert builder_estimate(query).total == int(MEMORY_FACTOR * weights) + MEMORY_OVERHEAD
+    off = ModelBuilderParams(extra_options={"ignore_memory_check": True})
+    assert builder_estimate(MemoryQuery("builder", "ModelBuilder", off, model, "cpu")) is None

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.engine.context import PassContext
 from slimtune.errors import ModelError, PassFailed, ResourceError, UserError
 from slimtune.models.ref import ModelMeta, ModelRef
-from slimtune.passes import model_builder_run
+from slimtune.models.shape import fp32_weight_bytes
+from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder import ModelBuilderParams
+from slimtune.passes.model_builder import run as model_builder_run
 from tests.tiny_models import make_tiny_model
 
 og = pytest.importorskip("onnxruntime_genai")
@@ -53,7 +54,6 @@ def build(
         meta=ModelMeta(),
         output_dir=out,
         work_dir=tmp_path / "work",
-        run_config=None,
         device="cpu",
         execution_provider="cpu",
         log=(messages.append if messages is not None else lambda _: None),
@@ -180,15 +180,32 @@ def test_input_that_is_not_a_model_folder(tmp_path):
         build(tmp_path, ModelRef(str(tmp_path), "hf"))
 
 
-def test_memory_check_refuses_and_can_be_skipped(tiny, tmp_path, monkeypatch):
+def test_memory_check_refuses_before_the_build_and_can_be_skipped(tiny, tmp_path, monkeypatch):
+    """The engine's check (one, before any pass) uses the pass's estimate; the pass's own switch
+    extra_options.ignore_memory_check turns it off and never reaches the builder."""
     import psutil
+
+    from slimtune.config.load import load_config_dict
+    from slimtune.engine.memory_check import check_memory
 
     class Tiny:
         available = 1024
 
+    def loaded(extra: dict):
+        return load_config_dict(
+            {
+                "input_model": {"type": "HfModel", "model_path": str(tiny["llama"])},
+                "passes": {"builder": {"type": "ModelBuilder", "precision": "int4", "extra_options": extra}},
+                "cache_dir": str(tmp_path / "cache"),
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny())
     with pytest.raises(ResourceError, match="ignore_memory_check"):
-        build(tmp_path, ModelRef(str(tiny["llama"]), "hf"))
+        check_memory(loaded({}), tiny["llama"], "cpu")
+    check_memory(loaded({"ignore_memory_check": True}), tiny["llama"], "cpu")
+    monkeypatch.undo()
     out, ctx = build(
         tmp_path, ModelRef(str(tiny["llama"]), "hf"), extra_options={"ignore_memory_check": True}
     )
@@ -200,7 +217,7 @@ def test_memory_estimate_counts_fp32_weights(tiny):
     # tiny llama: embed + lm_head 2*384*64, 2 layers of q,k,v,o (64*64 + 2*32*64 + 64*64) and mlp 3*64*128, norms
     per_layer = 64 * 64 * 2 + 2 * 32 * 64 + 3 * 64 * 128 + 2 * 64
     params = 2 * 384 * 64 + 2 * per_layer + 64
-    assert model_builder_run.fp32_weight_bytes(tiny["llama"]) == 4 * params
+    assert fp32_weight_bytes(tiny["llama"]) == 4 * params
 
 
 def test_builder_option_names_are_read_from_the_installed_builder():

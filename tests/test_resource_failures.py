@@ -179,7 +179,7 @@ def test_memory_estimate_refuses_before_any_pass_and_can_be_overridden(tiny, tmp
 def test_skip_memory_check_is_a_config_key_in_both_schemas(tiny, tmp_path, monkeypatch, capsys):
     import psutil
 
-    from slimtune.config.validate import load_config
+    from slimtune.config.load import load_config
     from slimtune.engine.memory_check import check_memory
 
     current = load_config(write_config(tmp_path, tiny, skip_memory_check=True))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slimtune.cli.main import main
-from slimtune.config.validate import load_config_dict
+from slimtune.config.load import load_config_dict
 from slimtune.errors import ConfigError
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"

@@ -10,7 +10,7 @@ import yaml
 from workflows import emotion_data_config
 
 from slimtune.cli.main import main
-from slimtune.config.validate import load_config_dict
+from slimtune.config.load import load_config_dict
 from slimtune.errors import ConfigError
 from slimtune.search.samplers import ExhaustiveSampler, RandomSampler, TPESampler, candidate_key
 from slimtune.search.space import Categorical, PassSpace, Range, split_search_values
@@ -273,7 +273,7 @@ def run_json(path: Path) -> dict:
 
 
 def test_builder_search_after_one_lora_trains_once_and_keeps_the_best(tiny, tmp_path, monkeypatch):
-    import slimtune.passes.lora_train as lora_train
+    import slimtune.passes.lora.train as lora_train
 
     calls = []
     real = lora_train.run

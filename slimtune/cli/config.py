@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def _upgrade(args) -> int:
-    from slimtune.config.validate import load_config
+    from slimtune.config.load import load_config
 
     loaded = load_config(args.config)  # validates; the printed form keeps paths as written
     fmt = args.format or ("yaml" if str(args.config).endswith((".yaml", ".yml")) else "json")

@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from slimtune.config.validate import load_config
+    from slimtune.config.load import load_config
     from slimtune.engine.runner import run_workflow
 
     loaded = load_config(args.config)

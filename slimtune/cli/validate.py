@@ -10,8 +10,8 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    from slimtune.config.load import load_config
     from slimtune.config.summary import plan_summary
-    from slimtune.config.validate import load_config
     from slimtune.engine.input_checks import check_plan
 
     loaded = load_config(args.config)

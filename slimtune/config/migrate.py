@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from slimtune.config.loader import Path_, dotted
+from slimtune.config.reader import Path_, dotted
 from slimtune.config.schema import DataloaderConfig, LoadDatasetConfig, LoadKwargs, PreProcessDataConfig
 from slimtune.errors import ConfigIssue
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slimtune.config.validate import LoadedConfig
+from slimtune.config.load import LoadedConfig
 
 
 def _value(v: Any) -> str:

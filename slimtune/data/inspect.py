@@ -190,7 +190,7 @@ def _source(args: Any) -> tuple[DataConfig, str | None, float | None, DataConfig
             )
         load = LoadDatasetConfig(data_name=builder_for(path), data_files=str(path.resolve()))
         return DataConfig(name=path.stem, load_dataset_config=load), None, None, None
-    from slimtune.config.validate import load_config
+    from slimtune.config.load import load_config
 
     loaded = load_config(path)
     configs = {d.name: d for d in loaded.config.data_configs}
@@ -200,11 +200,13 @@ def _source(args: Any) -> tuple[DataConfig, str | None, float | None, DataConfig
         raise UserError(f"--data {args.data}: no such data config in {path}; names: {', '.join(configs)}")
     data = configs[args.data] if args.data else next(iter(configs.values()))
     eval_size, eval_data = None, None
+    from slimtune.passes.registry import get_pass
+
     for plan in loaded.passes:
-        if getattr(plan.params, "train_data_config", None) == data.name:
-            eval_size = getattr(plan.params, "eval_dataset_size", None)
-            eval_name = getattr(plan.params, "eval_data_config", None)
-            eval_data = configs.get(eval_name) if eval_name else None
+        training = get_pass(plan.type).training_of(plan.params)
+        if training is not None and training.data == data.name:
+            eval_size = training.eval_size
+            eval_data = configs.get(training.eval_data) if training.eval_data else None
             break
     model = loaded.config.input_model.model_path
     return data, model if isinstance(model, str) else None, eval_size, eval_data

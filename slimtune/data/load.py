@@ -245,3 +245,21 @@ def _filter(rows: datasets.Dataset, filters: dict[str, Any], paths: list[str]) -
 
 def _where(paths: list[str]) -> str:
     return paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+
+
+def line_of_row(file: str, number: int) -> int | None:
+    """The line of the `number`-th row of a JSON lines file (blank lines skipped); None for other files."""
+    path = Path(file)
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json") or not path.is_file():
+        return None
+    seen = 0
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        for line_number, line in enumerate(handle, 1):
+            stripped = line.strip()
+            if line_number == 1 and stripped.startswith("["):
+                return None  # a JSON array: rows are not lines
+            if stripped:
+                seen += 1
+                if seen == number:
+                    return line_number
+    return None

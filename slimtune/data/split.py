@@ -7,6 +7,7 @@ import json
 import math
 import random
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimtune.errors import DataError, UserError
@@ -63,8 +64,17 @@ def eval_count(eval_size: float, total: int) -> int:
 def split_rows(
     rows: datasets.Dataset, eval_size: float, label_column: str | None = None, seed: int = 0
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, eval). Groups of identical rows move together; with `label_column`, each label gives its
-    share. Groups are taken in a seeded random order, each fitted while it does not overshoot the target."""
+    """(train, eval) rows; see split_indices."""
+    train_idx, eval_idx = split_indices(rows, eval_size, label_column, seed)
+    return rows.select(train_idx), rows.select(eval_idx)
+
+
+def split_indices(
+    rows: datasets.Dataset, eval_size: float, label_column: str | None = None, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """(train row indices, eval row indices). Groups of identical rows move together; with `label_column`,
+    each label gives its share. Groups are taken in a seeded random order, each fitted while it does not
+    overshoot the target."""
     if label_column is not None and label_column not in rows.column_names:
         raise DataError(
             f"cannot stratify by {label_column!r}: not a column; columns: {', '.join(rows.column_names)}",
@@ -98,7 +108,23 @@ def split_rows(
     train_idx = [i for i in range(len(rows)) if i not in chosen]
     if not train_idx:
         raise UserError(f"eval_dataset_size {eval_size} leaves no rows to train on")
-    return rows.select(train_idx), rows.select(sorted(chosen))
+    return train_idx, sorted(chosen)
+
+
+HELDOUT_FILE = "heldout.json"  # a training pass's record of its split, in its output folder
+
+
+def write_heldout(folder: str | Path, data_config: str, train_idx: list[int], eval_idx: list[int]) -> dict:
+    """Record the split in `folder`: evaluation reads these rows instead of computing the split again."""
+    from slimtune.files import write_json_atomic
+
+    record = {"data_config": data_config, "train_rows": len(train_idx), "eval_indices": eval_idx}
+    write_json_atomic(Path(folder, HELDOUT_FILE), record)
+    return record
+
+
+def read_heldout(folder: str | Path) -> dict[str, Any]:
+    return json.loads(Path(folder, HELDOUT_FILE).read_text())
 
 
 def _quotas(sizes: dict[str, int], target: int, total: int) -> dict[str, int]:

@@ -1,45 +1,53 @@
 """Evaluating every stage of a run on the same rows with the same settings, and checking goals.
 
-Which rows: the data config the metrics name (or the LoRA pass's training data). When that is the data the
-LoRA pass trained on with `eval_dataset_size`, the rows are its held-out split (same seed, so the very rows
-training never saw). With no evaluator in the config, a run that fine-tunes on a labelled template is still
-evaluated (accuracy, latency, size on up to DEFAULT_MAX_ROWS held-out rows): the quality gate is on by
-default. Results are cached by model and evaluation settings, so a re-run does not evaluate again.
+Which rows: the data config the metrics name (or the training pass's data). When that is the data a training
+pass trained on with a held-out share (`eval_dataset_size`), the rows are the split that pass recorded in its
+output (heldout.json): the very rows training never saw, read rather than recomputed. With no evaluator in the
+config, a run that fine-tunes on a labelled template is still evaluated (accuracy, latency, size on up to
+DEFAULT_MAX_ROWS held-out rows): the quality gate is on by default. Results are cached by model and evaluation
+settings, so a re-run does not evaluate again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slimtune.config.validate import LoadedConfig
+from slimtune.config.load import LoadedConfig
 from slimtune.evaluate.goals import MetricRef, check_goal, describe_goal, metric_refs, read, required_metrics
+from slimtune.files import write_json_atomic
 from slimtune.models.ref import ModelMeta, ModelRef
+
+if TYPE_CHECKING:
+    from slimtune.engine.chain import Chain, Session
 
 DEFAULT_METRICS = ["accuracy", "latency", "size"]
 DEFAULT_MAX_ROWS = 100
-EVAL_VERSION = 1  # bump when evaluation results change for the same inputs
+EVAL_VERSION = 2  # bump when evaluation results change for the same inputs
 
 
 @dataclass
 class EvalPlan:
     data_name: str
     source: str  # human description of the rows
-    rows: Any  # datasets.Dataset
+    rows: Any  # datasets.Dataset (all rows of the data config when `split_from` is set)
     pre: Any  # PreProcessDataConfig
     metrics: list[str]
     refs: list[MetricRef] = field(default_factory=list)
     data_fingerprint: str = ""
     latency_runs: int = 20
+    split_from: str | None = None  # the training pass whose recorded held-out split selects the rows
+    max_rows: int | None = None
+    indices: list[int] | None = None  # the rows evaluated, once chosen
 
     def fingerprint(self) -> str:
         payload = {
             "data": self.data_fingerprint,
             "rows": len(self.rows),
+            "indices": self.indices,
             "source": self.source,
             "pre": self.pre.model_dump(mode="json"),
             "metrics": self.metrics,
@@ -48,31 +56,47 @@ class EvalPlan:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+    def for_chain(self, chain: Chain) -> EvalPlan:
+        """This plan with its rows chosen for `chain`: the held-out rows its training pass recorded."""
+        rows, source, indices = self.rows, self.source, None
+        if self.split_from is not None:
+            stage = next((s for s in chain.stages if s.name == self.split_from), None)
+            if stage is None:
+                raise RuntimeError(f"evaluation rows come from pass {self.split_from}, which did not run")
+            from slimtune.data.split import read_heldout
+
+            indices = read_heldout(stage.model.path)["eval_indices"]
+            rows = self.rows.select(indices)
+            source = f"held-out split of {self.data_name} ({len(rows)} rows never trained on)"
+        elif self.max_rows:
+            indices = list(range(len(rows)))
+        if self.max_rows and len(rows) > self.max_rows:
+            rows, indices = rows.select(range(self.max_rows)), indices[: self.max_rows]
+            source += f", first {self.max_rows}"
+        return replace(self, rows=rows, source=source, indices=indices, split_from=None, max_rows=None)
+
 
 def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
     from slimtune.data.fingerprint import data_fingerprint
     from slimtune.data.load import load_rows
-    from slimtune.data.split import split_rows
-    from slimtune.data.template import Template
+    from slimtune.passes.registry import get_pass
 
     cfg = loaded.config
     evaluator = cfg.evaluators.get(cfg.evaluator) if cfg.evaluator else None
     if evaluator is None and cfg.evaluator is None and len(cfg.evaluators) == 1:
         evaluator = next(iter(cfg.evaluators.values()))  # one evaluator defined: it is the one meant
-    lora = next((p.params for p in loaded.passes if getattr(p.params, "train_data_config", None)), None)
+    trainer, training = next(
+        ((p, t) for p in loaded.passes if (t := get_pass(p.type).training_of(p.params)) is not None),
+        (None, None),
+    )
     if evaluator is not None and evaluator.metrics:
         refs = metric_refs(evaluator.metrics)
         metrics = required_metrics(evaluator.metrics)
         named = [m.data_config for m in evaluator.metrics if m.data_config]
-        data_name = named[0] if named else (lora.train_data_config if lora else None)
+        data_name = named[0] if named else (training.data if training else None)
         max_rows = None
-    elif lora is not None and (lora.eval_dataset_size or lora.eval_data_config):
-        refs, metrics, data_name, max_rows = (
-            [],
-            list(DEFAULT_METRICS),
-            lora.train_data_config,
-            DEFAULT_MAX_ROWS,
-        )
+    elif training is not None and (training.eval_size or training.eval_data):
+        refs, metrics, data_name, max_rows = [], list(DEFAULT_METRICS), training.data, DEFAULT_MAX_ROWS
     else:
         return None
     if data_name is None:
@@ -82,24 +106,16 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
             raise UserError("evaluators: accuracy and perplexity need rows: set `data_config` on the metric")
         return None
     data = next(d for d in cfg.data_configs if d.name == data_name)
-    rows = load_rows(data.load_dataset_config)
-    source = f"data config {data_name} ({len(rows)} rows)"
-    if lora is not None and data_name == lora.train_data_config and lora.eval_data_config:
-        data = next(d for d in cfg.data_configs if d.name == lora.eval_data_config)
+    split_from = None
+    if training is not None and data_name == training.data and training.eval_data:
+        data = next(d for d in cfg.data_configs if d.name == training.eval_data)
         rows = load_rows(data.load_dataset_config)
-        source = f"data config {data.name}, the LoRA pass's evaluation data ({len(rows)} rows)"
-    elif lora is not None and data_name == lora.train_data_config and lora.eval_dataset_size:
-        from slimtune.data.split import label_column_for
-
-        template = Template(data.pre_process_data_config, None, columns=rows.column_names)
-        label_column = label_column_for(rows, template.answer_column)
-        _, rows = split_rows(
-            rows, lora.eval_dataset_size, label_column, seed=data.pre_process_data_config.random_seed
-        )
-        source = f"held-out split of {data_name} ({len(rows)} rows never trained on)"
-    if max_rows and len(rows) > max_rows:
-        rows = rows.select(range(max_rows))
-        source += f", first {max_rows}"
+        source = f"data config {data.name}, the training pass's evaluation data ({len(rows)} rows)"
+    else:
+        rows = load_rows(data.load_dataset_config)
+        source = f"data config {data_name} ({len(rows)} rows)"
+        if training is not None and data_name == training.data and training.eval_size:
+            split_from = trainer.name
     return EvalPlan(
         data.name,
         source,
@@ -109,7 +125,43 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
         refs,
         data_fingerprint(data),
         latency_runs=20 if evaluator else 5,
+        split_from=split_from,
+        max_rows=max_rows,
     )
+
+
+def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None):
+    """(evaluation record, goal verdicts) for a chain's stages: all of them, or those named in `only` (the
+    final stage is always evaluated: goals are checked on it)."""
+    plan = session.eval_plan.for_chain(chain)
+    needs_input = any(
+        r.goal is not None and (r.goal.baseline or "input") == "input" and r.goal.type != "threshold"
+        for r in plan.refs
+    )
+    evaluate_input = session.loaded.config.evaluate_input_model or needs_input
+    stages = []
+    last = len(chain.stages) - 1
+    for index, stage in enumerate(chain.stages):
+        if index == 0 and not evaluate_input:
+            continue
+        if only is not None and index != last and stage.name not in only:
+            continue
+        print(f"evaluating {stage.name} ({stage.model.kind}) on {len(plan.rows)} rows...", flush=True)
+        metrics = evaluate_stage(plan, stage.model, stage.key, session.cache.root, stage.meta)
+        stages.append(
+            {
+                "stage": stage.name,
+                "label": "input model" if index == 0 else stage.name,
+                "kind": stage.model.kind,
+                "path": stage.model.path,
+                "metrics": metrics,
+            }
+        )
+    goals = check_goals(plan, stages) if stages else []
+    data = {"source": plan.source, "rows": len(plan.rows), "data_config": plan.data_name}
+    if plan.indices is not None:
+        data["indices"] = plan.indices
+    return {"data": data, "metrics": plan.metrics, "stages": stages}, goals
 
 
 def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Path, meta: ModelMeta) -> dict:
@@ -137,10 +189,7 @@ def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Pa
         latency_runs=plan.latency_runs,
         add_special_tokens=plan.pre.add_special_tokens,
     )
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, cached)
+    write_json_atomic(cached, result, indent=None)
     return result
 
 

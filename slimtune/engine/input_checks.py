@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimtune.config.validate import LoadedConfig
+from slimtune.config.load import LoadedConfig
+from slimtune.data.load import line_of_row
 from slimtune.errors import ConfigError, ConfigIssue, DataError, UserError
 
 EXECUTION_PROVIDERS = {
@@ -180,7 +181,7 @@ def _baseline_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
 def _original(loaded: LoadedConfig, path: tuple) -> str:
     """The key path as the user wrote it: old-form configs keep engine settings under `engine` and
     parameters under `config` wrappers."""
-    from slimtune.config.loader import dotted
+    from slimtune.config.reader import dotted
 
     node: Any = loaded.raw
     out: list = []
@@ -204,13 +205,13 @@ def _located(loaded: LoadedConfig, issues: list[ConfigIssue]) -> list[ConfigIssu
     """Issues with the line of their key (or of the nearest enclosing key) in the config file."""
     if not loaded.file or not Path(loaded.file).is_file():
         return issues
-    from slimtune.config.loader import _key_lines
+    from slimtune.config.reader import _key_lines
 
     try:
         lines, _ = _key_lines(Path(loaded.file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         return issues
-    from slimtune.config.validate import with_line
+    from slimtune.config.load import with_line
 
     return [with_line(issue, lines) for issue in issues]
 
@@ -223,16 +224,18 @@ def check_data(loaded: LoadedConfig) -> None:
     from slimtune.data.load import load_rows
     from slimtune.data.split import label_column_for
     from slimtune.data.template import Template
+    from slimtune.passes.registry import get_pass
 
     cfg = loaded.config
     by_name = {d.name: (i, d) for i, d in enumerate(cfg.data_configs)}
-    train_names, eval_names = [], []
+    train_names, eval_names = [], []  # eval_names: (evaluation data, the training data it is scored against)
     for plan in loaded.passes:
-        for key in ("train_data_config", "data_config"):
-            if getattr(plan.params, key, None):
-                train_names.append(getattr(plan.params, key))
-        if getattr(plan.params, "eval_data_config", None):
-            eval_names.append((plan.params.eval_data_config, getattr(plan.params, "train_data_config", None)))
+        spec = get_pass(plan.type)
+        training = spec.training_of(plan.params)
+        named = spec.data_names(plan.params).values()
+        if training is not None and training.eval_data:
+            eval_names.append((training.eval_data, training.data))
+        train_names += [n for n in named if training is None or n != training.eval_data]
     for evaluator in cfg.evaluators.values():
         for metric in evaluator.metrics:
             if metric.data_config and metric.type == "accuracy":
@@ -277,7 +280,7 @@ def check_data(loaded: LoadedConfig) -> None:
                     f"{', '.join(sorted(labels))}; the model can never learn it (a typo, or a label missing "
                     "from the training data?)",
                     file=eval_file,
-                    line=_line_of_row(eval_file, number),
+                    line=line_of_row(eval_file, number),
                     column=column,
                 )
 
@@ -300,11 +303,11 @@ def _render_rows(rows: Any, template: Any, file: str) -> None:
             elif not template.chat:
                 template.render(row)
         except DataError as err:
-            line = _line_of_row(file, number)  # shown as file:line; the row number says it for other files
+            line = line_of_row(file, number)  # shown as file:line; the row number says it for other files
             raise DataError(f"row {number}: {err}", file=file, line=line) from None
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
             # a field expression such as {answer[0]} or {meta.label} that this row cannot satisfy
-            line = _line_of_row(file, number)
+            line = line_of_row(file, number)
             raise DataError(
                 f"row {number}: the template cannot be filled from this row ({type(err).__name__}: {err})",
                 file=file,
@@ -318,21 +321,3 @@ def _file_label(data_files: Any) -> str:
     if isinstance(data_files, list) and len(data_files) == 1:
         return str(data_files[0])
     return json.dumps(data_files) if isinstance(data_files, (list, dict)) else str(data_files)
-
-
-def _line_of_row(file: str, number: int) -> int | None:
-    """The line of the `number`-th row of a JSON lines file (blank lines skipped); None for other files."""
-    path = Path(file)
-    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json") or not path.is_file():
-        return None
-    seen = 0
-    with open(path, encoding="utf-8-sig", errors="replace") as handle:
-        for line_number, line in enumerate(handle, 1):
-            stripped = line.strip()
-            if line_number == 1 and stripped.startswith("["):
-                return None  # a JSON array: rows are not lines
-            if stripped:
-                seen += 1
-                if seen == number:
-                    return line_number
-    return None

@@ -20,7 +20,7 @@ PRIORITIES = {
 
 
 def optimize_command(args) -> int:
-    from slimtune.config.validate import load_config_dict
+    from slimtune.config.load import load_config_dict
     from slimtune.engine.runner import run_workflow
 
     raw = build_config(args)
@@ -152,14 +152,15 @@ def _input_model(path: str) -> dict[str, Any]:
 def dry_run(loaded) -> int:
     """Every candidate with its cache keys, computed from the config alone: `cached` when each of its
     passes already has a complete cache entry."""
-    from slimtune.engine.cache import Cache
+    from slimtune.engine.chain import open_session
     from slimtune.engine.search import candidate_keys, enumerate_candidates
 
-    cache = Cache(loaded.config.cache_dir)
+    session = open_session(loaded)
+    cache = session.cache
     candidates = enumerate_candidates(loaded)
     print(f"{len(candidates)} candidates (cache {cache.root}):")
     for index, candidate in enumerate(candidates, 1):
-        cached = all(cache.lookup(key) is not None for key in candidate_keys(loaded, candidate))
+        cached = all(cache.lookup(key) is not None for key in candidate_keys(session, candidate))
         settings = []
         for plan in loaded.passes:
             if plan.searched:  # the parameters as written for this point

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slimtune.config.load import LoadedConfig
 from slimtune.config.resolve import is_remote
-from slimtune.config.validate import LoadedConfig
 from slimtune.errors import UserError
 
-# pass type -> the model kinds it accepts
 _NOT_YET = "is not implemented in this version of slimtune"
 
 
@@ -98,19 +97,3 @@ def device_for(loaded: LoadedConfig) -> tuple[str, str]:
         elif any(a.device in ("gpu", "cuda") for a in target.accelerators):
             ep = "cuda"
     return device, ep
-
-
-def check_pass_chain(loaded: LoadedConfig, input_kind: str) -> None:
-    """Each pass must accept what the previous one produces (e.g. MergeAdapterWeights needs an adapter)."""
-    from slimtune.passes.registry import get_pass
-
-    kind = input_kind
-    for plan in loaded.passes:
-        spec = get_pass(plan.type)
-        if kind not in spec.input_kinds:
-            wanted = " or ".join(spec.input_kinds)
-            hint = " (put a LoRA pass before it)" if "adapter" in spec.input_kinds and kind == "hf" else ""
-            raise UserError(
-                f"passes.{plan.name} ({plan.type}) needs a {wanted} model, but gets a {kind} model{hint}"
-            )
-        kind = spec.output_kind

@@ -13,7 +13,6 @@ import errno
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from slimtune.errors import ResourceError
 
@@ -119,47 +118,20 @@ def _reason(err: BaseException) -> str:
     return type(err).__name__
 
 
-def pass_memory_advice(pass_type: str, params: dict[str, Any], loaded: Any) -> str:
-    """What to change in the config when `pass_type` runs out of memory."""
-    if pass_type in ("LoRA", "QLoRA", "DoRA", "LoftQ"):
-        args = params.get("training_args") or {}
-        batch = args.get("per_device_train_batch_size", 8)
-        data = next(
-            (d for d in loaded.config.data_configs if d.name == params.get("train_data_config")), None
-        )
-        seq = f" (now {data.pre_process_data_config.max_seq_len})" if data is not None else ""
-        name = f" of data config `{data.name}`" if data is not None else ""
-        return (
-            f"Lower training_args.per_device_train_batch_size (now {batch}; raise gradient_accumulation_steps to "
-            f"keep the effective batch), lower max_seq_len{name}{seq}, or set training_args.gradient_checkpointing: "
-            "true. Complete checkpoints are kept: a re-run with the same settings resumes from them."
-        )
-    if pass_type == "MergeAdapterWeights":
-        return (
-            "The merge holds the base model in full precision: free memory, use a larger machine, or set the "
-            "pass's save_dtype to float16 / bfloat16."
-        )
-    if pass_type == "ModelBuilder":
-        return "Free memory or build on a larger machine (the build holds about 3x the fp32 weights)."
-    return "Free memory or use a larger machine."
-
-
 class PassGuard:
     """Around each step of a pass's attempt: on any failure the attempt folder goes (the cache never keeps a
     partial output), and running out of memory or disk becomes a ResourceError with advice."""
 
     def __init__(
         self,
-        pass_name: str,
-        pass_type: str,
-        params: dict[str, Any],
-        loaded: Any,
+        what: str,
+        memory_advice: str,
         attempt: Path,
         watched: list[Path],
         space_needed: int | None = None,
     ):
-        self.what = f"passes.{pass_name} ({pass_type})"
-        self.advice = pass_memory_advice(pass_type, params, loaded)
+        self.what = what
+        self.advice = memory_advice
         self.attempt, self.watched, self.space_needed = attempt, watched, space_needed
 
     def __enter__(self) -> PassGuard:

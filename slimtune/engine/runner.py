@@ -1,69 +1,23 @@
-"""Plan -> run passes (each through the cache) -> publish the final model and the run record."""
+"""A run: checks, then the chain (or a search over chains), evaluation, then the published model and the run
+record. The chain itself runs in slimtune.engine.chain."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimtune.config.validate import LoadedConfig, PassPlan
-from slimtune.engine import preflight
-from slimtune.engine.cache import Cache, folder_size
-from slimtune.engine.context import PassContext
-from slimtune.engine.evaluation import (
-    EvalPlan,
-    check_goals,
-    evaluate_stage,
-    plan_evaluation,
-    print_stage_table,
-)
-from slimtune.engine.fingerprint import cache_key, fingerprint_path, library_versions
+from slimtune.config.load import LoadedConfig
+from slimtune.engine.chain import Outcome, Session, cached_passes, open_session, run_chain
+from slimtune.engine.evaluation import evaluate_chain, plan_evaluation, print_stage_table
 from slimtune.engine.memory_check import check_memory
-from slimtune.engine.monitor import PeakMemory, Stopwatch
-from slimtune.engine.resources import PassGuard, named_error
+from slimtune.engine.resources import named_error
 from slimtune.errors import EXIT_GOALS, EXIT_OK
-from slimtune.models.ref import ModelMeta, ModelRef
-
-
-@dataclass
-class Session:
-    """What every chain of passes in one run shares."""
-
-    loaded: LoadedConfig
-    cache: Cache
-    libraries: dict[str, str]
-    device: str
-    ep: str
-    input_ref: ModelRef
-    input_fingerprint: str
-    input_meta: ModelMeta
-    eval_plan: EvalPlan | None
-    started: float
-
-
-@dataclass
-class Chain:
-    """The passes of one candidate, run: a record per pass and the model after each stage."""
-
-    records: list[dict[str, Any]]
-    stages: list[tuple[str, ModelRef, str, ModelMeta]]  # (name, model, cache key, metadata), input first
-
-    @property
-    def final(self) -> ModelRef:
-        return self.stages[-1][1]
-
-
-@dataclass
-class Outcome:
-    chain: Chain
-    evaluation: dict[str, Any] | None
-    goals: list[dict[str, Any]]
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the search's candidates
+from slimtune.files import folder_size, write_json_atomic
+from slimtune.models.ref import ModelRef
 
 
 def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
@@ -87,107 +41,16 @@ def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
     from slimtune.engine.input_checks import check_before_run
 
     check_before_run(loaded)  # systems, remote inputs, cross-section problems, data: before any model
-    device, ep = preflight.device_for(loaded)
-    input_ref = _input_model(loaded)
-    preflight.check_pass_chain(loaded, input_ref.kind)
+    session = open_session(loaded)
+    session.started = started
     if verbose and loaded.notes:
         print("config keys mapped from the old schema:")
         for note in loaded.notes:
             print(f"  {note}")
-    cache = Cache(loaded.config.cache_dir)
-    meta = ModelMeta.load(input_ref.path) or ModelMeta(base_model=_base_name(loaded))
-    session = Session(
-        loaded,
-        cache,
-        library_versions(),
-        device,
-        ep,
-        input_ref,
-        fingerprint_path(input_ref.path, cache.root),
-        meta,
-        None,
-        started,
-    )
-    check_memory(loaded, input_ref.path, device, cached=_cached_passes(session))
+    cached = cached_passes(session, loaded.passes)
+    check_memory(loaded, session.input.model.path, session.device, cached=cached)
     session.eval_plan = plan_evaluation(loaded)
     return session
-
-
-def _cached_passes(session: Session) -> set[str]:
-    """Names of the passes whose output the cache already holds (they need no memory this run)."""
-    from slimtune.passes.registry import get_pass
-
-    found, fingerprint, kind = set(), session.input_fingerprint, session.input_ref.kind
-    for plan in session.loaded.passes:
-        key = pass_key(plan, fingerprint, kind, session.loaded, session.libraries, session.device, session.ep)
-        if session.cache.lookup(key) is not None:
-            found.add(plan.name)
-        fingerprint, kind = key, get_pass(plan.type).output_kind
-    return found
-
-
-def run_chain(session: Session, plans: list[PassPlan], prefix: str = "", chain: Chain | None = None) -> Chain:
-    """Run passes in order, each through the cache. `chain`, when given, is filled as passes finish, so
-    that a caller still has the passes that ran before one failed."""
-    current, fingerprint, meta = session.input_ref, session.input_fingerprint, session.input_meta
-    chain = chain if chain is not None else Chain([], [])
-    records, stages = chain.records, chain.stages
-    stages.append(("input", current, fingerprint, meta))
-    for index, plan in enumerate(plans, 1):
-        print(f"{prefix}[{index}/{len(plans)}] {plan.name} ({plan.type})", flush=True)
-        current, fingerprint, meta, record = _run_pass(
-            plan,
-            current,
-            fingerprint,
-            meta,
-            session.loaded,
-            session.cache,
-            session.libraries,
-            session.device,
-            session.ep,
-        )
-        records.append(record)
-        stages.append((plan.name, current, fingerprint, meta))
-        status = "cache hit" if record["cache_hit"] else f"done in {record['wall_s']:.1f} s"
-        print(f"{prefix}      {status}: {current.path}", flush=True)
-    return chain
-
-
-def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None):
-    """(evaluation record, goal verdicts) for a chain's stages: all of them, or those named in `only` (the
-    final stage is always evaluated: goals are checked on it)."""
-    plan = session.eval_plan
-    assert plan is not None
-    needs_input = any(
-        r.goal is not None and (r.goal.baseline or "input") == "input" and r.goal.type != "threshold"
-        for r in plan.refs
-    )
-    evaluate_input = session.loaded.config.evaluate_input_model or needs_input
-    stages = []
-    last = len(chain.stages) - 1
-    for index, (name, ref, key, meta) in enumerate(chain.stages):
-        if index == 0 and not evaluate_input:
-            continue
-        if only is not None and index != last and name not in only:
-            continue
-        print(f"evaluating {name} ({ref.kind}) on {len(plan.rows)} rows...", flush=True)
-        metrics = evaluate_stage(plan, ref, key, session.cache.root, meta)
-        stages.append(
-            {
-                "stage": name,
-                "label": "input model" if index == 0 else name,
-                "kind": ref.kind,
-                "path": ref.path,
-                "metrics": metrics,
-            }
-        )
-    goals = check_goals(plan, stages) if stages else []
-    evaluation = {
-        "data": {"source": plan.source, "rows": len(plan.rows), "data_config": plan.data_name},
-        "metrics": plan.metrics,
-        "stages": stages,
-    }
-    return evaluation, goals
 
 
 def finish(session: Session, outcome: Outcome) -> int:
@@ -216,9 +79,9 @@ def finish(session: Session, outcome: Outcome) -> int:
         },
         "library_versions": session.libraries,
         "input_model": {
-            "path": session.input_ref.path,
-            "kind": session.input_ref.kind,
-            "fingerprint": session.input_fingerprint,
+            "path": session.input.model.path,
+            "kind": session.input.model.kind,
+            "fingerprint": session.input.key,
         },
         "passes": records,
         "evaluation": outcome.evaluation,
@@ -248,159 +111,6 @@ def _write_reports(output_dir: Path, record: dict[str, Any]) -> None:
     except ImportError:  # reports are optional output; the run record is what matters
         return
     write_reports(output_dir, record)
-
-
-def _base_name(loaded: LoadedConfig) -> str:
-    path = loaded.config.input_model.model_path
-    return path if isinstance(path, str) else str(path)
-
-
-def _input_model(loaded: LoadedConfig) -> ModelRef:
-    from slimtune.models.loading import resolve_model
-
-    model = loaded.config.input_model
-    allow_pickle = model.load_kwargs.use_safetensors is False  # pickled .bin weights only when asked for
-    path = resolve_model(
-        model.model_path, kind="onnx" if model.type == "ONNXModel" else "hf", allow_pickle=allow_pickle
-    )
-    if model.type == "ONNXModel":
-        return ModelRef(str(path), "onnx")
-    if model.adapter_path:
-        return ModelRef(str(resolve_model_adapter(model.adapter_path)), "adapter", base_path=str(path))
-    return ModelRef(str(path), "hf")
-
-
-def resolve_model_adapter(path: str) -> Path:
-    from slimtune.errors import ModelError
-
-    folder = Path(path)
-    if not (folder / "adapter_config.json").is_file():
-        raise ModelError(
-            f"input_model.adapter_path: {folder} holds no adapter_config.json (not a PEFT adapter)"
-        )
-    return folder
-
-
-def _data_fingerprints(plan: PassPlan, loaded: LoadedConfig) -> dict[str, str]:
-    from slimtune.data.fingerprint import data_fingerprint
-
-    found = {}
-    for key in ("train_data_config", "eval_data_config", "data_config"):
-        name = getattr(plan.params, key, None)
-        if name:
-            data = next(d for d in loaded.config.data_configs if d.name == name)
-            found[key] = data_fingerprint(data)
-    return found
-
-
-def pass_key(
-    plan: PassPlan,
-    fingerprint: str,
-    input_kind: str,
-    loaded: LoadedConfig,
-    libraries: dict,
-    device: str,
-    ep: str,
-) -> str:
-    """The cache key of a pass's output: everything that shapes it, and nothing else."""
-    from slimtune.passes.registry import get_pass
-
-    spec = get_pass(plan.type)
-    return cache_key(
-        input_fingerprint=fingerprint,
-        pass_type=spec.type,
-        pass_version=spec.version,
-        params=plan.params.model_dump(mode="json"),
-        data_fingerprints=_data_fingerprints(plan, loaded),
-        libraries=libraries,
-        extra=_key_extra(loaded, device, ep, input_kind),
-    )
-
-
-def _key_extra(loaded: LoadedConfig, device: str, ep: str, input_kind: str) -> dict[str, Any]:
-    extra: dict[str, Any] = {"device": device, "execution_provider": ep, "input_kind": input_kind}
-    # how the passes load the input model (dtype, attention, remote code) shapes their output; the default
-    # is left out so that keys made before this was keyed stay valid
-    loading = loaded.config.input_model.load_kwargs.model_dump(mode="json", exclude_defaults=True)
-    if loading:
-        extra["load_kwargs"] = loading
-    return extra
-
-
-def _run_pass(
-    plan: PassPlan,
-    current: ModelRef,
-    fingerprint: str,
-    meta: ModelMeta,
-    loaded: LoadedConfig,
-    cache: Cache,
-    libraries: dict,
-    device: str,
-    ep: str,
-):
-    from slimtune.passes.registry import get_pass
-
-    spec = get_pass(plan.type)
-    params = plan.params.model_dump(mode="json")
-    key = pass_key(plan, fingerprint, current.kind, loaded, libraries, device, ep)
-    record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
-    entry = cache.lookup(key)
-    if entry is None:
-        with cache.lock(key):
-            entry = cache.lookup(key)  # another run may have finished it while we waited
-            if entry is None:
-                attempt = cache.new_attempt(key)
-                ctx = PassContext(
-                    input=current,
-                    meta=ModelMeta(**vars(meta)),
-                    output_dir=attempt / "output",
-                    work_dir=cache.work_dir(key),
-                    run_config=loaded.config,
-                    device=device,
-                    execution_provider=ep,
-                )
-                ctx.meta.history = [*meta.history, plan.type]
-                watched = [cache.root, Path(loaded.config.output_dir)]
-                guard = PassGuard(
-                    plan.name, plan.type, params, loaded, attempt, watched, folder_size(Path(current.path))
-                )
-                with guard, Stopwatch() as clock, PeakMemory() as memory:
-                    produced = spec.load_run()(ctx, plan.params)
-                with guard:
-                    ctx.meta.save(ctx.output_dir)
-                info = {
-                    "pass_name": plan.name,
-                    "pass_type": plan.type,
-                    "pass_version": spec.version,
-                    "params": params,
-                    "input": current.to_json(),
-                    "input_fingerprint": fingerprint,
-                    "kind": produced.kind,
-                    "base_path": produced.base_path,
-                    "wall_s": clock.seconds,
-                    "peak_rss_bytes": memory.peak_bytes,
-                    "metrics": ctx.metrics,
-                    "library_versions": libraries,
-                }
-                with guard:
-                    entry = cache.commit(key, attempt, info)
-                record["cache_hit"] = False
-    record.setdefault("cache_hit", True)
-    info = entry.info
-    produced = ModelRef(str(entry.output), info["kind"], info.get("base_path"))
-    record.update(
-        {
-            "wall_s": info["wall_s"] if not record["cache_hit"] else 0.0,
-            "original_wall_s": info["wall_s"],
-            "peak_rss_bytes": info["peak_rss_bytes"],
-            "output_size_bytes": info["size_bytes"],
-            "metrics": info["metrics"],
-            "library_versions": info["library_versions"],
-            "output_path": str(entry.output),
-        }
-    )
-    new_meta = ModelMeta.load(entry.output) or meta
-    return produced, key, new_meta, record
 
 
 def publish_model(ref: ModelRef, dest: Path) -> Path:
@@ -455,13 +165,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def print_summary(records: list[dict[str, Any]], final: Path) -> None:

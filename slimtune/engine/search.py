@@ -21,8 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slimtune.config.validate import PassPlan
-from slimtune.engine.runner import Chain, Outcome, Session, evaluate_chain, run_chain
+from slimtune.config.load import PassPlan
+from slimtune.engine.chain import Chain, Outcome, Session, run_chain
+from slimtune.engine.evaluation import evaluate_chain
 from slimtune.errors import PassFailed, ResourceError, SlimtuneError, UserError
 from slimtune.evaluate.goals import MetricRef, pareto_front, rank_key, read
 from slimtune.search.samplers import Candidate, candidate_key, make_sampler
@@ -184,7 +185,7 @@ class _Search:
         text = ", ".join(f"{k}={v!r}" for p in params.values() for k, v in p.items())
         print(f"\ncandidate #{tried.id}: {text}", flush=True)
         started = time.time()
-        tried.chain = Chain([], [])
+        tried.chain = Chain()
         plans: list[PassPlan] = []
         try:
             plans = self.plans(candidate)
@@ -311,23 +312,12 @@ def enumerate_candidates(loaded) -> list[Candidate]:
     return list(sampler._order)
 
 
-def candidate_keys(loaded, candidate: Candidate) -> list[str]:
-    """The cache key of each pass of a candidate, computed without running anything (a pass's key depends
-    on its input's key, its parameters, its data and the library versions)."""
-    from slimtune.engine import preflight
-    from slimtune.engine.cache import Cache
-    from slimtune.engine.fingerprint import fingerprint_path, library_versions
-    from slimtune.engine.runner import _input_model, pass_key
-    from slimtune.passes.registry import get_pass
+def candidate_keys(session: Session, candidate: Candidate) -> list[str]:
+    """The cache key of each pass of a candidate, computed without running anything."""
+    from slimtune.engine.chain import chain_keys
 
-    device, ep = preflight.device_for(loaded)
-    ref = _input_model(loaded)
-    fingerprint, kind = fingerprint_path(ref.path, Cache(loaded.config.cache_dir).root), ref.kind
-    libraries = library_versions()
-    keys = []
-    for plan in loaded.passes:
-        concrete = plan.at(candidate[plan.name], loaded.base_dir) if plan.searched else plan
-        fingerprint = pass_key(concrete, fingerprint, kind, loaded, libraries, device, ep)
-        kind = get_pass(concrete.type).output_kind
-        keys.append(fingerprint)
-    return keys
+    loaded = session.loaded
+    plans = [
+        plan.at(candidate[plan.name], loaded.base_dir) if plan.searched else plan for plan in loaded.passes
+    ]
+    return chain_keys(session, plans)

@@ -94,7 +94,7 @@ def _quantize_base_like_training(model: Any, adapter_path: str | Path) -> None:
     meta = ModelMeta.load(adapter_path)
     grid = meta.quantized_base if meta else None
     if grid and grid.get("scheme") == "int4":
-        from slimtune.passes.fake_quant import fake_quantize_model_int4
+        from slimtune.models.fake_quant import fake_quantize_model_int4
 
         fake_quantize_model_int4(model, int(grid.get("block_size", 32)))
 

@@ -14,17 +14,17 @@ import logging
 import os
 import re
 import shutil
-import struct
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from slimtune.engine.context import PassContext
 from slimtune.errors import ModelError, PassFailed, ResourceError, UserError
+from slimtune.files import folder_size
 from slimtune.models.ref import ModelRef
-from slimtune.passes.model_builder import ModelBuilderParams
+from slimtune.passes.context import PassContext
+from slimtune.passes.model_builder.params import ModelBuilderParams
 
 LOG_NAME = "builder.log"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -62,12 +62,6 @@ LEGACY_ALIASES = {
     )
 }
 
-# Peak memory of a build: a multiple of the fp32 weights plus the libraries (torch, transformers, onnx: 0.4 GB).
-# Measured on the default model (SmolLM2-135M, 538 MB fp32, 2 CPU cores): peak RSS 1.15 GB for fp32, 1.79 GB
-# for int4, 2.01 GB for int8; this estimate gives 2.1 GB.
-MEMORY_FACTOR = 3.0
-MEMORY_OVERHEAD = 512 * 2**20
-
 
 def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     input_path, adapter_path = _resolve_input(ctx, params)
@@ -80,11 +74,8 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         )
 
     extra = dict(params.extra_options)
-    skip_memory_check = _as_bool(extra.pop("ignore_memory_check", False))
-    skip_memory_check |= bool(getattr(ctx.run_config, "skip_memory_check", False))
+    extra.pop("ignore_memory_check", None)  # the engine's memory check reads it (passes.model_builder)
     options = _builder_options(params, extra, adapter_path)
-    if not skip_memory_check:
-        check_memory(input_path, adapter_path)
 
     output_dir = Path(ctx.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +93,7 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     shutil.copyfile(log_path, output_dir / LOG_NAME)
 
     _verify_output(output_dir, options, params.metadata_only, output_dir / LOG_NAME)
-    size = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file() and f.name != LOG_NAME)
+    size = folder_size(output_dir) - (output_dir / LOG_NAME).stat().st_size
     ctx.log(f"ModelBuilder: done in {seconds:.1f} s, {size / 2**20:.1f} MB")
     ctx.metrics.update(
         output_size_bytes=size,
@@ -187,10 +178,6 @@ def _option_text(name: str, value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ("," if name == "nodes_to_exclude" else "/").join(str(v) for v in value)
     return str(value)
-
-
-def _as_bool(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes"}
 
 
 def builder_option_names() -> set[str]:
@@ -305,49 +292,6 @@ def _verify_output(output_dir: Path, options: dict[str, str], metadata_only: boo
         json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ModelError(f"the builder wrote an unreadable {config_path}: {err}") from err
-
-
-def fp32_weight_bytes(folder: str | Path) -> int:
-    """Bytes the model's weights take in fp32: from safetensors headers, else from file sizes and the dtype."""
-    folder = Path(folder)
-    total = 0
-    for file in folder.glob("*.safetensors"):
-        with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        for name, info in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in info["shape"]:
-                    count *= dim
-                total += 4 * count
-    if total:
-        return total
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    scale = 2 if ("16" in dtype) else 1
-    return scale * sum(
-        f.stat().st_size for pattern in ("*.bin", "*.pt", "*.pth") for f in folder.glob(pattern)
-    )
-
-
-def estimate_build_memory(input_path: str | Path, adapter_path: str | Path | None = None) -> int:
-    weights = fp32_weight_bytes(input_path) + (fp32_weight_bytes(adapter_path) if adapter_path else 0)
-    return int(MEMORY_FACTOR * weights + MEMORY_OVERHEAD)
-
-
-def check_memory(input_path: str, adapter_path: str | None) -> None:
-    import psutil
-
-    needed = estimate_build_memory(input_path, adapter_path)
-    available = psutil.virtual_memory().available
-    if needed > available:
-        raise ResourceError(
-            f"ModelBuilder needs about {needed / 2**30:.1f} GiB of memory for {input_path} "
-            f"({MEMORY_FACTOR:g}x its fp32 weights + {MEMORY_OVERHEAD / 2**30:.1f} GiB) but only "
-            f"{available / 2**30:.1f} GiB is available. Free memory or use a larger machine; to try anyway, set "
-            "skip_memory_check: true, run with --no-memory-check, or set this pass's extra_options.ignore_memory_check: true"
-        )
 
 
 def _builder_version() -> str:

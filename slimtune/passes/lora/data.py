@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from slimtune.engine.context import PassContext
-from slimtune.passes.lora import LoRAParams
+from slimtune.passes.context import PassContext
+from slimtune.passes.lora.params import LoRAParams
 
 
 @dataclass
@@ -23,7 +23,7 @@ class TaskInfo:
 def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     """(train samples, eval samples or None, TaskInfo)."""
     from slimtune.data.load import load_rows
-    from slimtune.data.split import label_column_for, split_rows
+    from slimtune.data.split import label_column_for, split_indices, write_heldout
     from slimtune.data.template import Template
     from slimtune.data.tokenize import tokenize_rows
 
@@ -44,9 +44,14 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
         eval_template = Template(eval_pre, tokenizer, columns=eval_rows.column_names)
         eval_samples = _located(tokenize_rows, eval_config)(eval_rows, eval_pre, tokenizer, eval_template)
     elif params.eval_dataset_size:
-        rows, eval_rows = split_rows(rows, params.eval_dataset_size, label_column, seed=pre.random_seed)
+        train_idx, eval_idx = split_indices(
+            rows, params.eval_dataset_size, label_column, seed=pre.random_seed
+        )
+        rows, eval_rows = rows.select(train_idx), rows.select(eval_idx)
         eval_samples = tokenize_rows(eval_rows, pre, tokenizer, template)
-        ctx.metrics["eval_split"] = {"train_rows": len(rows), "eval_rows": len(eval_rows)}
+        # evaluation of every stage reads these rows from the output (never computes the split again)
+        recorded = write_heldout(ctx.output_dir, params.train_data_config, train_idx, eval_idx)
+        ctx.metrics["eval_split"] = {**recorded, "eval_rows": len(eval_idx)}
     train_samples = _located(tokenize_rows, train_config)(rows, pre, tokenizer, template)
     info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat, pre.add_special_tokens)
     return train_samples, eval_samples, info
@@ -68,8 +73,8 @@ def check_answers_fit(
     its answer to truncation: the model learns the row without it (or, with the loss on the answer only,
     nothing). Refused when a row is longer than the model's whole context (`context` tokens: no max_seq_len
     could keep it) or when more than half of the rows would lose their answer; a few are named in a warning."""
+    from slimtune.data.load import line_of_row
     from slimtune.data.tokenize import row_token_lengths
-    from slimtune.engine.input_checks import _line_of_row
     from slimtune.errors import DataError
 
     if pre.strategy != "line-by-line" or not template.answer_column or not len(rows):
@@ -86,13 +91,13 @@ def check_answers_fit(
             f": no max_seq_len keeps it whole, and its answer {{{template.answer_column}}} would be cut off. "
             "Shorten or remove it",
             file=file,
-            line=_line_of_row(file, first + 1),
+            line=line_of_row(file, first + 1),
         )
     too_long = [i for i, n in enumerate(lengths) if n > pre.max_seq_len]
     if not too_long:
         return
     first, longest = too_long[0], max(lengths[i] for i in too_long)
-    line = _line_of_row(file, first + 1)
+    line = line_of_row(file, first + 1)
     what = (
         f"{len(too_long)} of {len(rows)} rows are longer than max_seq_len {pre.max_seq_len} (the first: row "
         f"{first + 1}, {lengths[first]} tokens; the longest {longest}), so their answer {{{template.answer_column}}} "

@@ -7,22 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from slimtune.config.base import Strict
-from slimtune.passes.registry import PassSpec, register_pass
 
 
 class MergeParams(Strict):
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of the merged weights; auto keeps the base model's (fp32 for a QLoRA base)"
     )
-
-
-register_pass(
-    PassSpec(
-        "MergeAdapterWeights",
-        MergeParams,
-        "slimtune.passes.merge_run:run",
-        version=1,
-        summary="merge the adapter into the base weights",
-        input_kinds=("adapter",),
-    )
-)

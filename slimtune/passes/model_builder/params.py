@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from slimtune.config.base import Strict
-from slimtune.passes.registry import PassSpec, register_pass
 
 
 class ModelBuilderParams(Strict):
@@ -57,16 +56,3 @@ class ModelBuilderParams(Strict):
                 f"the pass's output folder), got {name!r}"
             )
         return value
-
-
-register_pass(
-    PassSpec(
-        "ModelBuilder",
-        ModelBuilderParams,
-        "slimtune.passes.model_builder_run:run",
-        version=1,
-        summary="ONNX export for onnxruntime-genai",
-        input_kinds=("hf", "adapter"),
-        output_kind="onnx",
-    )
-)

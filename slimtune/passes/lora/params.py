@@ -1,17 +1,17 @@
 """LoRA, QLoRA and DoRA fine-tuning on transformers Trainer + peft.
 
 Parameters follow Olive's LoRA pass (old names `lora_r`, `lora_alpha` still work). The training loop
-itself is in `slimtune.passes.lora_train`, imported only when the pass runs.
+itself is in `slimtune.passes.lora.train`, imported only when the pass runs. Every field is part of the
+cache key and of the run record, defaults included.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimtune.config.base import Strict
-from slimtune.passes.registry import PassSpec, register_pass
 
 
 class LoRAParams(Strict):
@@ -132,32 +132,10 @@ class LoRAParams(Strict):
             )
         return self
 
-    @model_serializer(mode="wrap")
-    def _leave_out_unused(self, handler):
-        """Leave the quantization-aware settings out while they are off, so runs that do not use them keep
-        the cache keys they had before these settings existed."""
-        data = handler(self)
-        if isinstance(data, dict) and self.quantization_aware is None:
-            data.pop("quantization_aware", None)
-            if self.quantization_block_size == 32:
-                data.pop("quantization_block_size", None)
-        if isinstance(data, dict):
-            # speed settings change how fast, not what is learned (up to float rounding and dropout draws):
-            # left out of the cache key at their defaults
-            for name, default in (
-                ("pack_sequences", None),
-                ("compile_layers", None),
-                ("fp8_base", None),
-                ("distributed", "auto"),
-            ):
-                if data.get(name) == default:
-                    data.pop(name, None)
-        return data
-
     @field_validator("training_args")
     @classmethod
     def _known_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from slimtune.passes.training_args import check_training_args
+        from slimtune.passes.lora.training_args import check_training_args
 
         problems = check_training_args(value)
         lr = value.get("learning_rate")
@@ -171,7 +149,7 @@ class LoRAParams(Strict):
     def migrate_old(cls, entry: dict[str, Any], path: tuple, m: Any) -> None:
         """Olive's old LoRA pass took QLoRA settings (the seed's "QLoRA" example); transformers 5 renamed
         or removed some training arguments."""
-        from slimtune.passes.training_args import migrate_training_args
+        from slimtune.passes.lora.training_args import migrate_training_args
 
         if entry.get("type") == "LoRA":
             if entry.get("double_quant") or entry.get("quant_type"):
@@ -207,36 +185,3 @@ class QLoRAParams(LoRAParams):
 
 class DoRAParams(LoRAParams):
     use_dora: bool = Field(True, description="weight-decomposed LoRA (DoRA)")
-
-
-_RUN = "slimtune.passes.lora_train:run"
-register_pass(
-    PassSpec(
-        "LoRA",
-        LoRAParams,
-        _RUN,
-        version=1,
-        summary="LoRA fine-tuning (transformers + peft)",
-        output_kind="adapter",
-    )
-)
-register_pass(
-    PassSpec(
-        "QLoRA",
-        QLoRAParams,
-        _RUN,
-        version=1,
-        summary="LoRA on a 4-bit base (bitsandbytes, CUDA)",
-        output_kind="adapter",
-    )
-)
-register_pass(
-    PassSpec(
-        "DoRA",
-        DoRAParams,
-        _RUN,
-        version=1,
-        summary="weight-decomposed LoRA (peft use_dora)",
-        output_kind="adapter",
-    )
-)

@@ -1,19 +1,25 @@
 """Data-parallel LoRA over several GPUs of one machine: the pass starts one process per GPU with torchrun,
-each runs `lora_train.train` (transformers Trainer wraps the model in torch DDP), and rank 0 saves the
-adapter and hands its metrics back through a file in the pass's work folder."""
+each runs `lora.train.train` (transformers Trainer wraps the model in torch DDP), and rank 0 saves the
+adapter and hands its metrics back through a file in the pass's work folder.
+
+The workers start from the JSON form of the pass context and parameters (ddp_job.json): the same plain data
+that any other process or machine running a pass receives."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
-import pickle
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from slimtune.engine.context import PassContext
-from slimtune.errors import UserError
+from slimtune.errors import PassFailed, UserError
+from slimtune.files import write_json_atomic
 from slimtune.models.ref import ModelRef
-from slimtune.passes.lora import LoRAParams
+from slimtune.passes.context import PassContext
+from slimtune.passes.lora.params import LoRAParams
 
 WORKER_ENV = "SLIMTUNE_LORA_WORKER"
 
@@ -61,22 +67,17 @@ def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
 
 def run_distributed(ctx: PassContext, params: LoRAParams, world: int) -> ModelRef:
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    job, result = ctx.work_dir / "ddp_job.pkl", ctx.work_dir / "ddp_result.pkl"
+    job, result = ctx.work_dir / "ddp_job.json", ctx.work_dir / "ddp_result.json"
     result.unlink(missing_ok=True)
-    job.write_bytes(
-        pickle.dumps(
-            {
-                "input": ctx.input,
-                "meta": ctx.meta,
-                "output_dir": ctx.output_dir,
-                "work_dir": ctx.work_dir,
-                "run_config": ctx.run_config,
-                "device": ctx.device,
-                "execution_provider": ctx.execution_provider,
-                "params": per_rank_params(params, world, ctx.log),
-                "result": result,
-            }
-        )
+    rank_params = per_rank_params(params, world, ctx.log)
+    write_json_atomic(
+        job,
+        {
+            "context": ctx.to_json(),
+            "params_model": f"{type(rank_params).__module__}:{type(rank_params).__qualname__}",
+            "params": rank_params.model_dump(mode="json"),
+            "result": str(result),
+        },
     )
     command = [
         sys.executable,
@@ -85,40 +86,41 @@ def run_distributed(ctx: PassContext, params: LoRAParams, world: int) -> ModelRe
         "--standalone",
         f"--nproc_per_node={world}",
         "-m",
-        "slimtune.passes.lora_distributed",
+        "slimtune.passes.lora.distributed",
         str(job),
     ]
     done = subprocess.run(command, env={**os.environ, WORKER_ENV: "1"})
     if done.returncode != 0 or not result.is_file():
-        raise UserError(
+        # a failed pass (like the same failure in one process), not a config error: a search goes on
+        raise PassFailed(
             f"data-parallel LoRA over {world} GPUs failed (exit code {done.returncode}); the log above names "
             "the cause. To train on one GPU, set distributed: off on the pass"
         )
-    out = pickle.loads(result.read_bytes())
+    out = json.loads(result.read_text())
     ctx.metrics.update(out["metrics"], world_size=world)
-    for name, value in vars(out["meta"]).items():
+    for name, value in out["meta"].items():
         setattr(ctx.meta, name, value)
-    return out["ref"]
+    return ModelRef.from_json(out["ref"])
+
+
+def load_job(job_path: Path) -> tuple[PassContext, LoRAParams]:
+    """The pass context and parameters of a job file, as a worker rebuilds them."""
+    job = json.loads(job_path.read_text())
+    module, name = job["params_model"].split(":")
+    params_model = getattr(importlib.import_module(module), name)
+    return PassContext.from_json(job["context"]), params_model.model_validate(job["params"])
 
 
 def _worker(job_path: Path) -> None:
-    from slimtune.passes.lora_train import train
+    from slimtune.passes.lora.train import train
 
-    job = pickle.loads(job_path.read_bytes())
+    ctx, params = load_job(job_path)
     rank = int(os.environ.get("RANK", "0"))
-    ctx = PassContext(
-        input=job["input"],
-        meta=job["meta"],
-        output_dir=job["output_dir"],
-        work_dir=job["work_dir"],
-        run_config=job["run_config"],
-        device=job["device"],
-        execution_provider=job["execution_provider"],
-        log=print if rank == 0 else (lambda _message: None),
-    )
-    ref = train(ctx, job["params"])
+    ctx.log = print if rank == 0 else (lambda _message: None)
+    ref = train(ctx, params)
     if rank == 0:
-        job["result"].write_bytes(pickle.dumps({"metrics": ctx.metrics, "meta": ctx.meta, "ref": ref}))
+        result = Path(json.loads(job_path.read_text())["result"])
+        write_json_atomic(result, {"metrics": ctx.metrics, "meta": asdict(ctx.meta), "ref": ref.to_json()})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The LoRA / QLoRA / DoRA training run: transformers Trainer + peft. Parameters: slimtune.passes.lora."""
+"""One process's LoRA / QLoRA / DoRA training: transformers Trainer + peft. The pass's entry point is
+slimtune.passes.lora.run; parameters are in slimtune.passes.lora.params."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from slimtune.engine.context import PassContext
 from slimtune.errors import UserError
 from slimtune.models.ref import ModelRef
-from slimtune.passes.lora import LoRAParams
+from slimtune.passes.context import PassContext
+from slimtune.passes.lora.params import LoRAParams
 
 # what we use where the config says nothing (TrainingArguments' own defaults otherwise)
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
@@ -29,36 +30,12 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
 MAX_LABELS = 50  # an answer column with more distinct values than this is free text, not a label
 
 
-def run(ctx: PassContext, params: LoRAParams) -> ModelRef:
-    if ctx.input.kind != "hf":
-        raise UserError(f"LoRA needs a Hugging Face model, got a {ctx.input.kind} model")
-    if params.quantized:
-        _check_qlora_possible(ctx)
-    from slimtune.passes.lora_speed import speed_plan
-
-    speed_plan(params, ctx.device)  # a setting this device cannot honour fails here, before any weights load
-    from slimtune.passes.lora_distributed import in_worker, run_distributed, world_size
-
-    world = world_size(params.distributed, ctx.device)
-    if not in_worker() and (world > 1 or (ctx.device == "cuda" and _visible_gpus() > 1)):
-        # also one GPU of several goes through torchrun: a plain process that sees several GPUs gets
-        # torch DataParallel from the Trainer, which is slower than DDP and breaks compiled layers
-        return run_distributed(ctx, params, world)
-    return train(ctx, params)
-
-
-def _visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     """One process's training run (the only one, or one rank of a data-parallel run)."""
     import transformers
 
-    from slimtune.passes.lora_data import prepare_datasets
-    from slimtune.passes.lora_progress import ProgressCallback
+    from slimtune.passes.lora.data import prepare_datasets
+    from slimtune.passes.lora.progress import ProgressCallback
 
     transformers.utils.logging.disable_progress_bar()
     base = Path(ctx.input.path)
@@ -77,7 +54,7 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     )
 
     loading = ctx.load_kwargs()  # trust_remote_code (logged), attn_implementation, revision, variant
-    given = ctx.run_config.input_model.load_kwargs.dtype if ctx.run_config is not None else None
+    given = ctx.model_load.get("dtype")
     if params.torch_dtype == "auto" and given not in (None, "auto"):
         params = params.model_copy(update={"torch_dtype": given})  # input_model.load_kwargs.dtype
     model = load_base_model(base, params, ctx.device, **loading)
@@ -90,7 +67,7 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
             "compute_dtype": params.compute_dtype or "bfloat16",
         }
     if params.quantization_aware == "int4":
-        from slimtune.passes.fake_quant import fake_quantize_model_int4
+        from slimtune.models.fake_quant import fake_quantize_model_int4
 
         changed = fake_quantize_model_int4(model, params.quantization_block_size)
         ctx.log(
@@ -189,7 +166,7 @@ def attach_adapter(model: Any, params: LoRAParams):
     from peft import LoraConfig, get_peft_model
 
     from slimtune.models.loading import linear_layer_names
-    from slimtune.passes.targets import resolve_target_modules
+    from slimtune.passes.lora.targets import resolve_target_modules
 
     targets, notes = resolve_target_modules(params.target_modules, linear_layer_names(model))
     init = params.init_lora_weights
@@ -227,8 +204,8 @@ def make_trainer(
     """(transformers Trainer with slimtune's speed settings applied, the settings used)."""
     import transformers
 
-    from slimtune.passes.lora_progress import CountingCollator, collate
-    from slimtune.passes.lora_speed import PackedCollator, compile_layers, speed_plan, training_work
+    from slimtune.passes.lora.progress import CountingCollator, collate
+    from slimtune.passes.lora.speed import PackedCollator, compile_layers, speed_plan, training_work
 
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -245,7 +222,7 @@ def make_trainer(
     collator = CountingCollator(inner, pad)
 
     if plan["fp8_base"]:
-        from slimtune.passes.lora_fp8 import convert_frozen_linears
+        from slimtune.passes.lora.fp8 import convert_frozen_linears
 
         # quantize on the GPU the Trainer would move it to (seconds, not minutes on the CPU)
         model.to(args.device)
@@ -283,19 +260,6 @@ def complete_checkpoints(folder: Path) -> list[Path]:
         else:
             shutil.rmtree(path, ignore_errors=True)
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
-
-
-def _check_qlora_possible(ctx: PassContext) -> None:
-    """QLoRA needs bitsandbytes on CUDA: fail before loading any weights."""
-    import importlib.util
-
-    if ctx.device != "cuda":
-        raise UserError(
-            "QLoRA (a 4-bit base via bitsandbytes) needs a CUDA GPU, and this run's host is the CPU. Use a "
-            'plain LoRA pass (drop double_quant / quant_type), or run on a system with accelerators ["gpu"].'
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("QLoRA needs the bitsandbytes package: pip install bitsandbytes")
 
 
 def _dtype(name: str, device: str):

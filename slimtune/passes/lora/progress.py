@@ -39,7 +39,7 @@ class CountingCollator:
         self.tokens = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from slimtune.passes.lora_speed import real_length
+        from slimtune.passes.lora.speed import real_length
 
         self.tokens += sum(
             real_length(r["input_ids"], r["labels"], r.get("attention_mask"), self.pad_id) for r in rows

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from slimtune.engine.context import PassContext
 from slimtune.errors import UserError
 from slimtune.models.ref import ModelRef
-from slimtune.passes.merge_adapter import MergeParams
+from slimtune.passes.context import PassContext
+from slimtune.passes.merge.params import MergeParams
 
 _TOKENIZER_FILES = (
     "tokenizer.json",

@@ -160,7 +160,7 @@ def speed_plan(params: Any, device: str, work: float | None = None) -> dict[str,
     if compile_ is None:
         compile_ = on_gpu and not params.quantized and long_run
     compile_ = bool(compile_) and on_gpu
-    from slimtune.passes.lora_fp8 import fp8_available
+    from slimtune.passes.lora.fp8 import fp8_available
 
     plain = not (params.quantized or params.use_dora or params.quantization_aware)
     fp8 = params.fp8_base

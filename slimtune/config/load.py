@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from slimtune.config.base import Strict
-from slimtune.config.loader import Path_, dotted, interpolate_env, read_config_file
 from slimtune.config.migrate import Migration, migrate
+from slimtune.config.reader import Path_, dotted, interpolate_env, read_config_file
 from slimtune.config.schema import RunConfig
 from slimtune.errors import ConfigError, ConfigIssue
 from slimtune.search.space import PassSpace, Point, split_search_values
@@ -289,7 +289,8 @@ def _cross_references(cfg: dict[str, Any], m: Migration) -> list[ConfigIssue]:
                 continue
             path = ("passes", name) if i is None else ("passes", name, i)
             check((*path, "host"), alt.get("host"), systems, "system")
-            for key in ("train_data_config", "eval_data_config", "data_config"):
+            spec = get_pass_spec(alt["type"]) if isinstance(alt.get("type"), str) else None
+            for key in spec.data_fields if spec is not None else ():
                 check((*path, key), alt.get(key), data_names, "data config")
     return issues
 

@@ -1,0 +1,35 @@
+"""LoRA, QLoRA and DoRA fine-tuning on transformers Trainer + peft.
+
+params.py declares the parameters (Olive's names, old ones too); run.py is the run (train.py one process's
+training, distributed.py several GPUs), imported only when the pass runs; memory.py estimates what training needs before it starts.
+"""
+
+from slimtune.passes.lora.memory import out_of_memory_advice, training_estimate
+from slimtune.passes.lora.params import DoRAParams, LoRAParams, QLoRAParams
+from slimtune.passes.registry import PassSpec, Training, register_pass
+
+__all__ = ["DoRAParams", "LoRAParams", "QLoRAParams"]
+
+
+def training(params: LoRAParams) -> Training:
+    return Training(params.train_data_config, params.eval_data_config, params.eval_dataset_size)
+
+
+def _spec(type_name: str, params: type[LoRAParams], summary: str) -> PassSpec:
+    return PassSpec(
+        type_name,
+        params,
+        "slimtune.passes.lora.run:run",
+        version=2,
+        summary=summary,
+        output_kind="adapter",
+        data_fields=("train_data_config", "eval_data_config"),
+        training=training,
+        memory=training_estimate,
+        memory_advice=out_of_memory_advice,
+    )
+
+
+register_pass(_spec("LoRA", LoRAParams, "LoRA fine-tuning (transformers + peft)"))
+register_pass(_spec("QLoRA", QLoRAParams, "LoRA on a 4-bit base (bitsandbytes, CUDA)"))
+register_pass(_spec("DoRA", DoRAParams, "weight-decomposed LoRA (peft use_dora)"))
