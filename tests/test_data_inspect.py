@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_data_fixtures import word_tokenizer
 
+from slimtune.cli.data import inspect_command, is_config_file
 from slimtune.cli.main import main
-from slimtune.data.inspect import inspect_command, is_config_file
 from slimtune.errors import DataError, UserError
 
 HERE = Path(__file__).parent

@@ -185,7 +185,8 @@ def test_params():
     from slimtune.passes.lora import LoRAParams
 
     off = LoRAParams(train_data_config="d").model_dump(mode="json")
-    assert "quantization_aware" not in off and "quantization_block_size" not in off  # cache keys unchanged
+    # every parameter is recorded (run.json) and keyed, defaults included
+    assert off["quantization_aware"] is None and off["quantization_block_size"] == 32
     on = LoRAParams(train_data_config="d", quantization_aware="int4", quantization_block_size=64)
     assert on.model_dump(mode="json")["quantization_aware"] == "int4"
     assert on.model_dump(mode="json")["quantization_block_size"] == 64

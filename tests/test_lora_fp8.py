@@ -128,8 +128,9 @@ def test_fp8_base_is_refused_with_settings_that_need_another_base(extra):
         LoRAParams(train_data_config="d", fp8_base=True, **extra)
 
 
-def test_fp8_base_left_out_of_the_cache_key_at_its_default():
-    assert "fp8_base" not in LoRAParams(train_data_config="d").model_dump()
+def test_fp8_base_is_recorded_at_its_default():
+    """fp8 products change the trained weights: the setting is part of the record and the cache key."""
+    assert LoRAParams(train_data_config="d").model_dump()["fp8_base"] is None
     assert LoRAParams(train_data_config="d", fp8_base=False).model_dump()["fp8_base"] is False
 
 

@@ -273,11 +273,11 @@ def run_json(path: Path) -> dict:
 
 
 def test_builder_search_after_one_lora_trains_once_and_keeps_the_best(tiny, tmp_path, monkeypatch):
-    import slimtune.passes.lora.train as lora_train
+    import slimtune.passes.lora.run as lora_run
 
     calls = []
-    real = lora_train.run
-    monkeypatch.setattr(lora_train, "run", lambda ctx, params: calls.append(1) or real(ctx, params))
+    real = lora_run.run
+    monkeypatch.setattr(lora_run, "run", lambda ctx, params: calls.append(1) or real(ctx, params))
     builder = {
         "type": "ModelBuilder",
         "int4_block_size": {"search": [32, 128]},

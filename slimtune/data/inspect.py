@@ -1,12 +1,7 @@
-"""`slimtune data inspect FILE`: what a data set looks like once loaded, templated and tokenized.
-
-FILE is a data file, or a config file whose data config (`--data NAME`, else the first) is inspected with
-its own template, sequence length, model tokenizer and LoRA eval split. Options override the config.
-"""
+"""What a data set looks like once loaded, templated and tokenized (`slimtune data inspect`, slimtune.cli.data)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -14,52 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slimtune.config.schema import DataConfig, LoadDatasetConfig, PreProcessDataConfig
-from slimtune.data.load import builder_for, load_rows
+from slimtune.config.schema import PreProcessDataConfig
 from slimtune.data.split import duplicate_count, label_column_for, label_counts, overlap, split_rows
-from slimtune.data.template import Template, unescape_cli
+from slimtune.data.template import Template
 from slimtune.data.tokenize import row_token_lengths
 from slimtune.errors import SlimtuneError, UserError
 
-CONFIG_KEYS = ("data_configs", "input_model", "passes")
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-def inspect_command(args: Any) -> int:
-    data, model, eval_size, eval_data = _source(args)
-    pre = data.pre_process_data_config
-    overrides: dict[str, Any] = {}
-    if args.template:
-        overrides.update(text_template=unescape_cli(args.template), text_cols=None)
-    elif args.text_cols:
-        overrides.update(text_cols=args.text_cols, text_template=None)
-    if args.max_seq_len:
-        overrides["max_seq_len"] = args.max_seq_len
-    pre = pre.model_copy(update=overrides)
-    if args.eval_size:
-        eval_size, eval_data = args.eval_size, None
-    rows = load_rows(data.load_dataset_config)
-    if not (pre.text_template or pre.text_cols or pre.messages_col) and not {"text", "messages"} & set(
-        rows.column_names
-    ):
-        pre = pre.model_copy(
-            update={"text_cols": list(rows.column_names)}
-        )  # a bare data file: show every column
-    tokenizer, tokenizer_note = load_tokenizer(args.model, model)
-    eval_rows = load_rows(eval_data.load_dataset_config) if eval_data else None
-    file = str(data.load_dataset_config.data_files)
-    report = inspect_rows(
-        rows,
-        pre,
-        Template(pre, tokenizer, rows.column_names, file),
-        tokenizer,
-        eval_size=eval_size,
-        eval_rows=eval_rows,
-    )
-    report["file"] = file
-    report["tokenizer"] = tokenizer_note
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
-    return 0
 
 
 def inspect_rows(
@@ -176,57 +132,6 @@ def format_report(r: dict[str, Any]) -> str:
     out.append("example (row 1)")
     out += ["    " + line for line in r["example"]["text"].splitlines()]
     return "\n".join(out)
-
-
-def _source(args: Any) -> tuple[DataConfig, str | None, float | None, DataConfig | None]:
-    """(data config, model from the config, eval size, eval data config) for FILE."""
-    path = Path(args.file)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if not is_config_file(path):
-        if args.data:
-            raise UserError(
-                f"--data {args.data} names a data config, but {path} is a data file, not a config"
-            )
-        load = LoadDatasetConfig(data_name=builder_for(path), data_files=str(path.resolve()))
-        return DataConfig(name=path.stem, load_dataset_config=load), None, None, None
-    from slimtune.config.load import load_config
-
-    loaded = load_config(path)
-    configs = {d.name: d for d in loaded.config.data_configs}
-    if not configs:
-        raise UserError(f"{path} has no data_configs to inspect")
-    if args.data and args.data not in configs:
-        raise UserError(f"--data {args.data}: no such data config in {path}; names: {', '.join(configs)}")
-    data = configs[args.data] if args.data else next(iter(configs.values()))
-    eval_size, eval_data = None, None
-    from slimtune.passes.registry import get_pass
-
-    for plan in loaded.passes:
-        training = get_pass(plan.type).training_of(plan.params)
-        if training is not None and training.data == data.name:
-            eval_size = training.eval_size
-            eval_data = configs.get(training.eval_data) if training.eval_data else None
-            break
-    model = loaded.config.input_model.model_path
-    return data, model if isinstance(model, str) else None, eval_size, eval_data
-
-
-def is_config_file(path: Path) -> bool:
-    """A .json/.yaml file whose top level is a mapping with data_configs, input_model or passes."""
-    if path.suffix.lower() not in (".json", ".yaml", ".yml") or path.stat().st_size > 4 << 20:
-        return False
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except (ValueError, UnicodeDecodeError, Exception):  # noqa: BLE001 - not a parseable config: a data file
-        return False
-    return isinstance(data, dict) and any(key in data for key in CONFIG_KEYS)
 
 
 def load_tokenizer(model: str | None, config_model: str | None = None) -> tuple[Any, str]:

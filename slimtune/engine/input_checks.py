@@ -79,8 +79,7 @@ def _passes_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
         return [
             ConfigIssue(
                 _original(loaded, ("passes",)),
-                "no passes: there is nothing to run; add at least one pass, e.g. "
-                '"lora": {"type": "LoRA", "train_data_config": "..."}',
+                "no passes: there is nothing to run; add at least one pass (`slimtune passes` lists them)",
             )
         ]
     model = loaded.config.input_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slimtune.config.base import Strict
@@ -52,6 +52,10 @@ class PassSpec:
     memory: Callable[[Any], Any] | None = None
     # what to change when the pass runs out of memory: MemoryQuery -> sentence(s)
     memory_advice: Callable[[Any], str] | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")  # where it can run
+    # the smallest parameters that make a working pass (docs, `slimtune passes`, the contract test); data
+    # config names in it stand for any data config
+    example: dict[str, Any] = field(default_factory=dict)
     origin: str = "slimtune"  # the package that registered it
 
     def load_run(self) -> Callable[..., Any]:

@@ -15,7 +15,9 @@ def training(params: LoRAParams) -> Training:
     return Training(params.train_data_config, params.eval_data_config, params.eval_dataset_size)
 
 
-def _spec(type_name: str, params: type[LoRAParams], summary: str) -> PassSpec:
+def _spec(
+    type_name: str, params: type[LoRAParams], summary: str, devices: tuple[str, ...] = ("cpu", "cuda")
+) -> PassSpec:
     return PassSpec(
         type_name,
         params,
@@ -27,9 +29,11 @@ def _spec(type_name: str, params: type[LoRAParams], summary: str) -> PassSpec:
         training=training,
         memory=training_estimate,
         memory_advice=out_of_memory_advice,
+        devices=devices,
+        example={"train_data_config": "train", "training_args": {"max_steps": 1}},
     )
 
 
 register_pass(_spec("LoRA", LoRAParams, "LoRA fine-tuning (transformers + peft)"))
-register_pass(_spec("QLoRA", QLoRAParams, "LoRA on a 4-bit base (bitsandbytes, CUDA)"))
+register_pass(_spec("QLoRA", QLoRAParams, "LoRA on a 4-bit base (bitsandbytes, CUDA)", devices=("cuda",)))
 register_pass(_spec("DoRA", DoRAParams, "weight-decomposed LoRA (peft use_dora)"))

@@ -43,5 +43,6 @@ register_pass(
         output_kind="onnx",
         memory=builder_estimate,
         memory_advice=out_of_memory_advice,
+        example={"precision": "int4"},
     )
 )
