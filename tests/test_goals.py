@@ -117,3 +117,85 @@ def test_required_metrics_follow_the_sub_types():
     latency = Metric(name="c", type="throughput")
     assert required_metrics([accuracy]) == ["accuracy"]
     assert required_metrics([ranked, latency]) == ["accuracy", "latency", "likelihood"]
+
+
+def test_default_goal_holds_the_final_model_to_the_best_earlier_stage():
+    from slimtune.engine.evaluation import default_goals
+
+    def stage(name, accuracy):
+        return {"stage": name, "metrics": {"accuracy": accuracy}}
+
+    lost = default_goals(
+        [stage("input", 0.0), stage("lora", 0.85), stage("merge", 0.86), stage("builder", 0.425)]
+    )
+    assert len(lost) == 1 and lost[0]["default"] is True and lost[0]["met"] is False
+    assert lost[0]["baseline_stage"] == "merge" and lost[0]["margin"] == pytest.approx(0.02 - 0.435)
+    kept = default_goals([stage("input", 0.0), stage("lora", 0.85), stage("builder", 0.84)])
+    assert kept[0]["met"] is True
+    assert default_goals([stage("input", 0.3), stage("builder", 0.1)]) == []  # nothing fine-tuned to hold to
+    assert default_goals([stage("lora", 0.8), {"stage": "builder", "metrics": {}}])[0]["met"] is False
+
+
+def test_an_int4_stage_that_loses_points_fails_the_run_with_the_numbers_and_the_fix(tmp_path, capsys):
+    """No evaluator in the config: the default goal trips when the int4 model scores far below the merged one
+    (the scores are planted in the evaluation cache: a tiny random model scores 0 everywhere), the run exits 3
+    naming the loss and the fixes, the merged model is published on request, and the reports say so."""
+    from test_engine import write_config
+    from tiny_models import make_tiny_model
+
+    from slimtune.cli.main import main
+
+    model = make_tiny_model("llama", tmp_path / "tiny")
+    config = write_config(tmp_path, model, max_steps=1)
+    assert main(["run", "--config", str(config)]) == 0  # every stage 0%: nothing lost
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["goals"][0]["default"] is True and record["goals_met"] is True
+    paths = {s["stage"]: s["path"] for s in record["evaluation"]["stages"]}
+    for cached in (tmp_path / "cache" / "evals").glob("*.json"):
+        result = json.loads(cached.read_text())
+        planted = {paths["merge"]: 0.90, paths["builder"]: 0.45, paths["lora"]: 0.88}.get(result["model"])
+        if planted is not None:
+            cached.write_text(json.dumps({**result, "accuracy": planted}))
+    data = yaml.safe_load(config.read_text())
+    data["publish"] = ["merge"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    assert main(["run", "--config", str(config)]) == 3
+    out = capsys.readouterr().out
+    assert "The final model (builder) scores 45.0%, 45.0 points below merge (90.0%)" in out
+    assert "quantization_aware" in out and "exit code 3" in out
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    goal = record["goals"][0]
+    assert goal["default"] and not goal["met"] and goal["baseline_stage"] == "merge"
+    assert record["status"] == "goals_not_met" and record["goals_met"] is False
+    merge = next(s for s in record["stages"] if s["name"] == "merge")
+    assert (tmp_path / "out" / "stages" / "merge" / "config.json").is_file() and merge["published"]
+    assert [s["name"] for s in record["stages"]] == ["input", "lora", "merge", "builder"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "MISSED" in report and "default goal" in report and "All goals met" not in report
+
+
+def test_a_run_without_goals_never_reports_goals_met(tmp_path):
+    from tiny_models import make_tiny_model
+
+    from slimtune.cli.main import main
+
+    model = make_tiny_model("llama", tmp_path / "tiny")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input_model": {"type": "HfModel", "model_path": str(model)},
+                "passes": {"builder": {"type": "ModelBuilder", "precision": "int4"}},
+                "cache_dir": "cache",
+                "output_dir": "out",
+            }
+        )
+    )
+    assert main(["run", "--config", str(config)]) == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["goals"] == [] and record["goals_met"] is None and record["status"] == "ok"
+    report = (tmp_path / "out" / "report.md").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "No goals were set." in report and "goals met" not in report.lower()
+    assert "all goals met" not in html.lower() and "No goals were set" in html

@@ -379,6 +379,11 @@ class RunConfig(Strict):
     )
     clean_cache: bool = False
     plot_pareto_frontier: bool = False
+    publish: list[str] = Field(
+        default_factory=list,
+        description="earlier stages (pass names) to publish beside the final model, into output_dir/stages/NAME "
+        "(run.json always points to every stage's folder in the cache)",
+    )
 
     @field_validator("search_strategy", mode="before")
     @classmethod

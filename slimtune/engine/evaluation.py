@@ -158,6 +158,8 @@ def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None)
             }
         )
     goals = check_goals(plan, stages) if stages else []
+    if not any(r.goal is not None for r in plan.refs):
+        goals += default_goals(stages)
     data = {"source": plan.source, "rows": len(plan.rows), "data_config": plan.data_name}
     if plan.indices is not None:
         data["indices"] = plan.indices
@@ -217,6 +219,38 @@ def check_goals(plan: EvalPlan, stages: list[dict[str, Any]]) -> list[dict[str, 
     return results
 
 
+DEFAULT_MAX_ACCURACY_DROP = 0.02  # 2 points: the quality gate of a run that set no goal
+
+
+def default_goals(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With no goal in the config and a labelled task evaluated, the final model is held to within 2 points of
+    the best earlier stage (the input model aside: it was not fine-tuned), so that an export that loses what
+    training gained is never a quiet success."""
+    final, earlier = stages[-1] if stages else None, [s for s in stages[:-1] if s["stage"] != "input"]
+    scored = [(read(s["metrics"], ("accuracy",)), s) for s in earlier]
+    scored = [(value, s) for value, s in scored if value is not None]
+    if final is None or not scored:
+        return []
+    best_value, best = max(scored, key=lambda pair: pair[0])
+    ref = MetricRef(
+        "accuracy",
+        ("accuracy",),
+        True,
+        0,
+        _DefaultGoal("max-degradation", DEFAULT_MAX_ACCURACY_DROP, best["stage"]),
+    )
+    result = check_goal(ref, read(final["metrics"], ("accuracy",)), best_value)
+    result.update(stage=final["stage"], baseline_stage=best["stage"], default=True)
+    return [result]
+
+
+@dataclass
+class _DefaultGoal:
+    type: str
+    value: float
+    baseline: str
+
+
 def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]], source: str) -> None:
     print(f"\nevaluation on {source}:")
     print(f"{'stage':14} {'kind':8} {'accuracy':>9} {'invalid':>8} {'p50 ms':>8} {'tok/s':>7} {'size':>9}")
@@ -231,7 +265,8 @@ def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]],
             f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {_fmt(size and size / 1e6, '{:.0f}MB'):>9}"
         )
     for goal in goals:
-        print(f"goal {describe_goal(goal)}")
+        note = " [default goal: no goal set in the config]" if goal.get("default") else ""
+        print(f"goal {describe_goal(goal)}{note}")
 
 
 def _fmt(value: Any, pattern: str) -> str:

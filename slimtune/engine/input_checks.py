@@ -68,6 +68,7 @@ def check_plan(loaded: LoadedConfig) -> None:
     issues += _directory_issues(loaded)
     issues += _provider_issues(loaded)
     issues += _baseline_issues(loaded)
+    issues += _publish_issues(loaded)
     if issues:
         raise ConfigError(_located(loaded, issues), str(loaded.file) if loaded.file else None)
 
@@ -175,6 +176,18 @@ def _baseline_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
                         )
                     )
     return issues
+
+
+def _publish_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
+    names = [p.name for p in loaded.passes]
+    return [
+        ConfigIssue(
+            _original(loaded, ("publish", i)),
+            f"`{name}` is not a pass of this run; publish names passes: {', '.join(names)}",
+        )
+        for i, name in enumerate(loaded.config.publish)
+        if name not in names
+    ]
 
 
 def _original(loaded: LoadedConfig, path: tuple) -> str:

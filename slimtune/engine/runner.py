@@ -57,12 +57,27 @@ def finish(session: Session, outcome: Outcome) -> int:
     """Publish the final model, write the run record and reports, print the summary; the exit code."""
     loaded, cfg = session.loaded, session.loaded.config
     records, current = outcome.chain.records, outcome.chain.final
-    goals_met = all(g["met"] for g in outcome.goals)
+    goals_met = all(g["met"] for g in outcome.goals) if outcome.goals else None  # None: no goal was set
     output_dir = Path(cfg.output_dir)
     final = publish_model(current, output_dir / "model")
+    stages = [
+        {
+            "name": s.name,
+            "kind": s.model.kind,
+            "path": s.model.path,
+            "base_path": s.model.base_path,
+            "key": s.key,
+        }
+        for s in outcome.chain.stages
+    ]
+    for stage in stages:
+        if stage["name"] in cfg.publish:
+            stage["published"] = str(
+                publish_model(ModelRef(stage["path"], stage["kind"]), _stage_dir(cfg, stage))
+            )
     record = {
         "slimtune_version": session.libraries.get("slimtune"),
-        "status": "ok" if goals_met else "goals_not_met",
+        "status": "goals_not_met" if goals_met is False else "ok",
         "started": session.started,
         "finished": time.time(),
         "wall_s": time.time() - session.started,
@@ -87,6 +102,7 @@ def finish(session: Session, outcome: Outcome) -> int:
         "evaluation": outcome.evaluation,
         "goals": outcome.goals,
         "goals_met": goals_met,
+        "stages": stages,
         **outcome.extra,
         "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
     }
@@ -98,11 +114,40 @@ def finish(session: Session, outcome: Outcome) -> int:
     print_summary(records, final)
     if outcome.evaluation:
         print_stage_table(outcome.evaluation["stages"], outcome.goals, outcome.evaluation["data"]["source"])
-    if not goals_met:
+    if goals_met is False:
         missed = [g for g in outcome.goals if not g["met"]]
+        for goal in missed:
+            if goal.get("default"):
+                print(_default_goal_missed(goal, stages, cfg.publish))
         print(f"\n{len(missed)} goal{'s' if len(missed) > 1 else ''} not met: exit code {EXIT_GOALS}")
         return EXIT_GOALS
     return EXIT_OK
+
+
+def _stage_dir(cfg: Any, stage: dict[str, Any]) -> Path:
+    return Path(cfg.output_dir) / "stages" / stage["name"]
+
+
+def _default_goal_missed(goal: dict[str, Any], stages: list[dict[str, Any]], published: list[str]) -> str:
+    """The default quality gate failed: the numbers, and the two ways out."""
+    best = next(s for s in stages if s["name"] == goal["baseline_stage"])
+    lost = (goal["baseline"] - goal["actual"]) * 100
+    where = best.get("published") or best["path"]
+    keep = (
+        f"its folder is {where}"
+        if best["name"] in published
+        else f"its folder is {where} (in the cache); add `publish: [{best['name']}]` to the config to copy it "
+        "into output_dir"
+    )
+    return (
+        f"\nThe final model ({goal['stage']}) scores {goal['actual']:.1%}, {lost:.1f} points below "
+        f"{best['name']} ({goal['baseline']:.1%}); no goal was set, so slimtune holds the final model to within "
+        f"{goal['value'] * 100:g} points of the best earlier stage.\n"
+        "To keep the accuracy in int4: train the adapter quantization-aware (on the LoRA pass `quantization_aware: "
+        "int4`, then send the adapter to ModelBuilder without MergeAdapterWeights), or search the builder's int4 "
+        f"options (examples/emotion/search.yaml). To use the {best['name']} model instead: {keep}. To accept the "
+        "loss, set an explicit goal in `evaluators`."
+    )
 
 
 def _write_reports(output_dir: Path, record: dict[str, Any]) -> None:

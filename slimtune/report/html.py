@@ -150,7 +150,9 @@ def render_html(record: dict[str, Any]) -> str:
     elif goals_met is False:
         parts.append('<div class="banner bad">Finished, but some goals were MISSED.</div>')
     else:
-        parts.append(f'<div class="banner ok">Finished{", all goals met" if goals_met else ""}.</div>')
+        parts.append(
+            f'<div class="banner ok">Finished{", all goals met" if goals_met else ". No goals were set"}.</div>'
+        )
 
     summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in view.summary(record))
     parts.append(f'<h2>Summary</h2><table class="summary">{summary}</table>')

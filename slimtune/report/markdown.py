@@ -53,7 +53,12 @@ def render_markdown(record: dict[str, Any]) -> str:
     out += ["", "## Goals", ""]
     if goals.rows:
         met = record.get("goals_met")
-        out.append("All goals met." if met else ("Some goals were MISSED." if met is False else ""))
+        out.append("All goals met." if met else "Some goals were MISSED.")
+        if any(isinstance(g, dict) and g.get("default") for g in record.get("goals") or []):
+            out.append(
+                "(No goal was set in the config: the default goal holds the final model to within 2 points of "
+                "the best earlier stage.)"
+            )
         out += [""] + md_table(goals)
         out += ["", "Margin: room left before the goal fails (negative: missed by that much)."]
     else:

@@ -228,7 +228,7 @@ def goals_table(record: dict[str, Any]) -> Table:
         value_text = fmt_g(value) + ("%" if kind.startswith("percent") else "")
         table.rows.append(
             [
-                str(goal.get("metric") or "?"),
+                str(goal.get("metric") or "?") + (" (default)" if goal.get("default") else ""),
                 f"{kind} {value_text}{against}",
                 fmt_g(goal.get("baseline")),
                 fmt_g(goal.get("actual")),
@@ -408,7 +408,7 @@ def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
     goals_met = record.get("goals_met")
     rows = [
         ("status", str(record.get("status") or "unknown")),
-        ("goals", MISSING if goals_met is None else ("all met" if goals_met else "MISSED")),
+        ("goals", "none set" if goals_met is None else ("all met" if goals_met else "MISSED")),
         ("started", fmt_time(record.get("started"))),
         ("wall time", fmt_duration(record.get("wall_s"))),
         ("config", str(record.get("config_file") or MISSING)),
