@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from slimtune import files
 from slimtune.errors import ModelError
 from slimtune.models import gguf as gguf_module
 from slimtune.models import store
@@ -78,9 +79,11 @@ def test_gguf_path_is_converted_once_and_keyed_by_content(home, fake_gguf, conve
 
 
 def test_hash_is_remembered_by_size_and_mtime(home, fake_gguf, monkeypatch):
-    store.gguf_sha256(fake_gguf)
-    monkeypatch.setattr(store, "open", lambda *a, **k: pytest.fail("file read again"), raising=False)
-    store.gguf_sha256(fake_gguf)
+    first = store.gguf_sha256(fake_gguf)
+    assert (home / "models" / "gguf-hashes.json").is_file()
+    monkeypatch.setattr(files, "_memo", {})  # a new process: only the sidecar remembers
+    monkeypatch.setattr(files, "sha256_file", lambda *a, **k: pytest.fail("file read again"))
+    assert store.gguf_sha256(fake_gguf) == first
 
 
 def test_known_model_uses_the_packaged_file(home, tmp_path, monkeypatch):

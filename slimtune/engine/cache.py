@@ -6,6 +6,8 @@ Layout under cache_dir:
                             marks the entry complete
   tmp/<key>.<pid>.<n>/      an attempt in progress; renamed into entries/ when complete
   work/<key>/               checkpoints kept across interrupted attempts (removed on success)
+  fingerprints.json         content sha256 of input model and data files, by path, size and mtime
+                            (engine/fingerprint.py hash_sidecar)
   locks/<key>.lock          one process works on a key at a time (flock: the kernel drops it when the holder
                             dies, so a killed run never leaves a lock that blocks); others wait, then reuse
 An interrupted attempt leaves only tmp/ and work/ behind, which never look finished; the next attempt at the
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import json
 import os
@@ -27,28 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slimtune.files import sha256_file
+
 _counter = itertools.count()
 
 
 def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """relative path -> {size, sha256} of every file under `folder`."""
-    found = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        found[path.relative_to(folder).as_posix()] = {
-            "size": path.stat().st_size,
-            "sha256": digest.hexdigest(),
-        }
-    return found
-
-
-def folder_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """relative path -> {size, sha256} of every file under `folder`; every file is read (this checks content,
+    so the size+mtime shortcut of `sha256_remembered` would defeat it)."""
+    return {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file())
+    }
 
 
 @dataclass

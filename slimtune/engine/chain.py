@@ -14,10 +14,10 @@ from typing import Any
 
 from slimtune.config.load import LoadedConfig, PassPlan
 from slimtune.engine.cache import Cache
-from slimtune.engine.fingerprint import cache_key, fingerprint_path, library_versions
+from slimtune.engine.fingerprint import cache_key, hash_sidecar, library_versions
 from slimtune.engine.monitor import PeakMemory, Stopwatch
 from slimtune.engine.resources import PassGuard
-from slimtune.files import folder_size
+from slimtune.files import fingerprint, folder_size
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
@@ -75,7 +75,7 @@ def open_session(loaded: LoadedConfig) -> Session:
     ref = input_model(loaded)
     cache = Cache(loaded.config.cache_dir)
     meta = ModelMeta.load(ref.path) or ModelMeta(base_model=_base_name(loaded))
-    stage = Stage("input", ref, fingerprint_path(ref.path, cache.root), meta)
+    stage = Stage("input", ref, fingerprint(ref.path, hash_sidecar(cache.root)), meta)
     return Session(loaded, cache, library_versions(), device, ep, stage)
 
 
@@ -141,7 +141,9 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         pass_type=spec.type,
         pass_version=spec.version,
         params=plan.params.model_dump(mode="json"),
-        data_fingerprints={key: data_fingerprint(config) for key, config in data.items()},
+        data_fingerprints={
+            key: data_fingerprint(config, hash_sidecar(session.cache.root)) for key, config in data.items()
+        },
         libraries=session.libraries,
         extra={
             "device": session.device,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from slimtune.errors import UserError
 from slimtune.evaluate.accuracy import classification_report, classify, invalid_examples, rank_labels
+from slimtune.files import folder_size
 from slimtune.models.ref import ModelRef
 
 METRICS = ("accuracy", "likelihood", "perplexity", "latency", "size", "memory")
@@ -260,13 +260,6 @@ def model_size(ref: ModelRef) -> dict[str, Any]:
     folders = [ref.path] + ([ref.base_path] if ref.kind == "adapter" and ref.base_path else [])
     sizes = {str(folder): folder_size(folder) for folder in folders}
     return {"size_bytes": sum(sizes.values()), "size": sizes}
-
-
-def folder_size(folder: str | Path) -> int:
-    path = Path(folder)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _bar(total: int, what: str, progress: bool | None):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError
+from slimtune.files import folder_size, sha256_remembered
 from slimtune.models.known import KNOWN_MODELS, KnownModel
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ REQUIRED_FILES = (
     SOURCE_RECORD,
 )
 _HASHES = "gguf-hashes.json"
-_CHUNK = 1 << 20
 
 
 def slimtune_home() -> Path:
@@ -75,28 +75,7 @@ def known_gguf_path(known: KnownModel) -> Path:
 
 def gguf_sha256(path: Path) -> str:
     """Full sha256 of `path`, remembered by (path, size, mtime) so a second call does not read the file."""
-    path = path.resolve()
-    stat = path.stat()
-    sidecar = models_dir() / _HASHES
-    try:
-        known: dict[str, Any] = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        known = {}
-    record = known.get(str(path))
-    if record and record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
-        return record["sha256"]
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    known[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
-    sidecar.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sidecar.with_name(f".{_HASHES}.{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1))
-    os.replace(tmp, sidecar)  # concurrent writers: the last one wins; a lost entry only costs a re-hash
-    return digest.hexdigest()
+    return sha256_remembered(path, models_dir() / _HASHES)
 
 
 def is_complete(folder: Path) -> bool:
@@ -219,10 +198,6 @@ def _lock(path: Path, on_wait=None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _folder_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 def model_entries() -> list[dict[str, Any]]:
     """Known models (installed? prepared?) then every other prepared conversion in the store."""
     entries: list[dict[str, Any]] = []
@@ -246,7 +221,7 @@ def model_entries() -> list[dict[str, Any]]:
             entry.update(gguf=str(gguf_path), installed=True)
             folder = find_prepared(gguf_sha256(gguf_path))
             if folder:
-                entry.update(prepared=True, path=str(folder), size_bytes=_folder_size(folder))
+                entry.update(prepared=True, path=str(folder), size_bytes=folder_size(folder))
                 seen.add(folder)
         entries.append(entry)
     root = models_dir()
@@ -264,7 +239,7 @@ def model_entries() -> list[dict[str, Any]]:
                 "gguf": record.get("gguf_path"),
                 "prepared": True,
                 "path": str(folder),
-                "size_bytes": _folder_size(folder),
+                "size_bytes": folder_size(folder),
             }
         )
     return entries

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from slimtune.errors import UserError
+from slimtune.files import write_text_atomic
 
 RECORD_NAME = "run.json"
 
@@ -50,22 +49,9 @@ def write_reports(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[
         record = json.loads(json.dumps(record, default=str))
     markdown_path, html_path = run_dir / "report.md", run_dir / "report.html"
     markdown, html = render_markdown(record), render_html(record)  # both rendered before either is written
-    _write_atomic(markdown_path, markdown)
-    _write_atomic(html_path, html)
+    write_text_atomic(markdown_path, markdown)
+    write_text_atomic(html_path, html)
     return markdown_path, html_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def report_command(args) -> int:
