@@ -52,7 +52,7 @@ class PassSpec:
     memory: Callable[[Any], Any] | None = None
     # what to change when the pass runs out of memory: MemoryQuery -> sentence(s)
     memory_advice: Callable[[Any], str] | None = None
-    origin: str = "slimtune"  # the package that registered it
+    origin: str = "slimtune"  # the package that registered it ("name version" for a plugin)
 
     def load_run(self) -> Callable[..., Any]:
         module, func = self.run.split(":")
@@ -106,7 +106,7 @@ def _load_plugins() -> None:
                 file=sys.stderr,
             )
             continue
-        origin = point.dist.name if point.dist is not None else point.value
+        origin = f"{point.dist.name} {point.dist.version}" if point.dist is not None else point.value
         for name in set(_REGISTRY) - before:
             _REGISTRY[name] = replace(_REGISTRY[name], origin=origin)
 
