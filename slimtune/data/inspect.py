@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.config.schema import DataConfig, LoadDatasetConfig, PreProcessDataConfig
-from slimtune.data.load import builder_for, load_rows
+from slimtune.data.load import builder_for
 from slimtune.data.split import duplicate_count, label_column_for, label_counts, overlap, split_rows
 from slimtune.data.template import Template, unescape_cli
 from slimtune.data.tokenize import row_token_lengths
+from slimtune.data.user_script import load_data
 from slimtune.errors import SlimtuneError, UserError
 
 CONFIG_KEYS = ("data_configs", "input_model", "passes")
@@ -38,7 +39,7 @@ def inspect_command(args: Any) -> int:
     pre = pre.model_copy(update=overrides)
     if args.eval_size:
         eval_size, eval_data = args.eval_size, None
-    rows = load_rows(data.load_dataset_config)
+    rows = load_data(data)
     if not (pre.text_template or pre.text_cols or pre.messages_col) and not {"text", "messages"} & set(
         rows.column_names
     ):
@@ -46,7 +47,7 @@ def inspect_command(args: Any) -> int:
             update={"text_cols": list(rows.column_names)}
         )  # a bare data file: show every column
     tokenizer, tokenizer_note = load_tokenizer(args.model, model)
-    eval_rows = load_rows(eval_data.load_dataset_config) if eval_data else None
+    eval_rows = load_data(eval_data) if eval_data else None
     file = str(data.load_dataset_config.data_files)
     report = inspect_rows(
         rows,
