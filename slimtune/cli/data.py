@@ -42,8 +42,8 @@ def _inspect(args) -> int:
 
 def inspect_command(args: Any) -> int:
     from slimtune.data.inspect import format_report, inspect_rows, load_tokenizer
-    from slimtune.data.load import load_rows
     from slimtune.data.template import Template, unescape_cli
+    from slimtune.data.user_script import load_data
 
     data, model, eval_size, eval_data = _source(args)
     pre = data.pre_process_data_config
@@ -57,7 +57,7 @@ def inspect_command(args: Any) -> int:
     pre = pre.model_copy(update=overrides)
     if args.eval_size:
         eval_size, eval_data = args.eval_size, None
-    rows = load_rows(data.load_dataset_config)
+    rows = load_data(data)
     if not (pre.text_template or pre.text_cols or pre.messages_col) and not {"text", "messages"} & set(
         rows.column_names
     ):
@@ -65,7 +65,7 @@ def inspect_command(args: Any) -> int:
             update={"text_cols": list(rows.column_names)}
         )  # a bare data file: show every column
     tokenizer, tokenizer_note = load_tokenizer(args.model, model)
-    eval_rows = load_rows(eval_data.load_dataset_config) if eval_data else None
+    eval_rows = load_data(eval_data) if eval_data else None
     file = str(data.load_dataset_config.data_files)
     report = inspect_rows(
         rows,

@@ -1,4 +1,5 @@
-"""`slimtune passes`: the registered passes with their parameters and defaults."""
+"""`slimtune passes`: the registered passes with their parameters and defaults, and the package that registered
+each one that slimtune does not ship (a plugin of the `slimtune.passes` entry-point group)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _run(args) -> int:
     for name, spec in passes.items():
         if args.name and name != args.name:
             continue
-        print(f"{name} (v{spec.version}): {spec.summary}")
+        print(f"{name} (v{spec.version}, from {spec.origin}): {spec.summary}")
         for field_name, info in spec.params.model_fields.items():
             default = (
                 "required"

@@ -94,8 +94,12 @@ def load_config_dict(
         located.sort(key=lambda i: (i.line is None, i.line or 0))  # file order; stable within a line
         raise ConfigError(located, label)
     from slimtune.config.resolve import resolve_paths
+    from slimtune.config.user_scripts import resolve_user_scripts
 
     warnings = resolve_paths(config, plans, base_dir or Path.cwd())
+    script_issues = resolve_user_scripts(config, base_dir or Path.cwd())
+    if script_issues:
+        raise ConfigError([with_line(i, lines) for i in script_issues], label)
     return LoadedConfig(file, raw, migrated, config, plans, m.notes, warnings, secrets)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slimtune.config.base import Strict
 
@@ -175,8 +175,33 @@ class LoadDatasetConfig(Strict):
         )
 
 
+# Olive's names for its own pre-processing: slimtune's template pipeline does that work
+BUILTIN_PRE_PROCESS = ("huggingface_pre_process", "text_generation_huggingface_pre_process")
+
+
+def _function_params(cls: type[Strict], value: Any) -> Any:
+    """Olive passes a user function's parameters flat beside `type`: keys that are not fields of `cls` go to
+    `params` (the function's signature is checked when the config loads)."""
+    if not isinstance(value, dict) or value.get("type") in (None, *BUILTIN_PRE_PROCESS):
+        return value
+    own = set(cls.model_fields) | set(getattr(cls, "renamed", {}))
+    extra = {k: v for k, v in value.items() if k not in own}
+    if not extra:
+        return value
+    params = value.get("params") if isinstance(value.get("params"), dict) else {}
+    return {**{k: v for k, v in value.items() if k in own}, "params": {**params, **extra}}
+
+
 class PreProcessDataConfig(Strict):
     renamed = {"corpus_strategy": "strategy", "source_max_len": "max_seq_len"}
+    type: str | None = Field(
+        None,
+        description="a function in the data config's user_script that takes the loaded rows (and `params`) and "
+        "returns rows; runs before the template",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the `type` function (also given flat)"
+    )
     strategy: Literal["line-by-line", "join", "join-random", "join-sliding-window"] = Field(
         "line-by-line", description="one row per sample, or rows joined into max_seq_len blocks"
     )
@@ -193,6 +218,8 @@ class PreProcessDataConfig(Strict):
     max_samples: int | None = Field(None, gt=0, description="keep at most N samples after pre-processing")
     random_seed: int = Field(0, description="seed for join-random and shuffles")
     joiner: str | None = Field(None, description="text between joined rows (default: the EOS token)")
+
+    _params = model_validator(mode="before")(classmethod(_function_params))
 
     @field_validator("text_template")
     @classmethod
@@ -230,12 +257,29 @@ class DataloaderConfig(Strict):
     drop_last: bool = False
 
 
+class PostProcessDataConfig(Strict):
+    type: str = Field(
+        description="a function in the data config's user_script: model answers (list of str) -> list of str, "
+        "applied before they are compared with the labels"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the `type` function (also given flat)"
+    )
+
+    _params = model_validator(mode="before")(classmethod(_function_params))
+
+
 class DataConfig(Strict):
     name: str = Field(description="referred to by passes and metrics")
     type: Literal["HuggingfaceContainer", "TextGenerationContainer"] = "HuggingfaceContainer"
+    user_script: str | None = Field(
+        None, description="Python file defining the pre/post-processing functions (relative to the config)"
+    )
+    script_dir: str | None = Field(None, description="folder put on sys.path while the user_script runs")
     load_dataset_config: LoadDatasetConfig = Field(default_factory=LoadDatasetConfig)
     pre_process_data_config: PreProcessDataConfig = Field(default_factory=PreProcessDataConfig)
     dataloader_config: DataloaderConfig = Field(default_factory=DataloaderConfig)
+    post_process_data_config: PostProcessDataConfig | None = None
 
 
 # ---------------------------------------------------------------- systems
@@ -313,13 +357,72 @@ class SubMetric(Strict):
     metric_config: dict[str, Any] | None = None
 
 
+class CustomMetricConfig(Strict):
+    """`user_config` of a metric of type `custom` (signatures: docs/extending.md)."""
+
+    user_script: str = Field(description="Python file defining the function (relative to the config file)")
+    script_dir: str | None = Field(None, description="folder put on sys.path while the user_script runs")
+    evaluate_func: str | None = Field(
+        None, description="evaluate_func(model, rows, **evaluate_func_kwargs) -> number or {sub_type: number}"
+    )
+    evaluate_func_kwargs: dict[str, Any] = Field(default_factory=dict)
+    metric_func: str | None = Field(
+        None,
+        description="metric_func(outputs, targets, **metric_func_kwargs) -> number or {sub_type: number}",
+    )
+    metric_func_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_new_tokens: int = Field(8, gt=0, description="metric_func: tokens generated per row")
+
+    @model_validator(mode="after")
+    def _one_function(self) -> CustomMetricConfig:
+        if bool(self.evaluate_func) == bool(self.metric_func):
+            raise ValueError(
+                "give exactly one of evaluate_func (scores the model) or metric_func (scores outputs)"
+            )
+        return self
+
+
 class Metric(Strict):
     name: str
     type: Literal["accuracy", "latency", "throughput", "perplexity", "size", "memory", "custom"]
     data_config: str | None = Field(None, description="name of a data config")
     sub_types: list[SubMetric] = Field(default_factory=list)
-    user_config: dict[str, Any] | None = None
+    user_config: dict[str, Any] | CustomMetricConfig | None = None
     backend: str | None = None
+
+    @field_validator("user_config")
+    @classmethod
+    def _custom_config(cls, value: Any, info: ValidationInfo) -> Any:
+        """A custom metric's user_config is checked key by key; other metrics' user_config stays as given."""
+        if info.data.get("type") != "custom" or not isinstance(value, dict):
+            return value
+        from pydantic import ValidationError
+
+        try:
+            return CustomMetricConfig.model_validate(value)
+        except ValidationError as err:
+            problems = [
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+                + e["msg"].removeprefix("Value error, ")
+                for e in err.errors()
+            ]
+            raise ValueError("; ".join(problems)) from None
+
+    @model_validator(mode="after")
+    def _custom_needs(self) -> Metric:
+        if self.type != "custom":
+            given = sorted({"evaluate_func", "metric_func"} & set(self.user_config or {}))
+            if given:
+                raise ValueError(f"user_config.{given[0]} works only on a metric of type `custom`")
+            return self
+        if not isinstance(self.user_config, CustomMetricConfig):
+            raise ValueError("a custom metric needs user_config: {user_script, evaluate_func or metric_func}")
+        if not self.sub_types:
+            raise ValueError("a custom metric needs sub_types: one per value its function returns")
+        unset = [s.name for s in self.sub_types if s.higher_is_better is None]
+        if unset:
+            raise ValueError(f"custom sub_types need higher_is_better (true or false): {', '.join(unset)}")
+        return self
 
 
 class Evaluator(Strict):

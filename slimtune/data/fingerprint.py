@@ -26,6 +26,8 @@ def data_fingerprint(data_config: Any, sidecar: str | Path | None = None) -> str
     files = config.get("load_dataset_config", {}).get("data_files")
     for path in local_files(files):
         digest.update(f"\0{path}\0{file_digest(path, sidecar)}".encode())
+    if config.get("user_script"):  # its pre/post-processing functions shape the rows and answers
+        digest.update(f"\0user_script\0{file_digest(config['user_script'], sidecar)}".encode())
     return digest.hexdigest()
 
 

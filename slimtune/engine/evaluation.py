@@ -42,6 +42,8 @@ class EvalPlan:
     split_from: str | None = None  # the training pass whose recorded held-out split selects the rows
     max_rows: int | None = None
     indices: list[int] | None = None  # the rows evaluated, once chosen
+    data: Any = None  # the DataConfig of the rows (its post_process function applies to answers)
+    custom: list[Any] = field(default_factory=list)  # metrics of type custom (evaluate/custom.py)
 
     def fingerprint(self) -> str:
         payload = {
@@ -54,6 +56,12 @@ class EvalPlan:
             "latency_runs": self.latency_runs,
             "version": EVAL_VERSION,
         }
+        if self.custom:  # the metric configs and their scripts' content
+            from slimtune.data.fingerprint import file_digest
+
+            payload["custom"] = [
+                [m.model_dump(mode="json"), file_digest(m.user_config.user_script)] for m in self.custom
+            ]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def for_chain(self, chain: Chain) -> EvalPlan:
@@ -78,7 +86,7 @@ class EvalPlan:
 
 def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
     from slimtune.data.fingerprint import data_fingerprint
-    from slimtune.data.load import load_rows
+    from slimtune.data.user_script import load_data
     from slimtune.passes.registry import get_pass
 
     cfg = loaded.config
@@ -92,27 +100,31 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
     if evaluator is not None and evaluator.metrics:
         refs = metric_refs(evaluator.metrics)
         metrics = required_metrics(evaluator.metrics)
+        custom = [m for m in evaluator.metrics if m.type == "custom"]
         named = [m.data_config for m in evaluator.metrics if m.data_config]
         data_name = named[0] if named else (training.data if training else None)
         max_rows = None
     elif training is not None and (training.eval_size or training.eval_data):
         refs, metrics, data_name, max_rows = [], list(DEFAULT_METRICS), training.data, DEFAULT_MAX_ROWS
+        custom = []
     else:
         return None
     if data_name is None:
-        if "accuracy" in metrics or "perplexity" in metrics:
+        if "accuracy" in metrics or "perplexity" in metrics or custom:
             from slimtune.errors import UserError
 
-            raise UserError("evaluators: accuracy and perplexity need rows: set `data_config` on the metric")
+            raise UserError(
+                "evaluators: accuracy, perplexity and custom metrics need rows: set `data_config` on the metric"
+            )
         return None
     data = next(d for d in cfg.data_configs if d.name == data_name)
     split_from = None
     if training is not None and data_name == training.data and training.eval_data:
         data = next(d for d in cfg.data_configs if d.name == training.eval_data)
-        rows = load_rows(data.load_dataset_config)
+        rows = load_data(data)
         source = f"data config {data.name}, the training pass's evaluation data ({len(rows)} rows)"
     else:
-        rows = load_rows(data.load_dataset_config)
+        rows = load_data(data)
         source = f"data config {data_name} ({len(rows)} rows)"
         if training is not None and data_name == training.data and training.eval_size:
             split_from = trainer.name
@@ -127,6 +139,8 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
         latency_runs=20 if evaluator else 5,
         split_from=split_from,
         max_rows=max_rows,
+        data=data,
+        custom=custom,
     )
 
 
@@ -175,6 +189,7 @@ def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Pa
     except (OSError, ValueError):
         pass
     from slimtune.data.template import Template
+    from slimtune.data.user_script import post_processor
     from slimtune.evaluate.backends import load_tokenizer
     from slimtune.evaluate.evaluator import evaluate_model
 
@@ -190,7 +205,19 @@ def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Pa
         metrics=plan.metrics,
         latency_runs=plan.latency_runs,
         add_special_tokens=plan.pre.add_special_tokens,
+        post_process=post_processor(plan.data),
     )
+    if plan.custom:
+        from slimtune.evaluate.custom import custom_metrics
+
+        result["custom"] = custom_metrics(
+            plan.custom,
+            ref,
+            plan.rows,
+            template,
+            add_special_tokens=plan.pre.add_special_tokens,
+            post_process=post_processor(plan.data),
+        )
     write_json_atomic(cached, result, indent=None)
     return result
 
@@ -264,6 +291,11 @@ def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]],
             f"{s['stage'][:14]:14} {s['kind']:8} {_fmt(acc, '{:.1%}'):>9} {_fmt(m.get('invalid'), '{}'):>8} "
             f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {_fmt(size and size / 1e6, '{:.0f}MB'):>9}"
         )
+    for s in stages:
+        custom = s["metrics"].get("custom") or {}
+        values = [f"{name}-{sub}={value:.4g}" for name, subs in custom.items() for sub, value in subs.items()]
+        if values:
+            print(f"{s['stage'][:14]:14} custom: {', '.join(values)}")
     for goal in goals:
         note = " [default goal: no goal set in the config]" if goal.get("default") else ""
         print(f"goal {describe_goal(goal)}{note}")

@@ -233,9 +233,9 @@ def _located(loaded: LoadedConfig, issues: list[ConfigIssue]) -> list[ConfigIssu
 
 def check_data(loaded: LoadedConfig) -> None:
     """Load each data config a pass or a metric names, and render every row through its template."""
-    from slimtune.data.load import load_rows
     from slimtune.data.split import label_column_for
     from slimtune.data.template import Template
+    from slimtune.data.user_script import load_data
     from slimtune.passes.registry import get_pass
 
     cfg = loaded.config
@@ -264,7 +264,7 @@ def check_data(loaded: LoadedConfig) -> None:
         file = _file_label(data.load_dataset_config.data_files)
         pre = data.pre_process_data_config
         try:
-            rows = load_rows(data.load_dataset_config)
+            rows = load_data(data)
             template = Template(pre, None, rows.column_names, file)
             _render_rows(rows, template, file)
         except DataError as err:

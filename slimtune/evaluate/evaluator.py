@@ -36,13 +36,15 @@ def evaluate_model(
     add_special_tokens: bool = True,
     threads: int | None = None,
     progress: bool | None = None,
+    post_process: Any = None,
 ) -> dict[str, Any]:
     """A JSON-able dict of the requested `metrics` (see METRICS) for the model `ref` on `rows`.
 
     `template`: a slimtune.data.template.Template, a PreProcessDataConfig (its add_special_tokens is used), or
     a text template string. Gold answers are `row[label_column]` when given, else the template's answer field.
     `labels`: the label set (None: the distinct gold answers). `progress`: a tqdm bar on stderr (None: when
-    stderr is a terminal).
+    stderr is a terminal). `post_process`: answers -> answers, applied before they are compared with the labels
+    (a data config's post_process_data_config).
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -89,6 +91,7 @@ def evaluate_model(
             add_special_tokens=add_special_tokens,
             threads=threads,
             progress=progress,
+            post_process=post_process,
         )
     result["seconds"] = time.perf_counter() - started
     return result
@@ -111,6 +114,7 @@ def _evaluate_loaded(
     add_special_tokens,
     threads,
     progress,
+    post_process=None,
 ) -> None:
     from slimtune.data.tokenize import encode_prompt
 
@@ -125,6 +129,8 @@ def _evaluate_loaded(
             backend, prompts, max_new_tokens, one_line=True, progress=_bar(len(prompts), "accuracy", progress)
         )
         seconds = time.perf_counter() - start
+        if post_process is not None:
+            outputs = post_process(outputs)
         predicted = classify(outputs, labels)
         report = classification_report(gold, predicted, labels)
         report["invalid_examples"] = invalid_examples(outputs, gold, predicted)

@@ -69,8 +69,15 @@ def metric_refs(metrics: list[Any]) -> list[MetricRef]:
     """The sub-metrics of an evaluator's metric list; unknown ones are user errors naming valid choices."""
     refs: list[MetricRef] = []
     for metric in metrics:
-        if metric.type == "custom":
-            raise UserError(f"metric `{metric.name}`: custom metrics (user_script) are not implemented yet")
+        if metric.type == "custom":  # the user's function returns one value per sub-type (evaluate/custom.py)
+            for sub in metric.sub_types:
+                path = ("custom", metric.name, sub.name)
+                refs.append(
+                    MetricRef(
+                        f"{metric.name}-{sub.name}", path, bool(sub.higher_is_better), sub.priority, sub.goal
+                    )
+                )
+            continue
         sub_types = metric.sub_types or []
         if not sub_types:
             from slimtune.config.schema import SubMetric

@@ -56,7 +56,7 @@ class PassSpec:
     # the smallest parameters that make a working pass (docs, `slimtune passes`, the contract test); data
     # config names in it stand for any data config
     example: dict[str, Any] = field(default_factory=dict)
-    origin: str = "slimtune"  # the package that registered it
+    origin: str = "slimtune"  # the package that registered it ("name version" for a plugin)
 
     def load_run(self) -> Callable[..., Any]:
         module, func = self.run.split(":")
@@ -110,7 +110,7 @@ def _load_plugins() -> None:
                 file=sys.stderr,
             )
             continue
-        origin = point.dist.name if point.dist is not None else point.value
+        origin = f"{point.dist.name} {point.dist.version}" if point.dist is not None else point.value
         for name in set(_REGISTRY) - before:
             _REGISTRY[name] = replace(_REGISTRY[name], origin=origin)
 

@@ -22,14 +22,14 @@ class TaskInfo:
 
 def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     """(train samples, eval samples or None, TaskInfo)."""
-    from slimtune.data.load import load_rows
     from slimtune.data.split import label_column_for, split_indices, write_heldout
     from slimtune.data.template import Template
     from slimtune.data.tokenize import tokenize_rows
+    from slimtune.data.user_script import load_data
 
     train_config = ctx.data_config(params.train_data_config)
     pre = train_config.pre_process_data_config
-    rows = load_rows(train_config.load_dataset_config)
+    rows = load_data(train_config)
     template = Template(pre, tokenizer, columns=rows.column_names)
     label_column = label_column_for(rows, template.answer_column)
     labels = sorted(set(map(str, rows[label_column]))) if label_column else None
@@ -39,7 +39,7 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     eval_samples = None
     if params.eval_data_config:
         eval_config = ctx.data_config(params.eval_data_config)
-        eval_rows = load_rows(eval_config.load_dataset_config)
+        eval_rows = load_data(eval_config)
         eval_pre = eval_config.pre_process_data_config
         eval_template = Template(eval_pre, tokenizer, columns=eval_rows.column_names)
         eval_samples = _located(tokenize_rows, eval_config)(eval_rows, eval_pre, tokenizer, eval_template)
