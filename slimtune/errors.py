@@ -51,10 +51,6 @@ class PassFailed(UserError):
     combination, or failed inside). A search records it against the candidate and goes on."""
 
 
-class GoalsNotMet(SlimtuneError):
-    exit_code = EXIT_GOALS
-
-
 @dataclass(frozen=True)
 class ConfigIssue:
     """One problem in a config file. `path` is the dotted key path as the user wrote it."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from slimtune.config.schema import PreProcessDataConfig
-from slimtune.data.template import Template, parse_template, unescape_cli
+from slimtune.config.template_syntax import parse_template
+from slimtune.data.template import Template, unescape_cli
 from slimtune.errors import DataError, UserError
 
 SEED = "### Text: {phrase}\n### The tone is:\n{tone}"

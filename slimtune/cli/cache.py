@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import time
 
 
 def register(sub) -> None:
@@ -25,18 +28,72 @@ def register(sub) -> None:
 
 
 def _ls(args) -> int:
-    from slimtune.engine.cache import ls_command
+    from slimtune.engine.cache import Cache
 
-    return ls_command(args)
-
-
-def _clean(args) -> int:
-    from slimtune.engine.cache import clean_command
-
-    return clean_command(args)
+    cache = Cache(args.cache_dir)
+    rows = [
+        {
+            "key": e.key,
+            "pass_type": e.info.get("pass_type"),
+            "pass_name": e.info.get("pass_name"),
+            "size_bytes": e.info.get("size_bytes"),
+            "created": e.info.get("created"),
+            "path": str(e.output),
+        }
+        for e in cache.entries()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"cache {cache.root}: empty")
+        return 0
+    print(f"{'key':14} {'pass':22} {'size':>10}  created")
+    for r in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
+        print(f"{r['key'][:12]}.. {str(r['pass_type']):22} {r['size_bytes'] / 1e6:8.1f}MB  {created}")
+    leftovers = cache.leftovers()
+    if leftovers:
+        print(f"{len(leftovers)} leftover folders of interrupted passes (`slimtune cache clean --partial`)")
+    return 0
 
 
 def _verify(args) -> int:
-    from slimtune.engine.cache import verify_command
+    """Compare every entry's files with its manifest (sizes and sha256); with --remove, drop broken ones."""
+    from slimtune.engine.cache import Cache, Entry
 
-    return verify_command(args)
+    cache = Cache(args.cache_dir)
+    broken = 0
+    folders = sorted((cache.root / "entries").glob("*"))
+    for folder in folders:
+        try:
+            entry = Entry(folder.name, folder, json.loads((folder / "entry.json").read_text()))
+            problems = cache.problems(entry)
+        except (OSError, ValueError) as err:
+            entry, problems = Entry(folder.name, folder, {}), [f"entry.json: {err}"]
+        if problems:
+            broken += 1
+            print(f"{folder.name[:12]}.. broken: {'; '.join(problems[:5])}")
+            if args.remove:
+                cache.remove(entry)
+    action = "removed" if args.remove else "a re-run recomputes them; --remove deletes them"
+    print(f"{len(folders)} entries checked, {broken} broken" + (f" ({action})" if broken else ""))
+    return 2 if broken and not args.remove else 0
+
+
+def _clean(args) -> int:
+    from slimtune.engine.cache import Cache
+
+    cache = Cache(args.cache_dir)
+    removed = 0
+    for path in cache.leftovers():
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    if not args.partial:
+        for entry in cache.entries():
+            if args.pass_type and entry.info.get("pass_type") != args.pass_type:
+                continue
+            cache.remove(entry)
+            removed += 1
+    print(f"removed {removed} folder{'s' if removed != 1 else ''} from {cache.root}")
+    return 0

@@ -1,6 +1,22 @@
-"""`slimtune evaluate --model DIR --data FILE`: task accuracy, perplexity, latency, size."""
+"""`slimtune evaluate --model DIR --data FILE`: evaluate any model folder on a data file.
+
+The folder's kind is told by its files: genai_config.json (ONNX GenAI), adapter_config.json (a PEFT adapter,
+applied to the base model its config names), config.json (Hugging Face). A folder made by slimtune carries its
+template, answer column and label set in slimtune.json; any other folder needs --template. The label set is
+the distinct values of the label column in the data, joined with the labels recorded in slimtune.json.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimtune.errors import ModelError, UserError
+from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef  # plain data, no heavy imports
+
+if TYPE_CHECKING:
+    from slimtune.config.schema import PreProcessDataConfig
 
 
 def register(sub) -> None:
@@ -21,6 +37,163 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from slimtune.evaluate.command import evaluate_command
+    from slimtune.data.template import Template
 
-    return evaluate_command(args)
+    ref = model_ref(args.model)
+    meta = ModelMeta.load(ref.path) or ModelMeta()
+    pre = _pre_process(args, meta, ref)
+    rows = _rows(args.data, args.max_rows)
+    probe = Template(pre)  # chat templates need the tokenizer; the evaluator re-renders with it
+    label_column = args.label_col or meta.answer_column or probe.answer_column
+    if label_column and rows and label_column not in rows[0]:
+        raise UserError(
+            f"label column {label_column!r} is not in {args.data}; columns: {', '.join(rows[0])} (--label-col)"
+        )
+    needs_labels = {"accuracy", "likelihood"} & set(args.metrics)
+    if needs_labels and not label_column:
+        raise UserError(
+            f"the template {pre.text_template!r} does not end with an answer field; give --label-col for "
+            f"{', '.join(sorted(needs_labels))}"
+        )
+    labels = None
+    if label_column:
+        labels = list(dict.fromkeys([*(meta.labels or []), *sorted({str(r[label_column]) for r in rows})]))
+    from slimtune.evaluate.evaluator import evaluate_model
+
+    result = evaluate_model(
+        ref,
+        rows,
+        pre,
+        labels=labels,
+        metrics=list(args.metrics),
+        label_column=label_column,
+        progress=None if not args.json else False,
+    )
+    result["data"] = str(args.data)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(render_text(result))
+    return 0
+
+
+def model_ref(folder: str | Path) -> ModelRef:
+    """A ModelRef for a model folder, its kind told by the files it holds."""
+    from slimtune.evaluate.onnx_genai import is_onnx_genai_folder
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such folder")
+    if is_onnx_genai_folder(path):
+        return ModelRef(str(path), "onnx")
+    if (path / "adapter_config.json").is_file():
+        return ModelRef(str(path), "adapter", base_path=str(_adapter_base(path)))
+    if (path / "config.json").is_file():
+        return ModelRef(str(path), "hf")
+    raise ModelError(
+        f"{path} is not a model folder: it has no genai_config.json (ONNX GenAI), adapter_config.json (PEFT "
+        "adapter) or config.json (Hugging Face)"
+    )
+
+
+def _adapter_base(folder: Path) -> Path:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{folder / 'adapter_config.json'} names no base_model_name_or_path")
+    path = Path(base).expanduser()
+    if not path.is_absolute() and not path.is_dir():
+        path = folder / base  # relative to the adapter folder
+    if path.is_dir():
+        return path.resolve()
+    from slimtune.models.loading import resolve_model  # a known model name resolves to its prepared folder
+
+    try:
+        return resolve_model(base, kind="hf")
+    except UserError as err:
+        raise ModelError(f"adapter {folder}: its base model {base!r} cannot be found ({err})") from err
+
+
+def _pre_process(args, meta: ModelMeta, ref: ModelRef) -> PreProcessDataConfig:
+    from slimtune.config.schema import PreProcessDataConfig
+    from slimtune.data.template import unescape_cli
+
+    if args.template:
+        return PreProcessDataConfig(text_template=unescape_cli(args.template))
+    if not meta.template:
+        where = (
+            f"{ref.path} has no {MODEL_META}"
+            if not Path(ref.path, MODEL_META).is_file()
+            else (f"{Path(ref.path, MODEL_META)} records no template")
+        )
+        raise UserError(
+            f"{where}, so the prompt format is unknown; give it with --template, e.g. "
+            "--template '### Text: {phrase}\\n### The tone is:\\n{tone}'"
+        )
+    add_special = getattr(meta, "add_special_tokens", True)
+    return PreProcessDataConfig(
+        text_template=meta.template, chat_template=meta.chat_template, add_special_tokens=add_special
+    )
+
+
+def _rows(path: str, max_rows: int | None) -> list[dict[str, Any]]:
+    from slimtune.config.schema import LoadDatasetConfig
+    from slimtune.data.load import builder_for, load_rows
+
+    if max_rows is not None and max_rows < 1:
+        raise UserError(f"--max-rows must be at least 1, got {max_rows}")
+    rows = load_rows(
+        LoadDatasetConfig(data_name=builder_for(path), data_files=str(path), max_samples=max_rows)
+    )
+    return [dict(row) for row in rows]
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """A readable summary: accuracy, invalid answers, per-class P/R/F1, confusion matrix, latency, size."""
+    lines = [f"model {result['model']} ({result['kind']}), {result['n']} rows"]
+    if "accuracy" in result:
+        lines.append(
+            f"accuracy     {result['accuracy']:.2%}  ({result['correct']}/{result['n']}; "
+            f"{result['rows_per_s']:.1f} rows/s)"
+        )
+        lines.append(f"invalid      {result['invalid']}")
+        for example in result.get("invalid_examples", []):
+            lines.append(f"  e.g. {example['output']!r} (expected {example['expected']!r})")
+        width = max(8, *(len(label) for label in result["per_class"]))
+        lines += ["", f"{'label':<{width}}  precision  recall     f1  support"]
+        for label, c in result["per_class"].items():
+            lines.append(
+                f"{label:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  "
+                f"{c['support']:7d}"
+            )
+        lines += ["", "confusion (rows: true, columns: predicted)"]
+        columns = result["confusion"]["columns"]
+        cell = max(7, *(len(c) for c in columns))
+        lines.append(" " * (width + 2) + "".join(f"{c:>{cell + 1}}" for c in columns))
+        for label, row in zip(result["confusion"]["labels"], result["confusion"]["matrix"], strict=True):
+            lines.append(f"{label:<{width}}  " + "".join(f"{v:>{cell + 1}}" for v in row))
+        lines.append("")
+    if "likelihood_accuracy" in result:
+        lines.append(f"likelihood accuracy  {result['likelihood_accuracy']:.2%}")
+    if "perplexity" in result:
+        lines.append(f"perplexity   {result['perplexity']:.3f}  ({result['perplexity_tokens']} tokens)")
+    if "latency" in result:
+        lat = result["latency"]
+        e2e = lat["e2e_ms"]
+        lines.append(
+            f"latency      e2e avg {e2e['avg']:.1f} ms, p50 {e2e['p50']:.1f}, p90 {e2e['p90']:.1f}, "
+            f"p99 {e2e['p99']:.1f} ({lat['new_tokens']} new tokens)"
+        )
+        lines.append(
+            f"             ttft {lat['ttft_ms']:.1f} ms, prompt {lat['prompt_tokens_per_s']:.0f} tok/s, "
+            f"decode {lat['decode_tokens_per_s']:.1f} tok/s; {lat['runs']} runs after {lat['warmup']} warm-up, "
+            f"{lat['threads']} threads"
+        )
+    if "size_bytes" in result:
+        lines.append(f"size         {result['size_bytes'] / 2**20:.1f} MiB")
+    if "peak_memory_bytes" in result:
+        lines.append(
+            f"peak memory  {result['peak_memory_bytes'] / 2**20:.1f} MiB over the baseline "
+            f"(peak RSS {result['memory']['peak_rss_bytes'] / 2**20:.1f} MiB)"
+        )
+    return "\n".join(lines)

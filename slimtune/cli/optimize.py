@@ -1,6 +1,23 @@
-"""`slimtune optimize --model PATH --data FILE`: a ready-made search over ONNX export options, no config."""
+"""`slimtune optimize --model PATH --data FILE`: a ready-made search over ONNX export options, no config.
+
+One ModelBuilder pass with one alternative per precision (int4 with its block sizes, accuracy levels and
+algorithms searched), an evaluator with the user's goals, and the exhaustive sampler. It then runs like any
+config, so it shares the cache with `slimtune run`.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slimtune.cli.evaluate import model_ref
+from slimtune.errors import UserError
+
+PRIORITIES = {
+    "size": ("size", "accuracy", "latency"),
+    "latency": ("latency", "accuracy", "size"),
+    "accuracy": ("accuracy", "latency", "size"),
+}
 
 
 def register(sub) -> None:
@@ -43,6 +60,149 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from slimtune.engine.optimize import optimize_command
+    from slimtune.config.load import load_config_dict
+    from slimtune.engine.runner import run_workflow
 
-    return optimize_command(args)
+    raw = build_config(args)
+    loaded = load_config_dict(raw, base_dir=Path.cwd())
+    if args.dry_run:
+        return dry_run(loaded)
+    return run_workflow(loaded)
+
+
+def build_config(args) -> dict[str, Any]:
+    from slimtune.config.schema import PreProcessDataConfig
+    from slimtune.data.load import builder_for
+    from slimtune.data.template import Template, unescape_cli
+    from slimtune.models.ref import ModelMeta
+
+    if args.max_rows < 1:
+        raise UserError(f"--max-rows must be at least 1, got {args.max_rows}")
+    if not Path(args.data).is_file():
+        raise UserError(f"--data {args.data}: no such file")
+    model = _input_model(args.model)
+    meta = (
+        ModelMeta.load(model.get("adapter_path") or model["model_path"])
+        if Path(model["model_path"]).is_dir()
+        else None
+    )
+    if args.template:
+        pre = {"text_template": unescape_cli(args.template)}
+    elif meta is not None and meta.template:
+        pre = {
+            "text_template": meta.template,
+            "chat_template": meta.chat_template,
+            "add_special_tokens": getattr(meta, "add_special_tokens", True),
+        }
+    else:
+        raise UserError(
+            f"{args.model} records no prompt template (no slimtune.json); give it with --template, e.g. "
+            "--template '### Text: {phrase}\\n### The tone is:\\n{tone}'"
+        )
+    answer = Template(PreProcessDataConfig(**pre)).answer_column
+    if answer is None and args.max_accuracy_drop is not None:
+        raise UserError(
+            f"--max-accuracy-drop needs an answer to compare: the template {pre['text_template']!r} does not "
+            "end with an answer field"
+        )
+    return {
+        "input_model": model,
+        "data_configs": [
+            {
+                "name": "data",
+                "load_dataset_config": {
+                    "data_name": builder_for(args.data),
+                    "data_files": str(Path(args.data).resolve()),
+                    "max_samples": args.max_rows,
+                },
+                "pre_process_data_config": pre,
+            }
+        ],
+        "systems": {
+            "target": {
+                "type": "LocalSystem",
+                "accelerators": [{"device": "gpu" if args.device == "cuda" else "cpu"}],
+            }
+        },
+        "host": "target",
+        "target": "target",
+        "passes": {"builder": builder_alternatives(args)},
+        "search_strategy": {"sampler": "exhaustive", "execution_order": "joint"},
+        "evaluators": {"optimize": {"metrics": metrics(args, answer is not None)}},
+        "evaluator": "optimize",
+        "evaluate_input_model": True,
+        "cache_dir": str(Path(args.cache_dir).resolve()),
+        "output_dir": str(Path(args.output_dir).resolve()),
+    }
+
+
+def builder_alternatives(args) -> list[dict[str, Any]]:
+    precisions = args.precisions or (
+        ["fp32", "fp16", "int8", "int4"] if args.device == "cuda" else ["fp32", "int8", "int4"]
+    )
+    if "fp16" in precisions and args.device != "cuda":
+        raise UserError("--precisions fp16: the builder makes fp16 models for CUDA only; add --device cuda")
+    out = []
+    for precision in precisions:
+        entry: dict[str, Any] = {"type": "ModelBuilder", "precision": precision}
+        if precision == "int4":
+            entry.update(
+                int4_block_size=_search(args.block_sizes),
+                int4_accuracy_level=_search(args.accuracy_levels),
+                int4_algo_config=_search(args.algorithms),
+            )
+        out.append(entry)
+    return out
+
+
+def _search(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else {"search": list(values)}
+
+
+def metrics(args, has_answer: bool) -> list[dict[str, Any]]:
+    order = [m for m in PRIORITIES[args.prefer] if m != "accuracy" or has_answer]
+    subs = {
+        "accuracy": {"name": "accuracy_score"},
+        "latency": {"name": "p50"},
+        "size": {"name": "size"},
+    }
+    if args.max_accuracy_drop is not None:
+        subs["accuracy"]["goal"] = {"type": "max-degradation", "value": args.max_accuracy_drop / 100}
+    if args.max_latency_ms is not None:
+        subs["latency"]["goal"] = {"type": "threshold", "value": args.max_latency_ms}
+    out = []
+    for priority, name in enumerate(order, 1):
+        sub = {**subs[name], "priority": priority}
+        out.append({"name": name, "type": name, "data_config": "data", "sub_types": [sub]})
+    return out
+
+
+def _input_model(path: str) -> dict[str, Any]:
+    folder = Path(path)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+        ref = model_ref(folder)
+        return {"type": "HfModel", "model_path": ref.base_path, "adapter_path": str(folder.resolve())}
+    if folder.is_dir() and (folder / "genai_config.json").is_file():
+        raise UserError(f"--model {path} is already an ONNX model; optimize starts from a Hugging Face model")
+    return {"type": "HfModel", "model_path": str(folder.resolve()) if folder.exists() else path}
+
+
+def dry_run(loaded) -> int:
+    """Every candidate with its cache keys, computed from the config alone: `cached` when each of its
+    passes already has a complete cache entry."""
+    from slimtune.engine.chain import open_session
+    from slimtune.engine.search import candidate_keys, enumerate_candidates
+
+    session = open_session(loaded)
+    cache = session.cache
+    candidates = enumerate_candidates(loaded)
+    print(f"{len(candidates)} candidates (cache {cache.root}):")
+    for index, candidate in enumerate(candidates, 1):
+        cached = all(cache.lookup(key) is not None for key in candidate_keys(session, candidate))
+        settings = []
+        for plan in loaded.passes:
+            if plan.searched:  # the parameters as written for this point
+                written = plan.space.params_at(candidate[plan.name])
+                settings += [f"{plan.name}.{k}={v}" for k, v in written.items()]
+        print(f"  #{index:<3} {'cached' if cached else 'to run':7} {' '.join(settings)}")
+    return 0

@@ -14,7 +14,6 @@ from slimtune.config.schema import DataloaderConfig, LoadDatasetConfig, LoadKwar
 from slimtune.errors import ConfigIssue
 
 _LOAD_KEYS = set(LoadDatasetConfig.model_fields)
-_PRE_KEYS = set(PreProcessDataConfig.known_keys()) | {"dataset_type"}
 _DATALOADER_KEYS = set(DataloaderConfig.model_fields)
 
 

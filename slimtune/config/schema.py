@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slimtune.config.base import Strict
+from slimtune.config.template_syntax import parse_template
+from slimtune.errors import UserError
 
 # ---------------------------------------------------------------- remote resources
 
@@ -225,9 +227,6 @@ class PreProcessDataConfig(Strict):
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
         if value is not None:
-            from slimtune.data.template import parse_template  # light: string formatting only
-            from slimtune.errors import UserError
-
             try:
                 parse_template(value)
             except UserError as err:

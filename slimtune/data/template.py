@@ -11,45 +11,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from slimtune.config.schema import PreProcessDataConfig
+from slimtune.config.template_syntax import TemplatePart, parse_template
 from slimtune.errors import DataError, UserError
 
 _FORMATTER = string.Formatter()
-
-
-@dataclass(frozen=True)
-class _Part:
-    literal: str
-    column: str | None = None  # the row key a field reads
-    expr: str | None = None  # the full field expression ({a[0]}, {a.b}); None: plain column lookup
-    spec: str = ""
-    conversion: str | None = None
-
-
-def parse_template(template: str) -> list[_Part]:
-    """The template as literal text and fields. Raises UserError on a malformed format string."""
-    try:
-        items = list(_FORMATTER.parse(template))
-    except ValueError as err:
-        raise UserError(
-            f"text_template {template!r} is not a valid format string: {err} "
-            "(write a literal brace as {{ or }})"
-        ) from None
-    parts = []
-    for literal, field, spec, conversion in items:
-        if field is None:
-            parts.append(_Part(literal))
-            continue
-        if not field or field.isdigit():
-            raise UserError(
-                f"text_template {template!r}: fields must name columns, like {{phrase}}; got {{{field}}}"
-            )
-        column = field.split(".")[0].split("[")[0]
-        parts.append(_Part(literal, column, None if field == column else field, spec or "", conversion))
-    return parts
 
 
 def unescape_cli(text: str) -> str:
@@ -93,11 +61,11 @@ class Template:
                 )
         self.chat = bool(pre.chat_template or self.messages_col)
         if self.messages_col:
-            self.parts: list[_Part] = [_Part("", self.messages_col)]
+            self.parts: list[TemplatePart] = [TemplatePart("", self.messages_col)]
         elif self.text_template:
             self.parts = parse_template(self.text_template)
         else:
-            self.parts = [_Part("\n" if i else "", c) for i, c in enumerate(text_cols)]
+            self.parts = [TemplatePart("\n" if i else "", c) for i, c in enumerate(text_cols)]
         if self.chat and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
             raise UserError(
                 "chat rendering asked for (chat_template / messages_col), but the model's tokenizer has "
@@ -141,7 +109,7 @@ class Template:
                     column=column if file else None,
                 )
 
-    def _trimmed(self) -> list[_Part]:
+    def _trimmed(self) -> list[TemplatePart]:
         """Parts without the trailing literal-only whitespace."""
         parts = list(self.parts)
         if parts and parts[-1].column is None and not parts[-1].literal.strip():
@@ -196,10 +164,10 @@ class Template:
             return self._join(self.parts, row)
         return self._join(self._trimmed()[:-1], row) + self._trimmed()[-1].literal.rstrip()
 
-    def _join(self, parts: Sequence[_Part], row: Mapping[str, Any]) -> str:
+    def _join(self, parts: Sequence[TemplatePart], row: Mapping[str, Any]) -> str:
         return "".join(p.literal + (self._value(row, p) if p.column else "") for p in parts)
 
-    def _value(self, row: Mapping[str, Any], part: _Part) -> str:
+    def _value(self, row: Mapping[str, Any], part: TemplatePart) -> str:
         if part.column not in row:
             self.check_columns(list(row))
         field = "{" + (part.expr or part.column) + (f"!{part.conversion}" if part.conversion else "")
