@@ -3,7 +3,8 @@
 Each run greedily decodes exactly `new_tokens` tokens (EOS does not end it), so every stage of a run does the
 same work on the same prompts and the numbers compare. Runs cycle through the given prompts; the first
 `warmup` runs are not counted (allocator growth, lazy kernel choices). Time to first token includes the whole
-prompt pass; decode throughput counts the tokens after the first over the time after the first.
+prompt pass; decode throughput counts the tokens after the first over the time after the first. The timed
+runs hold the measurement lock and record the machine's other load (slimtune.evaluate.conditions).
 """
 
 from __future__ import annotations
@@ -47,15 +48,18 @@ def measure_latency(
         raise UserError("latency needs at least one prompt")
     if new_tokens < 2:
         raise UserError(f"latency decodes at least 2 tokens (to time decoding), got {new_tokens}")
-    for i in range(warmup):
-        backend.timed_generate(prompts[i % len(prompts)], new_tokens)
-        if progress is not None:
-            progress.update(1)
+    from slimtune.evaluate.conditions import measuring_alone
+
     timings = []
-    for i in range(runs):
-        timings.append(backend.timed_generate(prompts[i % len(prompts)], new_tokens))
-        if progress is not None:
-            progress.update(1)
+    with measuring_alone() as conditions:  # no other slimtune process measures meanwhile; others' load noted
+        for i in range(warmup):
+            backend.timed_generate(prompts[i % len(prompts)], new_tokens)
+            if progress is not None:
+                progress.update(1)
+        for i in range(runs):
+            timings.append(backend.timed_generate(prompts[i % len(prompts)], new_tokens))
+            if progress is not None:
+                progress.update(1)
     ttft = [t.ttft_s * 1000 for t in timings]
     e2e = [t.total_s * 1000 for t in timings]
     prompt_tokens = sum(t.prompt_tokens for t in timings)
@@ -73,7 +77,14 @@ def measure_latency(
         "new_tokens": new_tokens,
         "prompt_tokens_avg": prompt_tokens / runs,
         "threads": backend.threads(),
+        "conditions": conditions,
     }
+    if conditions["contended"]:
+        print(
+            f"warning: latency measured while other processes used {conditions['other_cpu_share']:.0%} of the "
+            "CPUs; the figure is marked, and measured again rather than reused next time",
+            flush=True,
+        )
     setup = getattr(backend, "generator_setup_ms", None)
     if setup is not None:  # ONNX GenAI: creating a generator, paid once per request by a naive server
         out["generator_setup_ms"] = setup

@@ -164,6 +164,9 @@ def render_html(record: dict[str, Any]) -> str:
             '<p class="note">Δ accuracy: change from the previous evaluated stage, in percentage points. '
             "Latency: end to end per request.</p>"
         )
+        notes = view.latency_notes(stages)
+        if notes:
+            parts.append('<ul class="note">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     else:
         parts.append('<p class="note">This run evaluated no stage.</p>')
 

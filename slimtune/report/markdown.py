@@ -44,6 +44,7 @@ def render_markdown(record: dict[str, Any]) -> str:
             "Δ accuracy: change from the previous evaluated stage, in percentage points. "
             "Latency: end to end per request.",
         ]
+        out += [""] + [f"- {md_text(note)}" for note in view.latency_notes(stages)]
     else:
         out.append(
             "This run evaluated no stage (no `evaluator` in the config, or evaluation was switched off)."

@@ -164,6 +164,20 @@ def stages(record: dict[str, Any]) -> list[Stage]:
     return found
 
 
+def latency_notes(found: list[Stage]) -> list[str]:
+    """When and under what load each stage's latency was measured (a figure taken under load is flagged)."""
+    notes = []
+    for stage in found:
+        conditions = as_dict(as_dict(stage.metrics.get("latency")).get("conditions"))
+        if not conditions:
+            continue
+        share = number(conditions.get("other_cpu_share"))
+        load = "" if share is None else f", other processes used {share:.0%} of the CPUs"
+        flag = " (under load: measured again on the next run)" if conditions.get("contended") else ""
+        notes.append(f"{stage.label}: latency measured {conditions.get('measured_at') or MISSING}{load}{flag}")
+    return notes
+
+
 def stage_table(found: list[Stage]) -> Table:
     table = Table(
         [
