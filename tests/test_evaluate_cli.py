@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slimtune.cli.main import main
-from slimtune.evaluate.command import model_ref
+from slimtune.models.loading import model_ref
 from slimtune.models.ref import ModelMeta
 from tests.test_evaluate_backends import export, make_adapter
 from tests.tiny_models import make_tiny_model

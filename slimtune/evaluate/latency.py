@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from slimtune.errors import UserError
 
 if TYPE_CHECKING:
-    from slimtune.evaluate.backends import Backend
+    from slimtune.models.runtime import OpenedModel
 
 PERCENTILES = (50, 90, 99)
 
@@ -31,7 +31,7 @@ def summarize(values_ms: Sequence[float]) -> dict[str, float]:
 
 
 def measure_latency(
-    backend: Backend,
+    backend: OpenedModel,
     prompts: Sequence[list[int]],
     *,
     runs: int = 20,
