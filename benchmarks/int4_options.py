@@ -33,8 +33,8 @@ OPTION_SETS = [
 def score(folder: Path, tokenizer, rows: list[dict]) -> float:
     from slimtune.data.template import Template
     from slimtune.evaluate.accuracy import classify
-    from slimtune.evaluate.backends import open_model
     from slimtune.models.ref import ModelRef
+    from slimtune.models.runtime import open_model
 
     backend = open_model(ModelRef(str(folder), "onnx"))
     template = Template(_pre(), tokenizer)
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("merged")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    from slimtune.evaluate.backends import load_tokenizer
+    from slimtune.models.hf import load_tokenizer
     from slimtune.models.ref import ModelRef
 
     rows = [json.loads(line) for line in (ROOT / "examples/emotion/heldout.jsonl").read_text().splitlines()]

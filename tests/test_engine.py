@@ -168,7 +168,7 @@ def test_default_model_end_to_end(tmp_path):
     model = tmp_path / "out" / "model"
     assert record["final_model"]["kind"] == "onnx"
     assert 60e6 < record["final_model"]["size_bytes"] < 150e6  # int4 of a 135M-parameter model
-    from slimtune.evaluate.onnx_genai import OnnxGenaiModel
+    from slimtune.models.onnx_genai import OnnxGenaiModel
 
     text = OnnxGenaiModel(model).generate("<|im_start|>### Text: I passed the exam!\n### The tone is:\n", 4)
     assert text.strip(), "the int4 model generated nothing"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.evaluate.backends import open_model
 from slimtune.evaluate.evaluator import evaluate_model, likelihood_predictions
+from slimtune.evaluate.perplexity import perplexity_of
 from slimtune.models.ref import ModelMeta, ModelRef
+from slimtune.models.runtime import open_model
 from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder import ModelBuilderParams
 from slimtune.passes.model_builder.run import run as build
@@ -168,7 +169,9 @@ def test_onnx_logprobs_match_hf(models):
     expected, got = hf.token_logprobs(pairs), onnx.token_logprobs(pairs)
     assert got == pytest.approx(expected, abs=1e-3)
     texts = ["### Text: I miss my old friends.", "Wow, I did not expect that at all!"]
-    assert onnx.perplexity(texts) == pytest.approx(hf.perplexity(texts), rel=1e-4)
+    assert perplexity_of(onnx, texts)["perplexity"] == pytest.approx(
+        perplexity_of(hf, texts)["perplexity"], rel=1e-4
+    )
     # a reused (rewound) ONNX generator gives what a fresh one gives
     first = onnx.generate_ids(ids, 6)
     onnx.token_logprobs(pairs)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.cli.evaluate import model_ref
 from slimtune.cli.main import main
+from slimtune.models.loading import model_ref
 from slimtune.models.ref import ModelMeta
 from tests.test_evaluate_backends import export, make_adapter
 from tests.tiny_models import make_tiny_model

@@ -1,15 +1,20 @@
-"""`slimtune generate` on a tiny Llama: an ONNX GenAI folder and a Hugging Face folder, --prompt and --input."""
+"""`slimtune generate` on a tiny Llama: an ONNX GenAI folder and a Hugging Face folder, --prompt and --input;
+--input hands the model the prompt ids evaluation gives it for the same row."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from slimtune.cli.main import main
-from slimtune.evaluate.generate import generate_hf, prompt_from_row
-from slimtune.evaluate.onnx_genai import OnnxGenaiModel, StreamCutter, answer_end, is_onnx_genai_folder
+from slimtune.evaluate.generate import prompt_ids_from_row
+from slimtune.models.decoding import StreamCutter, answer_end
+from slimtune.models.hf import HfModel, load_tokenizer
+from slimtune.models.kind import is_onnx_genai_folder
+from slimtune.models.onnx_genai import OnnxGenaiModel
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder import ModelBuilderParams
@@ -52,6 +57,15 @@ def with_meta(folder: Path, tmp_path: Path, **meta) -> Path:
     return copy
 
 
+def ids_of(folder: Path, text: str) -> list[int]:
+    """`text` encoded as written (a BOS written out in it becomes the BOS id), nothing added."""
+    return load_tokenizer(folder)(text, add_special_tokens=False)["input_ids"]
+
+
+def row_prompt(folder: Path, row: str) -> tuple[list[int], bool]:
+    return prompt_ids_from_row(folder, row, load_tokenizer(folder))
+
+
 def test_is_onnx_genai_folder(folders):
     assert is_onnx_genai_folder(folders["int4"])
     assert not is_onnx_genai_folder(folders["hf"])
@@ -67,7 +81,7 @@ def test_generate_streams_to_stdout(folders, capsys, kind):
 def test_onnx_fp32_and_transformers_agree(folders):
     """Same weights, same greedy decoding: the exported model continues the prompt as transformers does."""
     onnx_text = OnnxGenaiModel(folders["fp32"]).generate(PROMPT, 8)
-    hf_text = generate_hf(folders["hf"], PROMPT, 8)
+    hf_text = HfModel(folders["hf"]).generate(PROMPT, 8)
     # a random model emits stray byte tokens: transformers decodes them as U+FFFD, the GenAI stream drops them
     assert onnx_text.replace("\ufffd", "") == hf_text.replace("\ufffd", "")
     assert len(onnx_text) > 3
@@ -94,7 +108,7 @@ def test_input_row_uses_the_recorded_template(folders, tmp_path, capsys, monkeyp
         answer_column="tone",
         labels=["joy", "fear", "sadness", "surprise"],
     )
-    assert prompt_from_row(folder, '{"phrase": "I am so happy today!"}') == (BOS + PROMPT, True)
+    assert row_prompt(folder, '{"phrase": "I am so happy today!"}') == (ids_of(folder, BOS + PROMPT), True)
 
     seen = {}
     real = OnnxGenaiModel.generate
@@ -106,7 +120,7 @@ def test_input_row_uses_the_recorded_template(folders, tmp_path, capsys, monkeyp
     monkeypatch.setattr(OnnxGenaiModel, "generate", spy)
     row = '{"phrase": "I am so happy today!", "tone": "joy"}'  # the answer column, if given, is not used
     assert main(["generate", "--model", str(folder), "--input", row, "--max-new-tokens", "6"]) == 0
-    assert seen == {"prompt": BOS + PROMPT, "stop_at_newline": True}
+    assert seen == {"prompt": ids_of(folder, BOS + PROMPT), "stop_at_newline": True}
     assert "\n" not in capsys.readouterr().out.strip()
 
 
@@ -114,13 +128,13 @@ def test_input_row_without_special_tokens_has_no_bos(folders, tmp_path):
     folder = with_meta(
         folders["int4"], tmp_path, template=TEMPLATE, answer_column="tone", add_special_tokens=False
     )
-    assert prompt_from_row(folder, '{"phrase": "I am so happy today!"}') == (PROMPT, False)
+    assert row_prompt(folder, '{"phrase": "I am so happy today!"}') == (ids_of(folder, PROMPT), False)
 
 
 def test_input_row_with_a_chat_template(folders, tmp_path):
     folder = with_meta(folders["hf"], tmp_path, template=TEMPLATE, answer_column="tone", chat_template=True)
-    prompt, one_line = prompt_from_row(folder, '{"phrase": "hi"}')
-    assert prompt == "<|user|>\n### Text: hi\n### The tone is:<|end|>\n<|assistant|>\n"
+    prompt, one_line = row_prompt(folder, '{"phrase": "hi"}')
+    assert prompt == ids_of(folder, "<|user|>\n### Text: hi\n### The tone is:<|end|>\n<|assistant|>\n")
     assert CHAT_TEMPLATE and not one_line
 
 
@@ -155,3 +169,38 @@ def test_answer_end_and_stream_cutter():
     assert cutter.text == "\njoy" and "".join(pieces) == "\njoy"
     plain = StreamCutter(None, one_line=False)
     assert not plain.feed("a\nb\n") and plain.text == "a\nb\n"
+
+
+@pytest.mark.parametrize("meta", [{}, {"chat_template": True}, {"add_special_tokens": False}])
+def test_generate_input_and_evaluation_give_the_model_the_same_ids(
+    folders, tmp_path, capsys, monkeypatch, meta
+):
+    """`slimtune generate --input ROW` and `slimtune evaluate` on ROW hand the model the same prompt ids."""
+    folder = with_meta(
+        folders["hf"], tmp_path, template=TEMPLATE, answer_column="tone", labels=["joy"], **meta
+    )
+    row = {"phrase": "I am so happy today!", "tone": "joy"}
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    seen: list[list[int]] = []
+    real = HfModel.generate_ids
+
+    def spy(self, prompt_ids, max_new_tokens, *, stop=None):
+        seen.append(list(prompt_ids))
+        return real(self, prompt_ids, max_new_tokens, stop=stop)
+
+    monkeypatch.setattr(HfModel, "generate_ids", spy)
+    assert (
+        main(["generate", "--model", str(folder), "--input", json.dumps(row), "--max-new-tokens", "4"]) == 0
+    )
+    assert (
+        main(["evaluate", "--model", str(folder), "--data", str(data), "--metrics", "accuracy", "--json"])
+        == 0
+    )
+    capsys.readouterr()
+    assert len(seen) == 2 and seen[0] == seen[1]
+    bos = load_tokenizer(folder).bos_token_id
+    if not meta:  # training samples start with BOS, so the prompt does (once)
+        assert seen[0][0] == bos and bos not in seen[0][1:]
+    if meta.get("add_special_tokens") is False:
+        assert bos not in seen[0]

@@ -14,7 +14,8 @@ from tiny_models import make_tiny_model  # noqa: E402
 
 from slimtune.errors import ModelError, UserError  # noqa: E402
 from slimtune.models import loading  # noqa: E402
-from slimtune.models.loading import check_model_folder, linear_layer_names, load_causal_lm, resolve_model  # noqa: E402
+from slimtune.models.hf import load_causal_lm  # noqa: E402
+from slimtune.models.loading import check_model_folder, linear_layer_names, resolve_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

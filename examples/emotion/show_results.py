@@ -17,8 +17,8 @@ def main(run_dir: str) -> int:
     from slimtune.data.template import Template
     from slimtune.data.tokenize import encode_prompt
     from slimtune.evaluate.accuracy import classify
-    from slimtune.evaluate.backends import open_model
     from slimtune.models.ref import ModelMeta, ModelRef
+    from slimtune.models.runtime import open_model
 
     run = json.loads(Path(run_dir, "run.json").read_text())
     print(f"\n== {run_dir}: {run['status']}, {run['wall_s']:.0f} s in all ==")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimtune.errors import ModelError, UserError
+from slimtune.errors import UserError
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef  # plain data, no heavy imports
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from slimtune.data.template import Template
+    from slimtune.models.loading import model_ref
 
     ref = model_ref(args.model)
     meta = ModelMeta.load(ref.path) or ModelMeta()
@@ -75,43 +76,6 @@ def _run(args) -> int:
     else:
         print(render_text(result))
     return 0
-
-
-def model_ref(folder: str | Path) -> ModelRef:
-    """A ModelRef for a model folder, its kind told by the files it holds."""
-    from slimtune.evaluate.onnx_genai import is_onnx_genai_folder
-
-    path = Path(folder)
-    if not path.is_dir():
-        raise UserError(f"--model {path}: no such folder")
-    if is_onnx_genai_folder(path):
-        return ModelRef(str(path), "onnx")
-    if (path / "adapter_config.json").is_file():
-        return ModelRef(str(path), "adapter", base_path=str(_adapter_base(path)))
-    if (path / "config.json").is_file():
-        return ModelRef(str(path), "hf")
-    raise ModelError(
-        f"{path} is not a model folder: it has no genai_config.json (ONNX GenAI), adapter_config.json (PEFT "
-        "adapter) or config.json (Hugging Face)"
-    )
-
-
-def _adapter_base(folder: Path) -> Path:
-    config = json.loads((folder / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ModelError(f"{folder / 'adapter_config.json'} names no base_model_name_or_path")
-    path = Path(base).expanduser()
-    if not path.is_absolute() and not path.is_dir():
-        path = folder / base  # relative to the adapter folder
-    if path.is_dir():
-        return path.resolve()
-    from slimtune.models.loading import resolve_model  # a known model name resolves to its prepared folder
-
-    try:
-        return resolve_model(base, kind="hf")
-    except UserError as err:
-        raise ModelError(f"adapter {folder}: its base model {base!r} cannot be found ({err})") from err
 
 
 def _pre_process(args, meta: ModelMeta, ref: ModelRef) -> PreProcessDataConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slimtune.cli.evaluate import model_ref
 from slimtune.errors import UserError
 
 PRIORITIES = {
@@ -178,11 +177,19 @@ def metrics(args, has_answer: bool) -> list[dict[str, Any]]:
 
 
 def _input_model(path: str) -> dict[str, Any]:
+    from slimtune.models.kind import model_kind
+
     folder = Path(path)
-    if folder.is_dir() and (folder / "adapter_config.json").is_file():
-        ref = model_ref(folder)
-        return {"type": "HfModel", "model_path": ref.base_path, "adapter_path": str(folder.resolve())}
-    if folder.is_dir() and (folder / "genai_config.json").is_file():
+    kind = model_kind(folder) if folder.is_dir() else None
+    if kind == "adapter":
+        from slimtune.models.loading import adapter_base
+
+        return {
+            "type": "HfModel",
+            "model_path": str(adapter_base(folder)),
+            "adapter_path": str(folder.resolve()),
+        }
+    if kind == "onnx":
         raise UserError(f"--model {path} is already an ONNX model; optimize starts from a Hugging Face model")
     return {"type": "HfModel", "model_path": str(folder.resolve()) if folder.exists() else path}
 

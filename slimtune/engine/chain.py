@@ -95,9 +95,10 @@ def input_model(loaded: LoadedConfig) -> ModelRef:
 
 def _adapter_folder(path: str) -> Path:
     from slimtune.errors import ModelError
+    from slimtune.models.kind import is_adapter_folder
 
     folder = Path(path)
-    if not (folder / "adapter_config.json").is_file():
+    if not is_adapter_folder(folder):
         raise ModelError(
             f"input_model.adapter_path: {folder} holds no adapter_config.json (not a PEFT adapter)"
         )

@@ -204,8 +204,8 @@ def evaluate_stage(plan: EvalPlan, ref: ModelRef, model_key: str, cache_root: Pa
         metrics = ["latency"]
     from slimtune.data.template import Template
     from slimtune.data.user_script import post_processor
-    from slimtune.evaluate.backends import load_tokenizer
     from slimtune.evaluate.evaluator import evaluate_model
+    from slimtune.models.hf import load_tokenizer
 
     folders = [ref.path] + ([ref.base_path] if ref.base_path else [])
     tokenizer = load_tokenizer(*folders)

@@ -15,6 +15,7 @@ from typing import Any
 from slimtune.config.load import LoadedConfig
 from slimtune.data.load import line_of_row
 from slimtune.errors import ConfigError, ConfigIssue, DataError, UserError
+from slimtune.models.kind import is_adapter_folder
 
 EXECUTION_PROVIDERS = {
     "CPUExecutionProvider": "cpu",
@@ -101,7 +102,7 @@ def _passes_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
             )
             break  # what follows gets a model of a kind we no longer know
         adapter = getattr(plan.params, "adapter_path", None)
-        if adapter and not Path(adapter, "adapter_config.json").is_file():
+        if adapter and not is_adapter_folder(adapter):
             what = "does not exist" if not Path(adapter).exists() else "holds no adapter_config.json"
             issues.append(
                 ConfigIssue(

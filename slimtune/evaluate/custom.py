@@ -48,7 +48,7 @@ def custom_metrics(
             function = load_function(user.user_script, user.metric_func, where, user.script_dir)
             if user.max_new_tokens not in outputs:
                 if backend is None:
-                    from slimtune.evaluate.backends import open_model
+                    from slimtune.models.runtime import open_model
 
                     backend = open_model(ref)
                 outputs[user.max_new_tokens] = _answers(

@@ -63,7 +63,8 @@ def evaluate_model(
         result.update(model_size(ref))
     needs_backend = {"accuracy", "likelihood", "perplexity", "latency"} & set(metrics)
     if needs_backend or "memory" in metrics:
-        from slimtune.evaluate.backends import load_tokenizer, open_model
+        from slimtune.models.hf import load_tokenizer
+        from slimtune.models.runtime import open_model
 
         backend = None
         if needs_backend:
@@ -218,7 +219,7 @@ def generate_answers(
     backend, prompts: Sequence[list[int]], max_new_tokens: int, *, one_line: bool = True, progress: Any = None
 ) -> list[str]:
     """Decoded greedy answers; with `one_line`, generation stops once the first non-blank line has ended."""
-    from slimtune.evaluate.onnx_genai import answer_end
+    from slimtune.models.decoding import answer_end
 
     tokenizer = backend.tokenizer
 

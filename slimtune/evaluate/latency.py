@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from slimtune.errors import UserError
 
 if TYPE_CHECKING:
-    from slimtune.evaluate.backends import Backend
+    from slimtune.models.runtime import OpenedModel
 
 PERCENTILES = (50, 90, 99)
 
@@ -32,7 +32,7 @@ def summarize(values_ms: Sequence[float]) -> dict[str, float]:
 
 
 def measure_latency(
-    backend: Backend,
+    backend: OpenedModel,
     prompts: Sequence[list[int]],
     *,
     runs: int = 20,

@@ -102,7 +102,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
 
         if ref.kind == "adapter":
             import peft  # noqa: F401
-    from slimtune.evaluate.backends import open_model
+    from slimtune.models.runtime import open_model
 
     meter = _PeakRss()
     backend = open_model(ref, threads=request.get("threads"))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from slimtune.errors import UserError
 
 if TYPE_CHECKING:
-    from slimtune.evaluate.backends import Backend
+    from slimtune.models.runtime import OpenedModel
 
 
 def row_sequences(
@@ -27,7 +27,7 @@ def row_sequences(
     return [prefix + ids + suffix for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def perplexity_of(backend: Backend, sequences: Sequence[list[int] | str]) -> dict[str, float | int]:
+def perplexity_of(backend: OpenedModel, sequences: Sequence[list[int] | str]) -> dict[str, float | int]:
     """{perplexity, nll (mean per token), tokens}. Strings are encoded with BOS in front when the tokenizer
     has one."""
     tokenizer = backend.tokenizer

@@ -1,7 +1,7 @@
-"""From a config's `input_model.model_path` to a checked local folder, and from that folder to a loaded model.
+"""From a config's `input_model.model_path` (or a `--model` folder) to a checked local folder and its ModelRef.
 
-`resolve_model` never imports torch: it reads file headers only, so a bad model is reported before any pass
-starts. `load_causal_lm` and `linear_layer_names` need torch and are meant for passes.
+`resolve_model` and `model_ref` never import torch: they read file headers only, so a bad model is reported
+before any pass starts. `linear_layer_names` needs torch and is meant for passes; loading is in models/hf.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
+from slimtune.models.kind import ADAPTER_CONFIG, model_kind
 from slimtune.models.known import KNOWN_MODELS
-from slimtune.models.ref import ModelKind
+from slimtune.models.ref import ModelKind, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,41 @@ def check_onnx_model(path: Path) -> None:
         raise ModelError(f"ONNX model folder {path} holds no .onnx file")
 
 
+def model_ref(folder: str | Path) -> ModelRef:
+    """A ModelRef for a model folder, its kind told by the files it holds (an adapter's base found too)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such folder")
+    kind = model_kind(path)
+    if kind == "adapter":
+        return ModelRef(str(path), "adapter", base_path=str(adapter_base(path)))
+    if kind in ("onnx", "hf"):
+        return ModelRef(str(path), kind)
+    raise ModelError(
+        f"{path} is not a model folder: it has no genai_config.json (ONNX GenAI), {ADAPTER_CONFIG} (PEFT "
+        "adapter) or config.json (Hugging Face)"
+    )
+
+
+def adapter_base(folder: str | Path) -> Path:
+    """The base model folder an adapter's config names: a path (absolute, or relative to the adapter) or a
+    known model name."""
+    folder = Path(folder)
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path")
+    path = Path(base).expanduser()
+    if not path.is_absolute() and not path.is_dir():
+        path = folder / base
+    if path.is_dir():
+        return path.resolve()
+    try:
+        return resolve_model(base, kind="hf")
+    except UserError as err:
+        raise ModelError(f"adapter {folder}: its base model {base!r} cannot be found ({err})") from err
+
+
 def _remote_resource(value: Any) -> UserError:
     data = value.model_dump() if hasattr(value, "model_dump") else value
     kind = data.get("type") if isinstance(data, dict) else None
@@ -125,11 +161,12 @@ def check_model_folder(folder: str | Path, *, allow_pickle: bool = False) -> Non
         raise ModelError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
         hint = ""
-        if (folder / "adapter_config.json").is_file():
+        kind = model_kind(folder)
+        if kind == "adapter":
             hint = (
                 " It holds a LoRA adapter: give its base model as model_path and this folder as adapter_path."
             )
-        elif (folder / "genai_config.json").is_file():
+        elif kind == "onnx":
             hint = (
                 " It holds an ONNX Runtime GenAI model: set input_model.type to ONNXModel to use it as one."
             )
@@ -254,46 +291,6 @@ def _check_tokenizer_fits(folder: Path, config: dict[str, Any]) -> None:
             f"vocab_size {vocab}: tokens past the embedding would crash training. The tokenizer belongs to "
             "another model; copy the model's own tokenizer files into the folder"
         )
-
-
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
-
-
-def load_causal_lm(
-    path: str | Path,
-    dtype: Any = "float32",
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-    *,
-    allow_pickle: bool = False,
-):
-    """A causal LM from a checked local folder, loaded from safetensors (pickled weights only if allowed)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(path)
-    check_model_folder(folder, allow_pickle=allow_pickle)
-    if isinstance(dtype, str) and dtype != "auto":
-        if dtype not in _DTYPES:
-            raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))} or auto")
-        dtype = getattr(torch, _DTYPES[dtype])
-    if trust_remote_code:
-        log.warning("loading %s with trust_remote_code=True: Python code in that folder will run", folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=None if allow_pickle else True,
-        local_files_only=True,
-    )
-    return model.to(device)
 
 
 def linear_layer_names(model) -> list[str]:

@@ -37,7 +37,8 @@ class PassContext:
 
     def load_kwargs(self) -> dict[str, Any]:
         """from_pretrained arguments the config gives for the input model (input_model.load_kwargs):
-        trust_remote_code only when set (and said so), attention implementation, revision."""
+        trust_remote_code only when set (and said so), attention implementation, revision; use_safetensors
+        only when false (pickled weights allowed)."""
         kwargs: dict[str, Any] = {}
         if self.model_load.get("trust_remote_code"):
             self.log("      trust_remote_code is on (input_model.load_kwargs): the model's own code will run")
@@ -45,6 +46,8 @@ class PassContext:
         for key in ("attn_implementation", "revision", "variant"):
             if self.model_load.get(key) is not None:
                 kwargs[key] = self.model_load[key]
+        if self.model_load.get("use_safetensors") is False:
+            kwargs["use_safetensors"] = False
         return kwargs
 
     def data_config(self, name: str):

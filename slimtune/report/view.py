@@ -174,7 +174,9 @@ def latency_notes(found: list[Stage]) -> list[str]:
         share = number(conditions.get("other_cpu_share"))
         load = "" if share is None else f", other processes used {share:.0%} of the CPUs"
         flag = " (under load: measured again on the next run)" if conditions.get("contended") else ""
-        notes.append(f"{stage.label}: latency measured {conditions.get('measured_at') or MISSING}{load}{flag}")
+        notes.append(
+            f"{stage.label}: latency measured {conditions.get('measured_at') or MISSING}{load}{flag}"
+        )
     return notes
 
 

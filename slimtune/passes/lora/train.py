@@ -60,12 +60,7 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     model = load_base_model(base, params, ctx.device, **loading)
     if params.quantized:
         # the merge rebuilds this 4-bit image of the base and merges into its dequantized weights
-        ctx.meta.quantized_base = {
-            "scheme": "bnb-4bit",
-            "quant_type": params.quant_type or "nf4",
-            "double_quant": bool(params.double_quant),
-            "compute_dtype": params.compute_dtype or "bfloat16",
-        }
+        ctx.meta.quantized_base = qlora_grid(params)
     if params.quantization_aware == "int4":
         from slimtune.models.fake_quant import fake_quantize_model_int4
 
@@ -140,25 +135,29 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
 
 
 def load_base_model(base: Path, params: LoRAParams, device: str, **load_kwargs: Any):
-    """The frozen base: bf16 on CUDA (or torch_dtype), 4-bit through bitsandbytes for QLoRA."""
-    import torch
-    import transformers
+    """The frozen base: bf16 on CUDA (or torch_dtype), 4-bit through bitsandbytes for QLoRA (left where
+    loading puts it: the trainer moves it)."""
+    from slimtune.models.hf import load_causal_lm
 
-    kwargs: dict[str, Any] = {"dtype": _dtype(params.torch_dtype, device), **load_kwargs}
-    if params.quantized:
-        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=params.quant_type or "nf4",
-            bnb_4bit_use_double_quant=bool(params.double_quant),
-            bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype or "bfloat16"),
-        )
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    grid = qlora_grid(params) if params.quantized else None
+    model = load_causal_lm(
+        base, _dtype(params.torch_dtype, device), device=None, quantized_base=grid, **load_kwargs
+    )
     if params.quantized:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def qlora_grid(params: LoRAParams) -> dict[str, Any]:
+    """The 4-bit grid of a QLoRA base, as slimtune.json records it (ModelMeta.quantized_base)."""
+    return {
+        "scheme": "bnb-4bit",
+        "quant_type": params.quant_type or "nf4",
+        "double_quant": bool(params.double_quant),
+        "compute_dtype": params.compute_dtype or "bfloat16",
+    }
 
 
 def attach_adapter(model: Any, params: LoRAParams):

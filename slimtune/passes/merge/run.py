@@ -29,6 +29,8 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
     import transformers
     from peft import PeftModel
 
+    from slimtune.models.hf import load_causal_lm
+
     base, adapter = Path(ctx.input.base_path), Path(ctx.input.path)
     grid = ctx.meta.quantized_base or {}
     if grid.get("scheme") == "int4":
@@ -37,7 +39,8 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
             "the float base it loses accuracy. Send it to ModelBuilder unmerged instead."
         )
     load_kwargs = ctx.load_kwargs()
-    config = transformers.AutoConfig.from_pretrained(base, **load_kwargs)
+    config_kwargs = {k: v for k, v in load_kwargs.items() if k != "use_safetensors"}
+    config = transformers.AutoConfig.from_pretrained(base, **config_kwargs)
     if params.save_dtype == "auto":
         # a QLoRA base was 4-bit only while training: the merge happens on the full-precision weights
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
@@ -48,7 +51,7 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
     if grid.get("scheme") == "bnb-4bit":
         model = dequantized_qlora_base(base, grid, dtype, load_kwargs, ctx.log)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **load_kwargs)
+        model = load_causal_lm(base, dtype, device=None, **load_kwargs)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model = model.to(dtype)
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
@@ -71,24 +74,16 @@ def dequantized_qlora_base(base: Path, grid: dict, dtype, load_kwargs: dict, log
     import importlib.util
 
     import torch
-    import transformers
+
+    from slimtune.models.hf import load_causal_lm
 
     if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
         log(
             "      note: QLoRA adapter merged into the full-precision base weights (rebuilding the 4-bit base "
             "it was trained against needs bitsandbytes on CUDA)"
         )
-        return transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **load_kwargs)
+        return load_causal_lm(base, dtype, device=None, **load_kwargs)
     compute = getattr(torch, grid.get("compute_dtype", "bfloat16"))
-    quantization = transformers.BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=grid.get("quant_type", "nf4"),
-        bnb_4bit_use_double_quant=bool(grid.get("double_quant")),
-        bnb_4bit_compute_dtype=compute,
-    )
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        base, dtype=compute, quantization_config=quantization, device_map={"": 0}, **load_kwargs
-    )
-    model = model.dequantize()
+    model = load_causal_lm(base, compute, device=None, quantized_base=grid, dequantize=True, **load_kwargs)
     log(f"      QLoRA: base rebuilt in {grid.get('quant_type', 'nf4')} and dequantized before the merge")
     return model.to("cpu", torch.float32)

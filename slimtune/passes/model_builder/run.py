@@ -22,6 +22,7 @@ from typing import Any
 
 from slimtune.errors import ModelError, PassFailed, ResourceError, UserError
 from slimtune.files import folder_size
+from slimtune.models.kind import is_adapter_folder
 from slimtune.models.ref import ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder.params import ModelBuilderParams
@@ -128,7 +129,7 @@ def _resolve_input(ctx: PassContext, params: ModelBuilderParams) -> tuple[str, s
         )
     if not Path(input_path, "config.json").is_file():
         raise ModelError(f"{input_path} is not a Hugging Face model folder (no config.json)")
-    if adapter_path and not Path(adapter_path, "adapter_config.json").is_file():
+    if adapter_path and not is_adapter_folder(adapter_path):
         raise ModelError(f"{adapter_path} is not a PEFT adapter folder (no adapter_config.json)")
     return str(input_path), (str(adapter_path) if adapter_path else None)
 

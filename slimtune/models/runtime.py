@@ -1,0 +1,67 @@
+"""One interface over every model kind that is run rather than trained: a Hugging Face folder (base or merged),
+a base model with a PEFT adapter (applied, not merged), and an ONNX Runtime GenAI folder.
+
+Every opened model speaks token ids. Text is encoded once, with the Hugging Face tokenizer files present in
+every folder, so `slimtune generate` and the evaluator hand the same ids to every kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from slimtune.errors import ModelError, UserError
+from slimtune.models.decoding import StopFn, Timing
+from slimtune.models.ref import ModelRef
+
+
+class OpenedModel(Protocol):
+    kind: str
+    tokenizer: Any  # a transformers tokenizer
+    eos_token_ids: set[int]
+
+    def generate_ids(
+        self, prompt_ids: list[int], max_new_tokens: int, *, stop: StopFn | None = None
+    ) -> list[int]:
+        """Greedy new ids after `prompt_ids`, EOS excluded; stops at EOS, `max_new_tokens` or `stop`."""
+        ...
+
+    def timed_generate(self, prompt_ids: list[int], new_tokens: int) -> Timing:
+        """Exactly `new_tokens` greedy tokens (EOS ignored), with time to first token and total time."""
+        ...
+
+    def generate(
+        self,
+        prompt: str | list[int],
+        max_new_tokens: int,
+        stream_callback: Callable[[str], None] | None = None,
+        stop_at_newline: bool = False,
+    ) -> str:
+        """The greedy completion decoded, streamed piece by piece to `stream_callback`."""
+        ...
+
+    def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+        """For each (context_ids, continuation_ids): the summed log-probability of the continuation."""
+        ...
+
+    def threads(self) -> int:
+        """Intra-op threads the model runs with."""
+        ...
+
+
+def open_model(ref: ModelRef, *, threads: int | None = None) -> OpenedModel:
+    """The opened model for a model reference. `threads`: intra-op threads (None: ONNX Runtime uses one per
+    physical core, torch keeps its current setting)."""
+    if ref.kind == "onnx":
+        from slimtune.models.onnx_genai import OnnxGenaiModel
+
+        return OnnxGenaiModel(ref.path, threads=threads)
+    from slimtune.models.hf import HfModel
+
+    if ref.kind == "adapter":
+        if not ref.base_path:
+            raise ModelError(f"adapter {ref.path}: no base model folder given (ModelRef.base_path)")
+        return HfModel(ref.base_path, adapter_path=ref.path, threads=threads)
+    if ref.kind == "hf":
+        return HfModel(ref.path, threads=threads)
+    raise UserError(f"unknown model kind {ref.kind!r}; one of hf, adapter, onnx")
