@@ -493,6 +493,48 @@ def test_optimize_dry_run_lists_candidates_then_shows_them_cached(tiny, tmp_path
     assert capsys.readouterr().out.count("cached") == 4
 
 
+def test_optimize_starts_from_a_runs_merged_model_in_its_cache_and_knows_what_it_built(
+    tiny, tmp_path, capsys
+):
+    """`optimize --model RUN_FOLDER`: the run's merged model, the run's cache, and the export the run already
+    made with the same settings shown as cached; --dry-run writes nothing; an ONNX folder of a run points to
+    the run folder."""
+    builder = {
+        "type": "ModelBuilder",
+        "precision": "int4",
+        "int4_block_size": 32,
+        "int4_accuracy_level": 4,
+        "int4_algo_config": "default",
+    }
+    lora = {**LORA, "training_args": {**LORA["training_args"], "max_steps": 1}}
+    path = write(
+        tmp_path, config({"lora": lora, "merge": {"type": "MergeAdapterWeights"}, "builder": builder}), tiny
+    )
+    assert main(["run", "--config", str(path)]) == 0
+    cache = tmp_path / "cache"
+    before = sorted(p for p in cache.rglob("*"))
+    args = ["optimize", "--model", str(tmp_path / "out"), "--data", str(DATA), "--max-rows", "8"]
+    args += ["--precisions", "int8", "int4", "--block-sizes", "32", "--accuracy-levels", "4"]
+    args += ["--algorithms", "default", "--output-dir", str(tmp_path / "opt")]
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    merged = json.loads((tmp_path / "out" / "run.json").read_text())["stages"][2]
+    assert f"merge model: {merged['path']}" in out and f"(cache {cache.resolve()})" in out
+    lines = [line for line in out.splitlines() if line.strip().startswith("#")]
+    assert "to run" in lines[0] and "precision=int8" in lines[0]
+    assert "cached" in lines[1] and "precision=int4" in lines[1]  # the run's own export
+    assert sorted(p for p in cache.rglob("*")) == before and not (tmp_path / "opt").exists()
+    assert main(["optimize", "--model", str(tmp_path / "out" / "model"), "--data", str(DATA)]) == 2
+    assert f"give the run folder (--model {tmp_path / 'out'})" in capsys.readouterr().err
+
+
+def test_optimize_dry_run_creates_no_cache(tiny, tmp_path):
+    args = optimize_args(tiny, tmp_path, "--block-sizes", "32", "--algorithms", "default", "--dry-run")
+    assert main(args) == 0
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
 def test_optimize_refuses_what_it_cannot_do(tiny, tmp_path, capsys):
     assert main([*optimize_args(tiny, tmp_path), "--precisions", "fp16"]) == 2
     assert "fp16 models for CUDA only" in capsys.readouterr().err

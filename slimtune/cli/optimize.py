@@ -27,7 +27,12 @@ def register(sub) -> None:
         "sizes, accuracy levels and algorithms, evaluates each on the data, and keeps the best that meets the "
         "goals. Shared steps are cached: a second run re-uses every build and evaluation.",
     )
-    p.add_argument("--model", required=True, help="HF folder, PEFT adapter folder, .gguf file or known name")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a run's output folder (starts from its merged model, in its cache), an HF folder, a PEFT adapter "
+        "folder, a .gguf file or a known name",
+    )
     p.add_argument("--data", required=True, help="data file (json/jsonl/csv/parquet) to evaluate on")
     p.add_argument("--template", help="text template; default: the one recorded in the model folder")
     p.add_argument("--max-rows", type=int, default=100, help="evaluate on the first N rows (default 100)")
@@ -51,9 +56,13 @@ def register(sub) -> None:
         "--algorithms", nargs="+", default=["default", "k_quant_mixed"], help="the builder's int4 algorithms"
     )
     p.add_argument("--output-dir", default="slimtune-optimize", help="where model/ and run.json go")
-    p.add_argument("--cache-dir", default=".slimtune-cache", help="cache folder")
     p.add_argument(
-        "--dry-run", action="store_true", help="print the candidates and which are cached; run nothing"
+        "--cache-dir", help="cache folder (default: the run's cache for a run folder, else .slimtune-cache)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the candidates and which are cached; run nothing, write nothing",
     )
     p.set_defaults(func=_run)
 
@@ -62,6 +71,13 @@ def _run(args) -> int:
     from slimtune.config.load import load_config_dict
     from slimtune.engine.runner import run_workflow
 
+    run = run_stage(args.model)
+    if run is not None:
+        stage, cache_dir = run
+        print(f"starting from {args.model}'s {stage['name']} model: {stage['path']}")
+        args.model = stage["path"]
+        args.cache_dir = args.cache_dir or cache_dir
+    args.cache_dir = args.cache_dir or ".slimtune-cache"
     raw = build_config(args)
     loaded = load_config_dict(raw, base_dir=Path.cwd())
     if args.dry_run:
@@ -176,6 +192,29 @@ def metrics(args, has_answer: bool) -> list[dict[str, Any]]:
     return out
 
 
+def run_stage(path: str) -> tuple[dict[str, Any], str] | None:
+    """For a run's output folder (it holds run.json): the stage to start from (the last Hugging Face model
+    after the input: the merged one) and the run's cache folder. None for any other path."""
+    import json
+
+    record_file = Path(path) / "run.json"
+    if not record_file.is_file():
+        return None
+    try:
+        stages = json.loads(record_file.read_text()).get("stages") or []
+    except ValueError as err:
+        raise UserError(f"{record_file}: unreadable run record ({err})") from None
+    usable = [s for s in stages[1:] if s.get("kind") == "hf" and Path(s.get("path", "")).is_dir()]
+    if not usable:
+        raise UserError(
+            f"{path} is a run folder, but its record names no Hugging Face model after the input (a merged "
+            "model) that is still in the cache; give a Hugging Face folder with --model"
+        )
+    stage = usable[-1]
+    output = Path(stage["path"])
+    return stage, str(output.parents[2]) if output.parent.parent.name == "entries" else ".slimtune-cache"
+
+
 def _input_model(path: str) -> dict[str, Any]:
     from slimtune.models.kind import model_kind
 
@@ -190,7 +229,11 @@ def _input_model(path: str) -> dict[str, Any]:
             "adapter_path": str(folder.resolve()),
         }
     if kind == "onnx":
-        raise UserError(f"--model {path} is already an ONNX model; optimize starts from a Hugging Face model")
+        run = folder.parent if (folder.parent / "run.json").is_file() else None
+        hint = f": give the run folder (--model {run}) to start from its merged model" if run else ""
+        raise UserError(
+            f"--model {path} is already an ONNX model; optimize starts from a Hugging Face model{hint}"
+        )
     return {"type": "HfModel", "model_path": str(folder.resolve()) if folder.exists() else path}
 
 
@@ -200,7 +243,7 @@ def dry_run(loaded) -> int:
     from slimtune.engine.chain import open_session
     from slimtune.engine.search import candidate_keys, enumerate_candidates
 
-    session = open_session(loaded)
+    session = open_session(loaded, read_only=True)
     cache = session.cache
     candidates = enumerate_candidates(loaded)
     print(f"{len(candidates)} candidates (cache {cache.root}):")

@@ -45,6 +45,10 @@ class Session:
     input: Stage
     eval_plan: Any = None  # engine.evaluation.EvalPlan, when the run evaluates
     started: float = field(default_factory=time.time)
+    read_only: bool = False  # keys only (a dry run): write nothing into the cache
+
+    def hash_sidecar(self) -> Path | None:
+        return None if self.read_only else hash_sidecar(self.cache.root)
 
 
 @dataclass
@@ -67,16 +71,29 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the search's candidates
 
 
-def open_session(loaded: LoadedConfig) -> Session:
-    """Device, input model, cache and library versions: what keys and runs need (no checks, no evaluation)."""
+def open_session(loaded: LoadedConfig, read_only: bool = False) -> Session:
+    """Device, input model, cache and library versions: what keys and runs need (no checks, no evaluation).
+    `read_only`: write nothing (no hash sidecar in the cache), e.g. for a dry run."""
     from slimtune.engine import preflight
 
     device, ep = preflight.device_for(loaded)
     ref = input_model(loaded)
     cache = Cache(loaded.config.cache_dir)
     meta = ModelMeta.load(ref.path) or ModelMeta(base_model=_base_name(loaded))
-    stage = Stage("input", ref, fingerprint(ref.path, hash_sidecar(cache.root)), meta)
-    return Session(loaded, cache, library_versions(), device, ep, stage)
+    stage = Stage("input", ref, _input_key(ref, cache, read_only), meta)
+    return Session(loaded, cache, library_versions(), device, ep, stage, read_only=read_only)
+
+
+def _input_key(ref: ModelRef, cache: Cache, read_only: bool) -> str:
+    """The identity of the input model: an intact entry of this cache is its entry key (so a chain continued
+    from a stage of an earlier run gets the keys that run gave the same passes), any other model its content."""
+    path = Path(ref.path).resolve()
+    entries = (cache.root / "entries").resolve()
+    if path.name == "output" and path.parent.parent == entries:
+        key = path.parent.name
+        if cache.lookup(key) is not None:
+            return key
+    return fingerprint(ref.path, None if read_only else hash_sidecar(cache.root))
 
 
 def input_model(loaded: LoadedConfig) -> ModelRef:
@@ -143,7 +160,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         pass_version=spec.version,
         params=plan.params.model_dump(mode="json"),
         data_fingerprints={
-            key: data_fingerprint(config, hash_sidecar(session.cache.root)) for key, config in data.items()
+            key: data_fingerprint(config, session.hash_sidecar()) for key, config in data.items()
         },
         libraries=session.libraries,
         extra={
