@@ -101,9 +101,21 @@ def test_spec_is_complete(name, tiny):
     assert spec.memory_advice(query)
 
 
-@pytest.mark.parametrize("name", [n for n in PASSES if "cpu" in all_passes()[n].devices])
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[] if "cpu" in all_passes()[n].devices else [pytest.mark.gpu]) for n in PASSES],
+)
 def test_runs_on_a_tiny_model_from_a_plain_context(name, tiny, tiny_adapter, tmp_path):
     spec = all_passes()[name]
+    device = "cpu" if "cpu" in spec.devices else "cuda"
+    if device == "cuda" and not _cuda():
+        pytest.skip(f"{name} runs on {', '.join(spec.devices)} only")
     params = _params(spec)
     if "hf" in spec.input_kinds:
         model = ModelRef(str(tiny), "hf")
@@ -114,6 +126,8 @@ def test_runs_on_a_tiny_model_from_a_plain_context(name, tiny, tiny_adapter, tmp
         meta=ModelMeta(),
         output_dir=tmp_path / "out",
         work_dir=tmp_path / "work",
+        device=device,
+        execution_provider=device,
         data_configs=_data_configs(spec, params),
         log=lambda _message: None,
     )
