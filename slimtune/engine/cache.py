@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.files import sha256_file
+from slimtune.units import fmt_bytes
 
 _counter = itertools.count()
 
@@ -222,7 +223,7 @@ def ls_command(args) -> int:
     print(f"{'key':14} {'pass':22} {'size':>10}  created")
     for r in rows:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
-        print(f"{r['key'][:12]}.. {str(r['pass_type']):22} {r['size_bytes'] / 1e6:8.1f}MB  {created}")
+        print(f"{r['key'][:12]}.. {str(r['pass_type']):22} {fmt_bytes(r['size_bytes']):>10}  {created}")
     leftovers = cache.leftovers()
     if leftovers:
         print(f"{len(leftovers)} leftover folders of interrupted passes (`slimtune cache clean --partial`)")

@@ -151,8 +151,11 @@ class HfBackend(_GreedyDecoding):
             import peft
 
             _quantize_base_like_training(model, adapter_path)
+            from slimtune.library_warnings import peft_calls
+
             try:
-                model = peft.PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
+                with peft_calls():
+                    model = peft.PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
             except (OSError, ValueError, KeyError) as err:
                 raise ModelError(f"peft could not apply the adapter {adapter_path} to {path}: {err}") from err
         self.model = model.eval()

@@ -15,6 +15,7 @@ from typing import Any
 from slimtune.errors import ModelError, UserError
 from slimtune.evaluate.onnx_genai import is_onnx_genai_folder
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef
+from slimtune.units import fmt_bytes
 
 
 def evaluate_command(args) -> int:
@@ -169,10 +170,10 @@ def render_text(result: dict[str, Any]) -> str:
             f"{lat['threads']} threads"
         )
     if "size_bytes" in result:
-        lines.append(f"size         {result['size_bytes'] / 2**20:.1f} MiB")
+        lines.append(f"size         {fmt_bytes(result['size_bytes'])}")
     if "peak_memory_bytes" in result:
         lines.append(
-            f"peak memory  {result['peak_memory_bytes'] / 2**20:.1f} MiB over the baseline "
-            f"(peak RSS {result['memory']['peak_rss_bytes'] / 2**20:.1f} MiB)"
+            f"peak memory  {fmt_bytes(result['peak_memory_bytes'])} over the baseline "
+            f"(peak RSS {fmt_bytes(result['memory']['peak_rss_bytes'])})"
         )
     return "\n".join(lines)
