@@ -77,6 +77,9 @@ def finish(session: Session, outcome: Outcome) -> int:
             stage["published"] = str(
                 publish_model(ModelRef(stage["path"], stage["kind"]), _stage_dir(cfg, stage))
             )
+    from slimtune.engine.advice import diagnose_run, format_diagnosis
+
+    diagnosis = diagnose_run(loaded, records, outcome.evaluation)  # a fine-tune that did not learn: why
     record = {
         "slimtune_version": session.libraries.get("slimtune"),
         "status": "goals_not_met" if goals_met is False else "ok",
@@ -105,6 +108,7 @@ def finish(session: Session, outcome: Outcome) -> int:
         "evaluation": outcome.evaluation,
         "goals": outcome.goals,
         "goals_met": goals_met,
+        "diagnosis": diagnosis,
         "stages": stages,
         **outcome.extra,
         "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
@@ -117,6 +121,8 @@ def finish(session: Session, outcome: Outcome) -> int:
     print_summary(records, final, record["input_model"])
     if outcome.evaluation:
         print_stage_table(outcome.evaluation["stages"], outcome.goals, outcome.evaluation["data"]["source"])
+    if diagnosis:
+        print(format_diagnosis(diagnosis))
     if goals_met is False:
         missed = [g for g in outcome.goals if not g["met"]]
         for goal in missed:

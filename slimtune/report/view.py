@@ -453,6 +453,30 @@ def _machine(machine: dict[str, Any]) -> str:
     return ", ".join(parts) or MISSING
 
 
+@dataclass
+class Diagnosis:
+    """Why a fine-tune did not learn (run.json `diagnosis`, written by the engine's advice module)."""
+
+    summary: str
+    examples: Table
+    causes: list[str]
+    fix: str
+
+
+def diagnosis(record: dict[str, Any]) -> Diagnosis | None:
+    raw = as_dict(record.get("diagnosis"))
+    if not raw.get("summary"):
+        return None
+    examples = Table(["stage", "model's answer", "expected"])
+    for e in as_list(raw.get("examples")):
+        if isinstance(e, dict):
+            examples.rows.append(
+                [str(e.get("stage", "")), repr(str(e.get("output", ""))), str(e.get("expected", ""))]
+            )
+    causes = [str(c) for c in as_list(raw.get("causes"))]
+    return Diagnosis(str(raw["summary"]), examples, causes, str(raw.get("fix") or ""))
+
+
 def versions(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in sorted(as_dict(record.get("library_versions")).items())]
 
