@@ -105,6 +105,8 @@ def _importers(prefix: str, target: str) -> list[str]:
         ("slimtune.evaluate", "slimtune.engine"),
         ("slimtune.engine", "slimtune.cli"),
         ("slimtune.files", "slimtune."),
+        ("slimtune.units", "slimtune."),
+        ("slimtune.library_warnings", "slimtune."),
     ],
 )
 def test_layer_imports(layer, forbidden):

@@ -91,7 +91,7 @@ def test_training_estimate_follows_the_advice_it_gives(tmp_path):
         "lora", "LoRA", params(8, gradient_checkpointing=True), model, 256, "cpu"
     )
     assert checkpointed.total < base / 2
-    assert "gradient_checkpointing" not in checkpointed.advice
+    assert "activation_checkpointing" not in checkpointed.advice
     on_gpu = training_estimate("lora", "LoRA", params(8), model, 256, "cuda")  # bf16 base and activations
     assert on_gpu.device == "cuda" and on_gpu.total < base
 

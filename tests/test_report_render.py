@@ -78,21 +78,21 @@ def test_markdown_tables(record):
     md = render_markdown(record)
     assert (
         "| builder (int4 ONNX) | onnx | 90.7% | -1.0 pt | 94.8% | 0 / 97 | 1.19 | 26.9 ms | 31.8 ms | 212.6 | "
-        "86.2 MB | 231.7 MB |" in md
+        "82.2 MiB | 221.0 MiB |" in md
     )
     assert "| input model | hf | 0.0% | – | 68.0% | 97 / 97 | 12.31 | 94.8 ms |" in md
     assert "| lora (adapter) | adapter | 91.8% | +91.8 pt |" in md
     assert (
         "| accuracy-accuracy_score | max-degradation 0.02 vs merge | 0.9175 | 0.9072 | met | 0.0097 |" in md
     )
-    assert "| builder | ModelBuilder | hit | 48.3 s (cached) | 1.63 GB | 86.2 MB |" in md
-    assert "| lora | LoRA | run | 3 min 33 s | 2.14 GB | 19.6 MB |" in md
+    assert "| builder | ModelBuilder | hit | 48.3 s (cached) | 1.52 GiB | 82.2 MiB |" in md
+    assert "| lora | LoRA | run | 3 min 33 s | 2.00 GiB | 18.7 MiB |" in md
     assert "| lora | 98 | 385 | 97 | 0.4127 | 0.1262 | 1.135 | 123.0 | 4,884,480 (3.50%) |" in md
     assert "## Confusion matrix: builder (int4 ONNX)" in md
     assert "| true label | fear | joy | sadness | surprise | invalid |" in md
     assert "| joy | 0 | 23 | 1 | 1 | 0 |" in md
     assert (
-        "| 1 | yes | yes | lora.r=16, lora.training_args.learning_rate=0.0003 | ok | 90.7% | 26.9 ms | 86.2 MB |"
+        "| 1 | yes | yes | lora.r=16, lora.training_args.learning_rate=0.0003 | ok | 90.7% | 26.9 ms | 82.2 MiB |"
         in md
     )
     assert "- engine.host -> host (top-level since the current schema)" in md
@@ -125,7 +125,7 @@ def test_html_is_self_contained(record):
 
 def test_numbers_in_html(record):
     text = render_html(record)
-    for cell in ("90.7%", "-1.0 pt", "26.9 ms", "86.2 MB", "MISSED" if not record["goals_met"] else "met"):
+    for cell in ("90.7%", "-1.0 pt", "26.9 ms", "82.2 MiB", "MISSED" if not record["goals_met"] else "met"):
         assert cell in text
     assert ">23</text>" in text  # a confusion count drawn in the heat map
 
@@ -265,5 +265,5 @@ def test_engine_record_with_paths_renders_as_its_json(tmp_path, record):
     live["final_model"]["path"] = tmp_path / "model"
     live["key_mappings"] = tuple(live["key_mappings"])
     md_path, _ = write_reports(tmp_path, live)
-    assert f"- **final model**: {tmp_path / 'model'} (onnx, 86.2 MB)" in md_path.read_text()
+    assert f"- **final model**: {tmp_path / 'model'} (onnx, 82.2 MiB)" in md_path.read_text()
     assert "- engine.host -> host" in md_path.read_text()

@@ -85,7 +85,7 @@ def test_training_out_of_memory_is_named_with_what_to_change(tiny, tmp_path, cap
     assert "passes.lora (LoRA) ran out of memory" in err
     assert "per_device_train_batch_size (now 4" in err
     assert "max_seq_len of data config `emotion` (now 96)" in err
-    assert "gradient_checkpointing" in err
+    assert "activation_checkpointing" in err
     assert_nothing_partial(tmp_path, complete_passes=0)
 
 

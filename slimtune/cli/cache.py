@@ -7,6 +7,8 @@ import json
 import shutil
 import time
 
+from slimtune.units import fmt_bytes
+
 
 def register(sub) -> None:
     p = sub.add_parser("cache", help="inspect or clean the pass cache")
@@ -51,7 +53,7 @@ def _ls(args) -> int:
     print(f"{'key':14} {'pass':22} {'size':>10}  created")
     for r in rows:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
-        print(f"{r['key'][:12]}.. {str(r['pass_type']):22} {r['size_bytes'] / 1e6:8.1f}MB  {created}")
+        print(f"{r['key'][:12]}.. {str(r['pass_type']):22} {fmt_bytes(r['size_bytes']):>10}  {created}")
     leftovers = cache.leftovers()
     if leftovers:
         print(f"{len(leftovers)} leftover folders of interrupted passes (`slimtune cache clean --partial`)")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimtune.errors import UserError
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef  # plain data, no heavy imports
+from slimtune.units import fmt_bytes
 
 if TYPE_CHECKING:
     from slimtune.config.schema import PreProcessDataConfig
@@ -154,10 +155,10 @@ def render_text(result: dict[str, Any]) -> str:
             f"{lat['threads']} threads"
         )
     if "size_bytes" in result:
-        lines.append(f"size         {result['size_bytes'] / 2**20:.1f} MiB")
+        lines.append(f"size         {fmt_bytes(result['size_bytes'])}")
     if "peak_memory_bytes" in result:
         lines.append(
-            f"peak memory  {result['peak_memory_bytes'] / 2**20:.1f} MiB over the baseline "
-            f"(peak RSS {result['memory']['peak_rss_bytes'] / 2**20:.1f} MiB)"
+            f"peak memory  {fmt_bytes(result['peak_memory_bytes'])} over the baseline "
+            f"(peak RSS {fmt_bytes(result['memory']['peak_rss_bytes'])})"
         )
     return "\n".join(lines)

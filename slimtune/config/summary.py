@@ -13,7 +13,7 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def plan_summary(loaded: LoadedConfig, verbose: bool = False) -> str:
+def plan_summary(loaded: LoadedConfig, verbose: bool = False, warnings: bool = True) -> str:
     cfg = loaded.config
     model = cfg.input_model
     lines = [f"config: {loaded.file}", f"model: {_value(model.model_path)} ({model.type}, task {model.task})"]
@@ -62,6 +62,6 @@ def plan_summary(loaded: LoadedConfig, verbose: bool = False) -> str:
             lines += [f"  {n}" for n in loaded.notes]
         else:
             lines.append(f"{len(loaded.notes)} keys mapped from the old schema (--verbose lists them)")
-    for w in loaded.warnings:
+    for w in loaded.warnings if warnings else ():
         lines.append(f"warning: {w}")
     return "\n".join(lines)

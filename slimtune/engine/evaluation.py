@@ -20,6 +20,7 @@ from slimtune.config.load import LoadedConfig
 from slimtune.evaluate.goals import MetricRef, check_goal, describe_goal, metric_refs, read, required_metrics
 from slimtune.files import write_json_atomic
 from slimtune.models.ref import ModelMeta, ModelRef
+from slimtune.units import fmt_bytes
 
 if TYPE_CHECKING:
     from slimtune.engine.chain import Chain, Session
@@ -298,7 +299,7 @@ class _DefaultGoal:
 
 def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]], source: str) -> None:
     print(f"\nevaluation on {source}:")
-    print(f"{'stage':14} {'kind':8} {'accuracy':>9} {'invalid':>8} {'p50 ms':>8} {'tok/s':>7} {'size':>9}")
+    print(f"{'stage':14} {'kind':8} {'accuracy':>9} {'invalid':>8} {'p50 ms':>8} {'tok/s':>7} {'size':>10}")
     for s in stages:
         m = s["metrics"]
         acc = read(m, ("accuracy",))
@@ -307,7 +308,7 @@ def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]],
         size = read(m, ("size_bytes",))
         print(
             f"{s['stage'][:14]:14} {s['kind']:8} {_fmt(acc, '{:.1%}'):>9} {_fmt(m.get('invalid'), '{}'):>8} "
-            f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {_fmt(size and size / 1e6, '{:.0f}MB'):>9}"
+            f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {'-' if size is None else fmt_bytes(size):>10}"
         )
     for s in stages:
         custom = s["metrics"].get("custom") or {}

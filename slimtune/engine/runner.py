@@ -18,6 +18,8 @@ from slimtune.engine.resources import named_error
 from slimtune.errors import EXIT_GOALS, EXIT_OK
 from slimtune.files import folder_size, write_json_atomic
 from slimtune.models.ref import ModelRef
+from slimtune.report.view import model_label
+from slimtune.units import fmt_bytes
 
 
 def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
@@ -75,6 +77,9 @@ def finish(session: Session, outcome: Outcome) -> int:
             stage["published"] = str(
                 publish_model(ModelRef(stage["path"], stage["kind"]), _stage_dir(cfg, stage))
             )
+    from slimtune.engine.advice import diagnose_run, format_diagnosis
+
+    diagnosis = diagnose_run(loaded, records, outcome.evaluation)  # a fine-tune that did not learn: why
     record = {
         "slimtune_version": session.libraries.get("slimtune"),
         "status": "goals_not_met" if goals_met is False else "ok",
@@ -94,6 +99,7 @@ def finish(session: Session, outcome: Outcome) -> int:
         },
         "library_versions": session.libraries,
         "input_model": {
+            "name": model_name(loaded),
             "path": session.input.model.path,
             "kind": session.input.model.kind,
             "fingerprint": session.input.key,
@@ -102,6 +108,7 @@ def finish(session: Session, outcome: Outcome) -> int:
         "evaluation": outcome.evaluation,
         "goals": outcome.goals,
         "goals_met": goals_met,
+        "diagnosis": diagnosis,
         "stages": stages,
         **outcome.extra,
         "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
@@ -111,9 +118,11 @@ def finish(session: Session, outcome: Outcome) -> int:
     record = redact_secrets(record, loaded.secrets)  # tokens and ${ENV} values: not in run.json or reports
     write_json_atomic(output_dir / "run.json", record)
     _write_reports(output_dir, record)
-    print_summary(records, final)
+    print_summary(records, final, record["input_model"])
     if outcome.evaluation:
         print_stage_table(outcome.evaluation["stages"], outcome.goals, outcome.evaluation["data"]["source"])
+    if diagnosis:
+        print(format_diagnosis(diagnosis))
     if goals_met is False:
         missed = [g for g in outcome.goals if not g["met"]]
         for goal in missed:
@@ -212,12 +221,28 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def print_summary(records: list[dict[str, Any]], final: Path) -> None:
+def model_name(loaded: LoadedConfig) -> str:
+    """The input model as the config names it (a folder, a known model's name, a remote resource), not the
+    folder it resolved to (for a known or remote model, a cache folder named by a hash)."""
+    written = (loaded.migrated.get("input_model") or {}).get("model_path")
+    if isinstance(written, dict):  # a remote resource: {type, name, version, ...}
+        fields = {k: v for k, v in written.items() if k in ("name", "version", "registry_name", "path")}
+        return f"{written.get('type', 'resource')} " + " ".join(f"{k}={v}" for k, v in fields.items())
+    return str(written) if written else str(loaded.config.input_model.model_path)
+
+
+def print_summary(
+    records: list[dict[str, Any]], final: Path, input_model: dict[str, Any] | None = None
+) -> None:
     print()
-    print(f"{'pass':24} {'type':20} {'cache':6} {'time':>8} {'peak mem':>9} {'size':>9}")
+    print(f"{'pass':24} {'type':20} {'cache':6} {'time':>8} {'peak mem':>10} {'size':>10}")
     for r in records:
         print(
             f"{r['name'][:24]:24} {r['type']:20} {'hit' if r['cache_hit'] else 'run':6} "
-            f"{r['original_wall_s']:7.1f}s {r['peak_rss_bytes'] / 2**30:7.2f}GB {r['output_size_bytes'] / 1e6:7.1f}MB"
+            f"{r['original_wall_s']:7.1f}s {fmt_bytes(r['peak_rss_bytes']):>10} "
+            f"{fmt_bytes(r['output_size_bytes']):>10}"
         )
-    print(f"\nfinal model: {final}")
+    print()
+    if input_model:
+        print(f"input model: {model_label(input_model.get('name'), input_model.get('path'))}")
+    print(f"final model: {final}")

@@ -89,6 +89,20 @@ def rank_labels(scores: Sequence[Sequence[float]], labels: Sequence[str]) -> lis
     return [labels[max(range(len(labels)), key=lambda k: row[k])] for row in scores]
 
 
+def wrong_examples(
+    outputs: Sequence[str],
+    gold: Sequence[str],
+    predicted: Sequence[str | None],
+    limit: int = INVALID_EXAMPLES,
+) -> list[dict[str, str]]:
+    """Answers that name a label, but the wrong one (what a failed run's diagnosis shows beside the invalid)."""
+    return [
+        {"output": text, "expected": truth}
+        for text, truth, guess in zip(outputs, gold, predicted, strict=True)
+        if guess is not None and guess != truth
+    ][:limit]
+
+
 def invalid_examples(
     outputs: Sequence[str],
     gold: Sequence[str],

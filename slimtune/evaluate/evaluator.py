@@ -14,7 +14,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from slimtune.errors import UserError
-from slimtune.evaluate.accuracy import classification_report, classify, invalid_examples, rank_labels
+from slimtune.evaluate.accuracy import (
+    classification_report,
+    classify,
+    invalid_examples,
+    rank_labels,
+    wrong_examples,
+)
 from slimtune.files import folder_size
 from slimtune.models.ref import ModelRef
 
@@ -135,6 +141,7 @@ def _evaluate_loaded(
         predicted = classify(outputs, labels)
         report = classification_report(gold, predicted, labels)
         report["invalid_examples"] = invalid_examples(outputs, gold, predicted)
+        report["wrong_examples"] = wrong_examples(outputs, gold, predicted)
         report["generation_s"] = seconds
         report["rows_per_s"] = len(rows) / seconds if seconds else None
         result.update(report)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from slimtune.errors import ModelError, ResourceError
 from slimtune.models.ref import ModelMeta
+from slimtune.units import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ def check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed * 1.1:
         raise ResourceError(
-            f"not enough disk space in {folder} to convert the model: about {needed / 1e6:,.0f} MB needed, "
-            f"{free / 1e6:,.0f} MB free. Free some space or point SLIMTUNE_HOME somewhere larger."
+            f"not enough disk space in {folder} to convert the model: about {fmt_bytes(needed)} needed, "
+            f"{fmt_bytes(free)} free. Free some space or point SLIMTUNE_HOME somewhere larger."
         )
 
 

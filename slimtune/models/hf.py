@@ -98,8 +98,11 @@ def load_causal_lm(
     if adapter:
         import peft
 
+        from slimtune.library_warnings import peft_calls
+
         try:
-            model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+            with peft_calls():
+                model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"peft could not apply the adapter {adapter} to {folder}: {err}") from err
     return model

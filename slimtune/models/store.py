@@ -29,6 +29,7 @@ from typing import Any
 from slimtune.errors import ModelError
 from slimtune.files import folder_size, sha256_remembered
 from slimtune.models.known import KNOWN_MODELS, KnownModel
+from slimtune.units import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _convert_into_store(gguf_path: Path, label: str, known: KnownModel | None, s
     estimate = max(10, round(gguf_path.stat().st_size / 5e6, -1))  # ~20 s per 100 MB of GGUF on 2 cores
     say(
         f"converting {gguf_path.name} ({info.architecture}, {info.parameters / 1e6:,.0f}M parameters) to a "
-        f"Hugging Face folder (about {estimate:.0f} s, {info.float32_bytes / 1e6:,.0f} MB on disk)"
+        f"Hugging Face folder (about {estimate:.0f} s, {fmt_bytes(info.float32_bytes)} on disk)"
     )
     final = root / f"{label}-{sha256}"
     partial = root / f".partial-{sha256}-{os.getpid()}"
@@ -253,7 +254,7 @@ def list_models(as_json: bool = False) -> int:
     print(f"model store: {models_dir()}")
     for e in entries:
         if e["prepared"]:
-            state = f"prepared, {e['size_bytes'] / 1e6:,.0f} MB  {e['path']}"
+            state = f"prepared, {fmt_bytes(e['size_bytes'])}  {e['path']}"
         elif e.get("installed"):
             state = f"not prepared yet (`slimtune models prepare {e['name']}`)"
         else:

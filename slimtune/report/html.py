@@ -154,6 +154,18 @@ def render_html(record: dict[str, Any]) -> str:
             f'<div class="banner ok">Finished{", all goals met" if goals_met else ". No goals were set"}.</div>'
         )
 
+    diagnosis = view.diagnosis(record)
+    if diagnosis:
+        parts.append(
+            '<h2 id="diagnosis">Why the fine-tune failed</h2>'
+            f'<div class="banner bad">{esc(diagnosis.summary)}</div>'
+            + (html_table(diagnosis.examples, "example-table") if diagnosis.examples.rows else "")
+            + "<p>Likely causes:</p><ul>"
+            + "".join(f"<li>{esc(c)}</li>" for c in diagnosis.causes)
+            + "</ul><p>What learns such a task (merge into the config):</p>"
+            f"<pre>{esc(diagnosis.fix)}</pre>"
+        )
+
     summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in view.summary(record))
     parts.append(f'<h2>Summary</h2><table class="summary">{summary}</table>')
 

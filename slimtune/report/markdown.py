@@ -34,6 +34,13 @@ def render_markdown(record: dict[str, Any]) -> str:
         ]
     elif record.get("goals_met") is False:
         out += ["> **Finished, but some goals were MISSED** (see Goals).", ""]
+    diagnosis = view.diagnosis(record)
+    if diagnosis:
+        out += ["## Why the fine-tune failed", "", md_text(diagnosis.summary), ""]
+        if diagnosis.examples.rows:
+            out += md_table(diagnosis.examples) + [""]
+        out += ["Likely causes:", ""] + [f"- {md_text(c)}" for c in diagnosis.causes]
+        out += ["", "What learns such a task (merge into the config):", "", "```", diagnosis.fix, "```", ""]
     out += ["## Summary", ""]
     out += [f"- **{k}**: {md_text(v)}" for k, v in view.summary(record)]
     out += ["", "## Stages", ""]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from html import escape
 
+from slimtune import units
 from slimtune.report.view import Confusion, Stage
 
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d"]
@@ -283,7 +284,7 @@ def tradeoff_chart(stages: list[Stage], candidates: list[dict]) -> str:
         body.append(
             f'<circle class="stage" cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}" '
             f'fill-opacity="0.55" stroke="{colour}" stroke-width="1.5"><title>{esc(s.label)}: '
-            f"{s.accuracy * 100:.1f}%, p50 {s.p50_ms:.1f} ms, size {(s.size_bytes or 0) / 1e6:.1f} MB"
+            f"{s.accuracy * 100:.1f}%, p50 {s.p50_ms:.1f} ms, size {units.fmt_bytes(s.size_bytes or 0)}"
             f"</title></circle>"
         )
         body.append(_label(stage_labels[i], x, y, s.label, "#111827"))
@@ -298,7 +299,7 @@ def tradeoff_chart(stages: list[Stage], candidates: list[dict]) -> str:
             cy = legend_y + 22 + k * 60 + r
             body.append(
                 f'<circle cx="{legend_x + 26}" cy="{cy:.1f}" r="{r:.1f}" fill="none" stroke="#6b7280"/>'
-                f'<text x="{legend_x + 58}" y="{cy + 4:.1f}">{biggest * share / 1e6:.0f} MB</text>'
+                f'<text x="{legend_x + 58}" y="{cy + 4:.1f}">{units.fmt_bytes(biggest * share)}</text>'
             )
     if candidates:
         y = legend_y + 160

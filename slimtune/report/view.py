@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimtune import units
+
 MISSING = "–"
 # run statuses of a run that got to the end (its goals may still have failed); anything else stopped early
 FINISHED = {"ok", "goals_not_met"}
@@ -70,12 +72,7 @@ def fmt_g(value: Any) -> str:
 
 def fmt_bytes(value: Any) -> str:
     v = number(value)
-    if v is None:
-        return MISSING
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.{2 if unit == 'GB' else 1}f} {unit}"
-    return f"{int(v)} B"
+    return MISSING if v is None else units.fmt_bytes(v)
 
 
 def fmt_ms(value: Any) -> str:
@@ -101,6 +98,14 @@ def fmt_time(value: Any) -> str:
     if v is None:
         return MISSING
     return dt.datetime.fromtimestamp(v, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def model_label(name: Any, path: Any) -> str:
+    """A model as the config named it, with the folder it resolved to beside it when that differs."""
+    name, path = (str(x) if x else None for x in (name, path))
+    if not name or not path or name == path:
+        return name or path or MISSING
+    return f"{name} ({path})"
 
 
 def fmt_params(params: Any) -> str:
@@ -430,7 +435,8 @@ def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("config", str(record.get("config_file") or MISSING)),
         (
             "input model",
-            f"{dig(record, 'input_model', 'path') or MISSING} ({dig(record, 'input_model', 'kind') or '?'})",
+            f"{model_label(dig(record, 'input_model', 'name'), dig(record, 'input_model', 'path'))}, "
+            f"{dig(record, 'input_model', 'kind') or '?'}",
         ),
         (
             "final model",
@@ -461,6 +467,30 @@ def _machine(machine: dict[str, Any]) -> str:
         provider = machine.get("execution_provider")
         parts.append(f"device {machine['device']}" + (f" ({provider})" if provider else ""))
     return ", ".join(parts) or MISSING
+
+
+@dataclass
+class Diagnosis:
+    """Why a fine-tune did not learn (run.json `diagnosis`, written by the engine's advice module)."""
+
+    summary: str
+    examples: Table
+    causes: list[str]
+    fix: str
+
+
+def diagnosis(record: dict[str, Any]) -> Diagnosis | None:
+    raw = as_dict(record.get("diagnosis"))
+    if not raw.get("summary"):
+        return None
+    examples = Table(["stage", "model's answer", "expected"])
+    for e in as_list(raw.get("examples")):
+        if isinstance(e, dict):
+            examples.rows.append(
+                [str(e.get("stage", "")), repr(str(e.get("output", ""))), str(e.get("expected", ""))]
+            )
+    causes = [str(c) for c in as_list(raw.get("causes"))]
+    return Diagnosis(str(raw["summary"]), examples, causes, str(raw.get("fix") or ""))
 
 
 def versions(record: dict[str, Any]) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     label_column = label_column_for(rows, template.answer_column)
     labels = sorted(set(map(str, rows[label_column]))) if label_column else None
     context = model_context(ctx.input.path)
-    check_answers_fit(rows, pre, tokenizer, template, train_config, context, log=ctx.log)
+    check_answers_fit(rows, pre, tokenizer, template, train_config, context, log=ctx.log, metrics=ctx.metrics)
 
     eval_samples = None
     if params.eval_data_config:
@@ -68,11 +68,13 @@ def check_answers_fit(
     data_config: Any,
     context: int | None = None,
     log=print,
+    metrics: dict | None = None,
 ) -> None:
     """With one row per sample and a template that ends with the answer, a row longer than max_seq_len loses
     its answer to truncation: the model learns the row without it (or, with the loss on the answer only,
     nothing). Refused when a row is longer than the model's whole context (`context` tokens: no max_seq_len
-    could keep it) or when more than half of the rows would lose their answer; a few are named in a warning."""
+    could keep it) or when more than half of the rows would lose their answer; a few are named in a warning
+    (and counted in `metrics["answers_cut"]`, which a failed run's diagnosis reads)."""
     from slimtune.data.load import line_of_row
     from slimtune.data.tokenize import row_token_lengths
     from slimtune.errors import DataError
@@ -107,6 +109,13 @@ def check_answers_fit(
     if len(too_long) > TOO_MANY_CUT * len(rows):
         raise DataError(f"{what}. Refused: {fix}", file=file, line=line)
     log(f"      warning: {f'{file}:{line}' if line else file}: {what}; {fix}")
+    if metrics is not None:
+        metrics["answers_cut"] = {
+            "rows": len(too_long),
+            "of": len(rows),
+            "max_seq_len": pre.max_seq_len,
+            "longest": longest,
+        }
 
 
 def model_context(folder: str) -> int | None:

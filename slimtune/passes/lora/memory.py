@@ -52,7 +52,8 @@ def training_estimate(query: MemoryQuery) -> Estimate | None:
     # every linear layer of a decoder block adapted (the default, all-linear): r x (in + out) each
     trainable = params.r * layers * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 3)
     tokens = batch * seq
-    if args.get("gradient_checkpointing"):
+    checkpointing = args.get("activation_checkpointing") or args.get("gradient_checkpointing")
+    if checkpointing:
         per_layer = CHECKPOINTED_LAYER_FLOATS * h * layers + LAYER_FLOATS_PER_TOKEN[0] * h
         per_layer += LAYER_FLOATS_PER_TOKEN[1] * i
     else:
@@ -67,11 +68,7 @@ def training_estimate(query: MemoryQuery) -> Estimate | None:
     advice = (
         f"Lower training_args.per_device_train_batch_size (now {batch}; raise gradient_accumulation_steps to "
         f"keep the effective batch) or max_seq_len (now {seq})"
-        + (
-            ""
-            if args.get("gradient_checkpointing")
-            else ", or set training_args.gradient_checkpointing: true"
-        )
+        + ("" if checkpointing else ", or set training_args.activation_checkpointing: true")
     )
     return Estimate(query.name, f"{query.type} training", sum(parts.values()), parts, device, advice)
 
@@ -83,6 +80,6 @@ def out_of_memory_advice(query: MemoryQuery) -> str:
     name = f" of data config `{data.name}`" if data is not None else ""
     return (
         f"Lower training_args.per_device_train_batch_size (now {batch}; raise gradient_accumulation_steps to "
-        f"keep the effective batch), lower max_seq_len{name}{seq}, or set training_args.gradient_checkpointing: "
+        f"keep the effective batch), lower max_seq_len{name}{seq}, or set training_args.activation_checkpointing: "
         "true. Complete checkpoints are kept: a re-run with the same settings resumes from them."
     )

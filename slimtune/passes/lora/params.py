@@ -149,7 +149,7 @@ class LoRAParams(Strict):
     def migrate_old(cls, entry: dict[str, Any], path: tuple, m: Any) -> None:
         """Olive's old LoRA pass took QLoRA settings (the seed's "QLoRA" example); transformers 5 renamed
         or removed some training arguments."""
-        from slimtune.passes.lora.training_args import migrate_training_args
+        from slimtune.passes.lora.training_args import RENAMED_TRAINING_ARGS, migrate_training_args
 
         if entry.get("type") == "LoRA":
             if entry.get("double_quant") or entry.get("quant_type"):
@@ -164,9 +164,12 @@ class LoRAParams(Strict):
         if isinstance(args, dict):
 
             def moved(old: str, new: str) -> None:
-                m.moved(
-                    (*path, "training_args", old), (*path, "training_args", new), "removed in transformers 5"
+                why = (
+                    "deprecated in transformers 5"
+                    if old in RENAMED_TRAINING_ARGS
+                    else "removed in transformers 5"
                 )
+                m.moved((*path, "training_args", old), (*path, "training_args", new), why)
 
             entry["training_args"] = migrate_training_args(args, moved)
 

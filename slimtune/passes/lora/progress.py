@@ -60,6 +60,7 @@ class ProgressCallback(TrainerCallback):
         self._start = 0.0
         self._start_tokens = 0
         self._loss: float | None = None
+        self._eval_step: int | None = None  # the step whose eval loss was printed last
 
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
@@ -96,7 +97,8 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._loss = logs["loss"]
-        if logs and "eval_loss" in logs and self.bar is not None:
+        if logs and "eval_loss" in logs and self.bar is not None and state.global_step != self._eval_step:
+            self._eval_step = state.global_step
             self.bar.write(f"      step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -97,7 +97,11 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     except BaseException:
         complete_checkpoints(Path(args.output_dir))  # a failure mid-save leaves no half checkpoint behind
         raise
-    final_eval = trainer.evaluate() if evaluation is not None else {}
+    final_eval = {}
+    if evaluation is not None:
+        # the Trainer evaluates at its last step by itself when that step is an eval step: reuse that result
+        # rather than print and record the same evaluation twice
+        final_eval = eval_at_step(trainer.state.log_history, trainer.state.global_step) or trainer.evaluate()
 
     if trainer.is_world_process_zero():
         model.save_pretrained(ctx.output_dir, safe_serialization=True)
@@ -112,11 +116,7 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
             "loss_curve": [
                 {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
             ],
-            "eval_curve": [
-                {"step": h["step"], "eval_loss": h["eval_loss"]}
-                for h in trainer.state.log_history
-                if "eval_loss" in h
-            ],
+            "eval_curve": eval_curve(trainer.state.log_history),
             "steps": trainer.state.global_step,
             "train_samples": len(train_set),
             "eval_samples": len(evaluation) if evaluation is not None else 0,
@@ -186,7 +186,10 @@ def attach_adapter(model: Any, params: LoRAParams):
         task_type="CAUSAL_LM",
         **lora_kwargs,
     )
-    return get_peft_model(model, lora), targets, notes
+    from slimtune.library_warnings import peft_calls
+
+    with peft_calls():
+        return get_peft_model(model, lora), targets, notes
 
 
 def make_trainer(
@@ -259,6 +262,17 @@ def complete_checkpoints(folder: Path) -> list[Path]:
         else:
             shutil.rmtree(path, ignore_errors=True)
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+
+
+def eval_at_step(log_history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The evaluation the Trainer logged at `step`, if it did."""
+    return next((h for h in reversed(log_history) if h.get("step") == step and "eval_loss" in h), None)
+
+
+def eval_curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One eval loss per step (the last logged at that step)."""
+    by_step = {h["step"]: h["eval_loss"] for h in log_history if "eval_loss" in h}
+    return [{"step": step, "eval_loss": loss} for step, loss in by_step.items()]
 
 
 def _dtype(name: str, device: str):

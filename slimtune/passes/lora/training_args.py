@@ -17,6 +17,11 @@ OLD_TRAINING_ARGS = {
     "warmup_ratio": "warmup_steps (as a ratio of total steps)",
     "group_by_length": "train_sampling_strategy='group_by_length'",
 }
+# deprecated in transformers 5 (a FutureWarning on every run; removed in v6): old name -> current name
+RENAMED_TRAINING_ARGS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
 # set by slimtune itself: the pass owns where checkpoints go
 RESERVED_TRAINING_ARGS = {"output_dir"}
 # numbers TrainingArguments takes on trust (a 0 batch size or a negative epoch count fails deep inside the
@@ -83,6 +88,11 @@ def migrate_training_args(args: dict[str, Any], note) -> dict[str, Any]:
         # transformers 5 reads a float in [0, 1) as a ratio of total steps; validation rejects ratios >= 1
         out["warmup_steps"] = float(out.pop("warmup_ratio"))
         note("warmup_ratio", "warmup_steps")
+    for old, new in RENAMED_TRAINING_ARGS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+            note(old, new)
     if "group_by_length" in out:
         if out.pop("group_by_length"):
             out.setdefault("train_sampling_strategy", "group_by_length")

@@ -52,7 +52,10 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
         model = dequantized_qlora_base(base, grid, dtype, load_kwargs, ctx.log)
     else:
         model = load_causal_lm(base, dtype, device=None, **load_kwargs)
-    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    from slimtune.library_warnings import peft_calls
+
+    with peft_calls():
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model = model.to(dtype)
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
     # tokenizer and generation settings: from the adapter folder (saved by LoRA), else from the base

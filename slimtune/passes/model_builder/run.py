@@ -26,6 +26,7 @@ from slimtune.models.kind import is_adapter_folder
 from slimtune.models.ref import ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.model_builder.params import ModelBuilderParams
+from slimtune.units import fmt_bytes
 
 LOG_NAME = "builder.log"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -95,7 +96,7 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
 
     _verify_output(output_dir, options, params.metadata_only, output_dir / LOG_NAME)
     size = folder_size(output_dir) - (output_dir / LOG_NAME).stat().st_size
-    ctx.log(f"ModelBuilder: done in {seconds:.1f} s, {size / 2**20:.1f} MB")
+    ctx.log(f"ModelBuilder: done in {seconds:.1f} s, {fmt_bytes(size)}")
     ctx.metrics.update(
         output_size_bytes=size,
         precision=params.precision,
