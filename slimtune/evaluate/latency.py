@@ -9,6 +9,7 @@ runs hold the measurement lock and record the machine's other load (slimtune.eva
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,7 @@ def measure_latency(
         print(
             f"warning: latency measured while other processes used {conditions['other_cpu_share']:.0%} of the "
             "CPUs; the figure is marked, and measured again rather than reused next time",
+            file=sys.stderr,
             flush=True,
         )
     setup = getattr(backend, "generator_setup_ms", None)
