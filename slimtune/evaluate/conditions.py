@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,9 +43,10 @@ def _busy_seconds() -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def measuring_alone(log=print) -> Iterator[dict[str, Any]]:
+def measuring_alone(log=None) -> Iterator[dict[str, Any]]:
     """Hold the measurement lock while the block runs; yields a dict that is filled, when the block ends, with
     measured_at (UTC, ISO 8601), wall_s, waited_s, other_cpu_share and contended."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))  # stdout may be JSON
     path = lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     conditions: dict[str, Any] = {}
