@@ -164,7 +164,10 @@ def test_a_training_pass_runs_in_another_process_from_its_json_form(tiny, tmp_pa
             "result": str(result),
         },
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "slimtune.passes.lora.distributed", str(job)],
         capture_output=True,
