@@ -1,21 +1,49 @@
-"""`slimtune validate FILE`: every problem at once (exit 2), or a summary of the plan (exit 0)."""
+"""`slimtune validate FILE`: what `slimtune run` would refuse, refused the same way (exit 2), or a summary of the
+plan (exit 0). It makes every check run makes before loading weights (engine.input_checks.check_before_run):
+the config, the data files through their templates, the model's headers, devices, the memory estimate.
+`--config-only` checks the config alone (for a config written for another machine)."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("validate", help="check a config and show what it will do")
+    p = sub.add_parser("validate", help="check a config and show what it will do (what `run` would refuse)")
     p.add_argument("config", help="config file (.json or .yaml)")
+    p.add_argument("--output-dir", help="override the config's output_dir (as `slimtune run` does)")
+    p.add_argument("--cache-dir", help="override the config's cache_dir (as `slimtune run` does)")
+    p.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="leave out the memory estimate (as `slimtune run` does)",
+    )
+    p.add_argument(
+        "--config-only",
+        action="store_true",
+        help="check the config alone, not its files, model, devices or memory on this machine",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
     from slimtune.config.load import load_config
     from slimtune.config.summary import plan_summary
-    from slimtune.engine.input_checks import check_plan
+    from slimtune.engine.input_checks import check_before_run, check_plan
 
     loaded = load_config(args.config)
-    check_plan(loaded)
+    if args.output_dir:
+        loaded.config.output_dir = str(Path(args.output_dir).resolve())
+    if args.cache_dir:
+        loaded.config.cache_dir = str(Path(args.cache_dir).resolve())
+    if args.no_memory_check:
+        loaded.config.skip_memory_check = True
+    if args.config_only:
+        check_plan(loaded)
+    else:
+        check_before_run(loaded)
     print(plan_summary(loaded, verbose=args.verbose))
-    print("ok: config is valid")
+    print(
+        "ok: config is valid" if args.config_only else "ok: config is valid, and `slimtune run` would start"
+    )
     return 0

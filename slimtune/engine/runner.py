@@ -36,19 +36,21 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
 
 
 def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
-    """Every check that can fail fast, then what the passes share: cache, input model, evaluation rows."""
+    """Every check that can fail fast (the same function `slimtune validate` calls), then what the passes
+    share: cache, input model, evaluation rows."""
     started = time.time()
     from slimtune.engine.input_checks import check_before_run
 
-    check_before_run(loaded)  # systems, remote inputs, cross-section problems, data: before any model
+    ready = check_before_run(loaded)  # everything before any weights load: validate says the same
     session = open_session(loaded)
     session.started = started
     if verbose and loaded.notes:
         print("config keys mapped from the old schema:")
         for note in loaded.notes:
             print(f"  {note}")
-    cached = cached_passes(session, loaded.passes)
-    check_memory(loaded, session.input.model.path, session.device, cached=cached)
+    if ready.model is None:  # a known model or GGUF file, converted just now: its folder exists only now
+        cached = cached_passes(session, loaded.passes)
+        check_memory(loaded, session.input.model.path, session.device, cached=cached)
     session.eval_plan = plan_evaluation(loaded)
     return session
 
