@@ -3,6 +3,7 @@ record. The chain itself runs in slimtune.engine.chain."""
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
@@ -161,14 +162,15 @@ def _write_reports(output_dir: Path, record: dict[str, Any]) -> None:
 
 
 def publish_model(ref: ModelRef, dest: Path) -> Path:
-    """Place a complete copy of the model folder at `dest` (hard links where possible), atomically:
-    it is built beside `dest` and renamed, so `dest` is never half-written."""
+    """Place a complete copy of the model folder at `dest`, atomically: it is built beside `dest` and renamed, so
+    `dest` is never half-written. The files are the user's: copies (reflinks where the file system shares
+    blocks), never hard links into the cache, so editing a published file leaves the cache entry intact."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(dest)
     tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(ref.path, tmp, copy_function=_link_or_copy)
+        shutil.copytree(ref.path, tmp, copy_function=_copy_file)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         named = named_error(
@@ -207,11 +209,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+# copy_file_range cannot serve these (another file system, an old kernel, a special file): copy the plain way
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
+
+
+def _copy_file(src: str, dst: str) -> None:
+    """An independent copy of `src`: os.copy_file_range, which shares the blocks where the file system can
+    (reflinks on btrfs and XFS) and copies in the kernel elsewhere; a plain copy where it is not available.
+    A full disk is raised, not hidden by the fallback."""
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        left = os.fstat(source.fileno()).st_size
+        try:
+            while left > 0:
+                copied = os.copy_file_range(source.fileno(), target.fileno(), left)
+                if copied == 0:
+                    break
+                left -= copied
+        except (AttributeError, OSError) as err:
+            if isinstance(err, OSError) and err.errno not in _NO_COPY_RANGE:
+                raise
+            shutil.copyfileobj(source, target)  # continues from where copy_file_range stopped
+    shutil.copystat(src, dst)
 
 
 def print_summary(records: list[dict[str, Any]], final: Path) -> None:
