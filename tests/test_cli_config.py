@@ -35,7 +35,8 @@ def dump(loaded) -> dict:
 
 
 def test_validate_prints_the_plan(capsys):
-    assert main(["validate", str(CONFIGS / "seed_local.json")]) == EXIT_OK
+    # --config-only: the seed config names a model folder and data of another machine
+    assert main(["validate", "--config-only", str(CONFIGS / "seed_local.json")]) == EXIT_OK
     out = capsys.readouterr().out
     for text in (
         "passes (in order):",
@@ -53,11 +54,20 @@ def test_validate_prints_the_plan(capsys):
 
 
 def test_validate_verbose_lists_mappings(capsys):
-    assert main(["-v", "validate", str(CONFIGS / "seed_azure.json")]) == EXIT_OK
+    assert main(["-v", "validate", "--config-only", str(CONFIGS / "seed_azure.json")]) == EXIT_OK
     out = capsys.readouterr().out
     assert "passes.lora.config.lora_r -> passes.lora.r (renamed)" in out
     assert "engine.execution_providers -> systems.aml.accelerators[0].execution_providers" in out
     assert "QLoRA" in out
+
+
+def test_validate_refuses_what_run_refuses(capsys):
+    """Without --config-only, validate checks this machine as run does: the seed's model folder is not here."""
+    assert main(["validate", str(CONFIGS / "seed_local.json")]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert "data file not found" in err and "dataset-classification.json" in err
+    assert main(["run", "--config", str(CONFIGS / "seed_local.json")]) == EXIT_USER
+    assert capsys.readouterr().err == err
 
 
 def test_validate_errors_subprocess(tmp_path):

@@ -38,9 +38,14 @@ assert rc == 0, rc
         "import slimtune.config.load, slimtune.config.summary, slimtune.passes.registry\n"
         "slimtune.passes.registry.all_passes()",
         CALL_MAIN.format(argv=["--help"]),
-        CALL_MAIN.format(argv=["validate", SEED]),
+        CALL_MAIN.format(argv=["validate", "--config-only", SEED]),
         CALL_MAIN.format(
-            argv=["-v", "validate", str(ROOT / "tests" / "configs" / "seed_local_current.yaml")]
+            argv=[
+                "-v",
+                "validate",
+                "--config-only",
+                str(ROOT / "tests" / "configs" / "seed_local_current.yaml"),
+            ]
         ),
         CALL_MAIN.format(argv=["config", "upgrade", SEED]),
         CALL_MAIN.format(argv=["passes"]),
@@ -49,6 +54,16 @@ assert rc == 0, rc
 )
 def test_stays_light(body):
     code = CHECK.format(body=body, heavy=HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().endswith("light")
+
+
+def test_validate_loads_data_but_no_model_library():
+    """Without --config-only, validate reads the data (datasets) and the model's headers, as run does before the
+    weights load; it still imports no torch, transformers or peft for a config that runs on the CPU."""
+    body = CALL_MAIN.format(argv=["validate", str(ROOT / "examples" / "emotion" / "config.yaml")])
+    code = CHECK.format(body=body, heavy=tuple(m for m in HEAVY if m != "datasets"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.rstrip().endswith("light")

@@ -147,7 +147,7 @@ def test_full_disk_while_publishing_leaves_no_partial_model(tiny, tmp_path, caps
         copied.append(dst)
         runner.shutil.copy2(src, dst)
 
-    monkeypatch.setattr(runner, "_link_or_copy", copy_then_full)
+    monkeypatch.setattr(runner, "_copy_file", copy_then_full)
     err = run_failing(write_config(tmp_path, tiny), capsys)
     assert f"publishing the model to {tmp_path / 'out' / 'model'}: the disk is full" in err
     assert_nothing_partial(tmp_path, complete_passes=3)

@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import time
+from pathlib import Path
 
 from slimtune.units import fmt_bytes
 
@@ -61,7 +62,8 @@ def _ls(args) -> int:
 
 
 def _verify(args) -> int:
-    """Compare every entry's files with its manifest (sizes and sha256); with --remove, drop broken ones."""
+    """Compare every entry's files with its manifest (sizes and sha256) and list the changed ones, with the
+    files and their paths, and the entries runs set aside; with --remove, delete them."""
     from slimtune.engine.cache import Cache, Entry
 
     cache = Cache(args.cache_dir)
@@ -72,30 +74,60 @@ def _verify(args) -> int:
             entry = Entry(folder.name, folder, json.loads((folder / "entry.json").read_text()))
             problems = cache.problems(entry)
         except (OSError, ValueError) as err:
-            entry, problems = Entry(folder.name, folder, {}), [f"entry.json: {err}"]
+            entry, problems = Entry(folder.name, folder, {}), [f"{folder / 'entry.json'}: {err}"]
         if problems:
             broken += 1
-            print(f"{folder.name[:12]}.. broken: {'; '.join(problems[:5])}")
+            print(f"{folder.name[:12]}.. changed: {'; '.join(problems[:5])}")
             if args.remove:
                 cache.remove(entry)
-    action = "removed" if args.remove else "a re-run recomputes them; --remove deletes them"
-    print(f"{len(folders)} entries checked, {broken} broken" + (f" ({action})" if broken else ""))
-    return 2 if broken and not args.remove else 0
+    aside = cache.set_aside()
+    for folder in aside:
+        print(f"{folder.name[:12]}.. changed, set aside by a run that rebuilt it: {folder}")
+        if args.remove:
+            shutil.rmtree(folder, ignore_errors=True)
+    action = "removed" if args.remove else "a re-run rebuilds them; --remove deletes them"
+    found = broken + len(aside)
+    print(
+        f"{len(folders)} entries checked, {broken} changed"
+        + (f", {len(aside)} set aside" if aside else "")
+        + (f" ({action})" if found else "")
+    )
+    return 2 if found and not args.remove else 0
 
 
 def _clean(args) -> int:
+    """Remove leftovers of interrupted passes and changed entries set aside (and, without --partial, the
+    entries), then say what went: count and bytes, or that there was nothing to remove."""
     from slimtune.engine.cache import Cache
+    from slimtune.files import folder_size
 
     cache = Cache(args.cache_dir)
-    removed = 0
-    for path in cache.leftovers():
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
+    doomed = [*cache.leftovers(), *cache.set_aside()]
     if not args.partial:
-        for entry in cache.entries():
-            if args.pass_type and entry.info.get("pass_type") != args.pass_type:
-                continue
-            cache.remove(entry)
-            removed += 1
-    print(f"removed {removed} folder{'s' if removed != 1 else ''} from {cache.root}")
-    return 0
+        doomed += [
+            e.path for e in cache.entries() if not args.pass_type or e.info.get("pass_type") == args.pass_type
+        ]
+    removed, freed, failed = 0, 0, []
+    for path in doomed:
+        size = folder_size(path) if path.exists() else 0
+        problem = _remove_folder(path)
+        if problem:
+            failed.append(f"{path}: {problem}")
+        else:
+            removed, freed = removed + 1, freed + size
+    if removed:
+        print(f"removed {removed} folder{'s' if removed != 1 else ''} ({fmt_bytes(freed)}) from {cache.root}")
+    elif not failed:
+        print(f"nothing to remove in {cache.root}")
+    for line in failed:
+        print(f"could not remove {line}")
+    return 2 if failed else 0
+
+
+def _remove_folder(path: Path) -> str | None:
+    """Delete `path`; None when it is gone, else why not (the first error)."""
+    errors: list[str] = []
+    shutil.rmtree(path, onerror=lambda _func, name, exc: errors.append(f"{name}: {exc[1]}"))
+    if not path.exists():
+        return None
+    return errors[0] if errors else "still there"

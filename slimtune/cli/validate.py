@@ -1,5 +1,8 @@
-"""`slimtune validate FILE`: every problem at once (exit 2), or a summary of the plan (exit 0), with warnings
-about settings known to keep a fine-tune from learning (`--strict`: they fail validation; `--quiet`: hidden)."""
+"""`slimtune validate FILE`: what `slimtune run` would refuse, refused the same way (exit 2), or a summary of the
+plan (exit 0). It makes every check run makes before loading weights (engine.input_checks.check_before_run):
+the config, the data files through their templates, the model's headers, devices, the memory estimate. It also
+warns about settings known to keep a fine-tune from learning (`--strict`: they fail validation; `--quiet`:
+hidden). `--config-only` checks the config alone (for a config written for another machine)."""
 
 from __future__ import annotations
 
@@ -7,22 +10,45 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("validate", help="check a config and show what it will do")
+    p = sub.add_parser("validate", help="check a config and show what it will do (what `run` would refuse)")
     p.add_argument("config", help="config file (.json or .yaml)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     p.add_argument("--quiet", action="store_true", help="do not show warnings")
+    p.add_argument("--output-dir", help="override the config's output_dir (as `slimtune run` does)")
+    p.add_argument("--cache-dir", help="override the config's cache_dir (as `slimtune run` does)")
+    p.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="leave out the memory estimate (as `slimtune run` does)",
+    )
+    p.add_argument(
+        "--config-only",
+        action="store_true",
+        help="check the config alone, not its files, model, devices or memory on this machine",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
     from slimtune.config.load import load_config
     from slimtune.config.summary import plan_summary
     from slimtune.engine.advice import config_advice, fix_snippet
-    from slimtune.engine.input_checks import check_plan
+    from slimtune.engine.input_checks import check_before_run, check_plan
     from slimtune.errors import EXIT_USER
 
     loaded = load_config(args.config)
-    check_plan(loaded)
+    if args.output_dir:
+        loaded.config.output_dir = str(Path(args.output_dir).resolve())
+    if args.cache_dir:
+        loaded.config.cache_dir = str(Path(args.cache_dir).resolve())
+    if args.no_memory_check:
+        loaded.config.skip_memory_check = True
+    if args.config_only:
+        check_plan(loaded)
+    else:
+        check_before_run(loaded)
     print(plan_summary(loaded, verbose=args.verbose, warnings=not args.quiet))
     advice = config_advice(loaded)
     if advice and not args.quiet:
@@ -35,5 +61,6 @@ def _run(args) -> int:
     if count and args.strict:
         print(f"error: {count} warning(s) and --strict: exit code {EXIT_USER}", file=sys.stderr)
         return EXIT_USER
-    print("ok: config is valid" + (f" ({count} warning(s))" if count else ""))
+    ok = "ok: config is valid" if args.config_only else "ok: config is valid, and `slimtune run` would start"
+    print(ok + (f" ({count} warning(s))" if count else ""))
     return 0

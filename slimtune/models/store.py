@@ -108,6 +108,11 @@ def _source(model: str) -> tuple[Path, str, KnownModel | None]:
     return path.resolve(), label, None
 
 
+def gguf_source(model: str) -> Path:
+    """The GGUF file behind a known model name or a `.gguf` path, checked to be there (nothing converted)."""
+    return _source(model)[0]
+
+
 def prepared_path(model: str, announce: bool = False) -> Path:
     """A ready Hugging Face folder for a known model name or a `.gguf` file, converting it on first use."""
     gguf_path, label, known = _source(model)
