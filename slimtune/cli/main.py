@@ -18,6 +18,7 @@ from slimtune.redact import RedactingFilter, RedactingStream, redact_text
 # verb -> module under slimtune.cli exposing `register(subparsers)`; each sets `func` on its parser
 VERBS = [
     "run",
+    "finetune",
     "validate",
     "config",
     "passes",

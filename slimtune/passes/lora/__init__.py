@@ -22,7 +22,7 @@ def _spec(
         type_name,
         params,
         "slimtune.passes.lora.run:run",
-        version=2,
+        version=3,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py)
         summary=summary,
         output_kind="adapter",
         data_fields=("train_data_config", "eval_data_config"),

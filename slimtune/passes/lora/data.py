@@ -18,13 +18,14 @@ class TaskInfo:
     labels: list[str] | None
     chat_template: bool
     add_special_tokens: bool
+    longest: int | None = None  # tokens of the longest row (line-by-line), before truncation
 
 
 def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     """(train samples, eval samples or None, TaskInfo)."""
     from slimtune.data.split import label_column_for, split_indices, write_heldout
     from slimtune.data.template import Template
-    from slimtune.data.tokenize import tokenize_rows
+    from slimtune.data.tokenize import row_token_lengths, tokenize_rows
     from slimtune.data.user_script import load_data
 
     train_config = ctx.data_config(params.train_data_config)
@@ -34,7 +35,20 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     label_column = label_column_for(rows, template.answer_column)
     labels = sorted(set(map(str, rows[label_column]))) if label_column else None
     context = model_context(ctx.input.path)
-    check_answers_fit(rows, pre, tokenizer, template, train_config, context, log=ctx.log, metrics=ctx.metrics)
+    lengths = None
+    if pre.strategy == "line-by-line" and len(rows):
+        lengths = _located(row_token_lengths, train_config)(rows, pre, tokenizer, template)
+    check_answers_fit(
+        rows,
+        pre,
+        tokenizer,
+        template,
+        train_config,
+        context,
+        log=ctx.log,
+        metrics=ctx.metrics,
+        lengths=lengths,
+    )
 
     eval_samples = None
     if params.eval_data_config:
@@ -53,7 +67,14 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
         recorded = write_heldout(ctx.output_dir, params.train_data_config, train_idx, eval_idx)
         ctx.metrics["eval_split"] = {**recorded, "eval_rows": len(eval_idx)}
     train_samples = _located(tokenize_rows, train_config)(rows, pre, tokenizer, template)
-    info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat, pre.add_special_tokens)
+    info = TaskInfo(
+        pre.text_template,
+        template.answer_column,
+        labels,
+        template.chat,
+        pre.add_special_tokens,
+        max(lengths) if lengths else None,
+    )
     return train_samples, eval_samples, info
 
 
@@ -69,6 +90,7 @@ def check_answers_fit(
     context: int | None = None,
     log=print,
     metrics: dict | None = None,
+    lengths: list[int] | None = None,
 ) -> None:
     """With one row per sample and a template that ends with the answer, a row longer than max_seq_len loses
     its answer to truncation: the model learns the row without it (or, with the loss on the answer only,
@@ -81,7 +103,8 @@ def check_answers_fit(
 
     if pre.strategy != "line-by-line" or not template.answer_column or not len(rows):
         return
-    lengths = _located(row_token_lengths, data_config)(rows, pre, tokenizer, template)
+    if lengths is None:
+        lengths = _located(row_token_lengths, data_config)(rows, pre, tokenizer, template)
     files = data_config.load_dataset_config.data_files
     file = files if isinstance(files, str) else str(files)
     beyond = [i for i, n in enumerate(lengths) if context and n > context]

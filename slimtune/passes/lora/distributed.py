@@ -65,11 +65,25 @@ def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
     return params.model_copy(update={"training_args": args})
 
 
+def one_batch_for_all_ranks(ctx: PassContext, params: LoRAParams, world: int) -> LoRAParams:
+    """Where the config leaves the micro-batch to slimtune, choose it once here for the smallest GPU: ranks
+    choosing apart (from what each finds free) would run different step counts and wait on each other."""
+    if "per_device_train_batch_size" in params.training_args:
+        return params
+    import torch
+
+    from slimtune.passes.lora.train import choose_batch
+
+    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(max(world, 1)))
+    choice = choose_batch(ctx, params, None, available=smallest)
+    return params.model_copy(update={"training_args": choice.training_args(params.training_args)})
+
+
 def run_distributed(ctx: PassContext, params: LoRAParams, world: int) -> ModelRef:
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     job, result = ctx.work_dir / "ddp_job.json", ctx.work_dir / "ddp_result.json"
     result.unlink(missing_ok=True)
-    rank_params = per_rank_params(params, world, ctx.log)
+    rank_params = per_rank_params(one_batch_for_all_ranks(ctx, params, world), world, ctx.log)
     write_json_atomic(
         job,
         {

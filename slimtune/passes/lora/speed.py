@@ -34,6 +34,14 @@ def real_length(input_ids: Sequence[int], labels: Sequence[int], attention_mask,
     return n
 
 
+def trimmed(sample: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """`sample` without the padding pad_to_max_len added (masked, unlabelled: it changes nothing learned)."""
+    n = real_length(sample["input_ids"], sample["labels"], sample.get("attention_mask"), pad_id)
+    if n == len(sample["input_ids"]):
+        return sample
+    return {k: v[:n] if k in ("input_ids", "labels", "attention_mask") else v for k, v in sample.items()}
+
+
 def pack_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
     """Indices of the examples in each row: best fit, longest first (rows never exceed row_len unless one
     example alone is longer)."""

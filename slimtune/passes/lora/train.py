@@ -57,6 +57,10 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     given = ctx.model_load.get("dtype")
     if params.torch_dtype == "auto" and given not in (None, "auto"):
         params = params.model_copy(update={"torch_dtype": given})  # input_model.load_kwargs.dtype
+    choice = choose_batch(ctx, params, task.longest)  # before the weights load: what is free now
+    params = params.model_copy(update={"training_args": choice.training_args(params.training_args)})
+    ctx.log(f"      batch: {choice.describe()}")
+    ctx.metrics["batch"] = choice.metrics()
     model = load_base_model(base, params, ctx.device, **loading)
     if params.quantized:
         # the merge rebuilds this 4-bit image of the base and merges into its dequantized weights
@@ -134,6 +138,20 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     return ModelRef(str(ctx.output_dir), "adapter", base_path=str(base))
 
 
+def choose_batch(ctx: PassContext, params: LoRAParams, longest: int | None, available: int | None = None):
+    """The micro-batch the engine's memory check planned for (fit.py), made again in this process: the
+    libraries the estimate counts are loaded already, so they are added back to what is available."""
+    from slimtune.passes.lora.fit import available_bytes
+    from slimtune.passes.lora.memory import batch_choice
+    from slimtune.passes.memory import LIBRARIES_BYTES, MemoryQuery
+
+    data = {"train_data_config": ctx.data_config(params.train_data_config)}
+    query = MemoryQuery("", "LoRA", params, Path(ctx.input.path), ctx.device, data)
+    if available is None and "per_device_train_batch_size" not in params.training_args:
+        available = available_bytes(ctx.device) + (LIBRARIES_BYTES if ctx.device == "cpu" else 0)
+    return batch_choice(query, available, longest)
+
+
 def load_base_model(base: Path, params: LoRAParams, device: str, **load_kwargs: Any):
     """The frozen base: bf16 on CUDA (or torch_dtype), 4-bit through bitsandbytes for QLoRA (left where
     loading puts it: the trainer moves it)."""
@@ -207,7 +225,7 @@ def make_trainer(
     import transformers
 
     from slimtune.passes.lora.progress import CountingCollator, collate
-    from slimtune.passes.lora.speed import PackedCollator, compile_layers, speed_plan, training_work
+    from slimtune.passes.lora.speed import PackedCollator, compile_layers, speed_plan, training_work, trimmed
 
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -218,8 +236,8 @@ def make_trainer(
         inner = PackedCollator(pad, row_len)
     else:
 
-        def inner(rows):
-            return collate(rows, pad)
+        def inner(rows):  # padded to the micro-batch's longest row, not max_seq_len (fit.py)
+            return collate([trimmed(r, pad) for r in rows], pad)
 
     collator = CountingCollator(inner, pad)
 
