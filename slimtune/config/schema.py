@@ -213,7 +213,11 @@ class PreProcessDataConfig(Strict):
     chat_template: bool = Field(False, description="render rows through the model's chat template")
     messages_col: str | None = Field(None, description="column holding chat messages (role/content dicts)")
     stride: int | None = Field(None, gt=0, description="join-sliding-window: tokens between window starts")
-    pad_to_max_len: bool = Field(True, description="pad every sample to max_seq_len")
+    pad_to_max_len: bool = Field(
+        True,
+        description="pad every sample to max_seq_len (tokenized data sets; LoRA training pads each micro-batch "
+        "only to its longest sample: the padding is masked, so what is learned is the same)",
+    )
     use_attention_mask: bool = Field(True, description="pass an attention mask to the model")
     add_special_tokens: bool = Field(True, description="add the tokenizer's BOS/EOS around each text")
     loss_on_answer_only: bool = Field(False, description="labels -100 on the prompt: learn the answer only")
