@@ -151,12 +151,12 @@ def test_clean_says_what_it_removed_and_then_that_nothing_is_left(tmp_path, caps
     clean = ["cache", "--cache-dir", str(tmp_path), "clean"]
     capsys.readouterr()
     assert main([*clean, "--partial"]) == 0
-    assert f"removed 3 folders (1.5 MB) from {tmp_path}" in capsys.readouterr().out
+    assert f"removed 3 folders (1.4 MiB) from {tmp_path}" in capsys.readouterr().out
     assert main([*clean, "--partial"]) == 0
     assert capsys.readouterr().out.strip() == f"nothing to remove in {tmp_path}"
     assert cache.lookup(KEY) is not None
     assert main(clean) == 0
-    assert "removed 1 folder (2.0 MB)" in capsys.readouterr().out
+    assert "removed 1 folder (1.9 MiB)" in capsys.readouterr().out
     assert main(clean) == 0
     assert "nothing to remove" in capsys.readouterr().out
 

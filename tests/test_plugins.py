@@ -20,6 +20,7 @@ from workflows import EMOTION_DATA, REPO, emotion_data_config
 
 from slimtune.cli.main import main
 from slimtune.errors import EXIT_USER
+from slimtune.passes.registry import get_pass
 
 PLUGIN = REPO / "tests" / "plugins" / "slimtune_marker_pass"
 SCRIPT = REPO / "tests" / "plugins" / "user_scripts" / "emotion_custom.py"
@@ -144,7 +145,7 @@ def test_passes_lists_the_plugin_with_its_origin(plugin_site, tmp_path):
         "CopyWithMarker (v1, from slimtune-marker-pass 0.1.0): copy the model and write a marker file"
         in proc.stdout
     )
-    assert "LoRA (v2, from slimtune)" in proc.stdout
+    assert f"LoRA (v{get_pass('LoRA').version}, from slimtune)" in proc.stdout
     one = slimtune(plugin_site, "passes", "CopyWithMarker", cwd=tmp_path)
     assert "text: default 'marked'. written into MARKER.txt." in one.stdout
 

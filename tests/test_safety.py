@@ -246,7 +246,9 @@ def test_secret_in_printed_progress_is_masked(tmp_path, capsys, monkeypatch):
     )
     config = tmp_path / "config.json"
     config.write_text(json.dumps(cfg))
-    code, text = run_cli(["validate", str(config)], capsys)
+    code, text = run_cli(
+        ["validate", "--config-only", str(config)], capsys
+    )  # no model folder: the config alone
     assert code == 0, text
     assert SECRET_ENV not in text and "***.jsonl" in text, text
 
