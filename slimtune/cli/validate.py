@@ -16,6 +16,10 @@ def _run(args) -> int:
 
     loaded = load_config(args.config)
     check_plan(loaded)
+    from slimtune.engine.evaluation import describe_evaluation
+
+    evaluation = describe_evaluation(loaded)  # an evaluator's metric the data cannot give fails here
     print(plan_summary(loaded, verbose=args.verbose))
+    print(evaluation)
     print("ok: config is valid")
     return 0

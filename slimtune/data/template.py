@@ -45,6 +45,7 @@ class Template:
         file: str | None = None,
     ):
         self.tokenizer = tokenizer
+        self.pre = pre
         self.text_template = pre.text_template
         self.messages_col = pre.messages_col
         text_cols = [pre.text_cols] if isinstance(pre.text_cols, str) else pre.text_cols

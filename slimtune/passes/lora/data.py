@@ -18,13 +18,15 @@ class TaskInfo:
     labels: list[str] | None
     chat_template: bool
     add_special_tokens: bool
+    messages_col: str | None = None
+    loss_on_answer_only: bool = False
 
 
 def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     """(train samples, eval samples or None, TaskInfo)."""
     from slimtune.data.split import label_column_for, split_indices, write_heldout
     from slimtune.data.template import Template
-    from slimtune.data.tokenize import tokenize_rows
+    from slimtune.data.tokenize import answer_only, tokenize_rows
     from slimtune.data.user_script import load_data
 
     train_config = ctx.data_config(params.train_data_config)
@@ -33,6 +35,11 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     template = Template(pre, tokenizer, columns=rows.column_names)
     label_column = label_column_for(rows, template.answer_column)
     labels = sorted(set(map(str, rows[label_column]))) if label_column else None
+    if template.messages_col:  # conversations whose last assistant turns are labels (few distinct values)
+        from slimtune.evaluate.text_metrics import answers_are_labels
+
+        answers = [a for a in (template.answer(row) for row in rows) if a]
+        labels = sorted(set(answers)) if answers_are_labels(answers) else None
     context = model_context(ctx.input.path)
     check_answers_fit(rows, pre, tokenizer, template, train_config, context, log=ctx.log)
 
@@ -53,7 +60,15 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
         recorded = write_heldout(ctx.output_dir, params.train_data_config, train_idx, eval_idx)
         ctx.metrics["eval_split"] = {**recorded, "eval_rows": len(eval_idx)}
     train_samples = _located(tokenize_rows, train_config)(rows, pre, tokenizer, template)
-    info = TaskInfo(pre.text_template, template.answer_column, labels, template.chat, pre.add_special_tokens)
+    info = TaskInfo(
+        pre.text_template,
+        template.answer_column,
+        labels,
+        template.chat,
+        pre.add_special_tokens,
+        template.messages_col,
+        answer_only(pre, template),
+    )
     return train_samples, eval_samples, info
 
 
