@@ -15,6 +15,7 @@ from typing import Any
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation + "“”‘’«»…–—¿¡")
 EXAMPLES = 5
+LABEL_MAX_WORDS = 3  # a label is a word or a short phrase ("joy", "very positive"), not a sentence
 
 
 def normalise_text(text: str) -> str:
@@ -50,12 +51,22 @@ def text_report(outputs: Sequence[str], references: Sequence[str]) -> dict[str, 
 
 
 def answers_are_labels(answers: Sequence[str]) -> bool:
-    """Few distinct answers, each seen twice or more on average: a classification task (the rule by which
-    training stratifies its split and records a label set, data/split.label_column_for)."""
+    """Few distinct answers, each seen twice or more on average (the rule by which training stratifies its
+    split, data/split.label_column_for), that label accuracy can tell apart by their first word: a
+    classification task. A FAQ whose answers repeat but are sentences ("Yes, ...", "Yes, ...") is free text."""
     from slimtune.data.split import LABEL_MAX_DISTINCT
+    from slimtune.evaluate.accuracy import label_index
 
-    distinct = len(set(map(str, answers)))
-    return 0 < distinct <= min(LABEL_MAX_DISTINCT, max(1, len(answers) // 2))
+    distinct = set(map(str, answers))
+    if not 0 < len(distinct) <= min(LABEL_MAX_DISTINCT, max(1, len(answers) // 2)):
+        return False
+    if any(len(answer.split()) > LABEL_MAX_WORDS for answer in distinct):
+        return False
+    try:
+        label_index(sorted(distinct))
+    except ValueError:
+        return False
+    return True
 
 
 def answer_kind(template: Any, rows: Sequence[Any]) -> str | None:
