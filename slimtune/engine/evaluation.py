@@ -213,7 +213,10 @@ def describe_evaluation(loaded: LoadedConfig) -> str:
     if plan is None:
         return "evaluation: none (no evaluator, and no training pass with held-out rows)"
     if plan.rows is None:
-        return f"evaluation: {describe_metrics(plan.metrics)} on {plan.source} (metrics checked when the run reads the data)"
+        return (
+            f"evaluation: {describe_metrics(plan.metrics)} on data config {plan.data_name} (its rows are read "
+            "when the run starts; the metrics are checked against them then)"
+        )
     noun = "conversations" if plan.pre.messages_col or "messages" in plan.rows.column_names else "rows"
     count, where = len(plan.rows), f"data config {plan.data_name}"
     if plan.split_from is not None:
