@@ -194,3 +194,22 @@ def test_evaluate_cli_uses_the_chat_template_unasked(chat_run, capsys):
     result = json.loads(out[out.index("\n{") + 1 :] if not out.startswith("{") else out)  # after lock notes
     assert result["metrics"] == ["text_match", "perplexity", "latency", "size"]
     assert result["text_match"]["n"] == 3 and result["perplexity"] > 1
+
+
+def test_accuracy_asked_for_on_conversations_is_refused_before_training(chat_run, tmp_path, capsys):
+    config = yaml.safe_load(chat_run.read_text())
+    config["evaluators"] = {
+        "quality": {"metrics": [{"name": "acc", "type": "accuracy", "data_config": "talk"}]}
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "accuracy needs answers that are labels" in err and "exact_match and token_f1" in err
+    config["evaluators"]["quality"]["metrics"][0]["sub_types"] = [
+        {"name": "exact_match"},
+        {"name": "token_f1"},
+    ]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["validate", str(path)]) == 0
+    assert "evaluation: exact match, token F1 on 7 held-out conversations" in capsys.readouterr().out
