@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_METRICS = ["accuracy", "latency", "size"]
 DEFAULT_MAX_ROWS = 100
-EVAL_VERSION = 2  # bump when evaluation results change for the same inputs
+EVAL_VERSION = 3  # bump when evaluation results change for the same inputs
 
 
 @dataclass

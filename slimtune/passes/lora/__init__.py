@@ -22,7 +22,7 @@ def _spec(
         type_name,
         params,
         "slimtune.passes.lora.run:run",
-        version=2,
+        version=3,  # 3: every assistant turn learns; the eval loss is token-weighted
         summary=summary,
         output_kind="adapter",
         data_fields=("train_data_config", "eval_data_config"),
