@@ -103,6 +103,7 @@ def _importers(prefix: str, target: str) -> list[str]:
         ("slimtune.data", "slimtune.passes"),
         ("slimtune.config", "slimtune.engine"),
         ("slimtune.evaluate", "slimtune.engine"),
+        ("slimtune.evaluate", "slimtune.passes"),
         ("slimtune.engine", "slimtune.cli"),
         ("slimtune.files", "slimtune."),
         ("slimtune.units", "slimtune."),

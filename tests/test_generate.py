@@ -113,9 +113,9 @@ def test_input_row_uses_the_recorded_template(folders, tmp_path, capsys, monkeyp
     seen = {}
     real = OnnxGenaiModel.generate
 
-    def spy(self, prompt, max_new_tokens, stream_callback=None, stop_at_newline=False):
+    def spy(self, prompt, max_new_tokens, stream_callback=None, stop_at_newline=False, stop_text=None):
         seen.update(prompt=prompt, stop_at_newline=stop_at_newline)
-        return real(self, prompt, max_new_tokens, stream_callback, stop_at_newline)
+        return real(self, prompt, max_new_tokens, stream_callback, stop_at_newline, stop_text)
 
     monkeypatch.setattr(OnnxGenaiModel, "generate", spy)
     row = '{"phrase": "I am so happy today!", "tone": "joy"}'  # the answer column, if given, is not used

@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument(
         "--metrics",
         nargs="+",
-        default=["accuracy", "latency", "size"],
-        help="accuracy, likelihood, perplexity, latency, size, memory",
+        help="accuracy, likelihood, exact_match (with token F1), perplexity, latency, size, memory; default: "
+        "accuracy for label answers, exact_match and perplexity for free text (conversations), perplexity when "
+        "there is no answer; latency and size always",
     )
     p.add_argument("--max-rows", type=int, help="evaluate at most N rows")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -45,21 +46,25 @@ def _run(args) -> int:
     meta = ModelMeta.load(ref.path) or ModelMeta()
     pre = _pre_process(args, meta, ref)
     rows = _rows(args.data, args.max_rows)
-    probe = Template(pre)  # chat templates need the tokenizer; the evaluator re-renders with it
+    # chat templates need the tokenizer; the evaluator re-renders with it
+    probe = Template(pre, columns=list(rows[0]) if rows else None)
     label_column = args.label_col or meta.answer_column or probe.answer_column
     if label_column and rows and label_column not in rows[0]:
         raise UserError(
             f"label column {label_column!r} is not in {args.data}; columns: {', '.join(rows[0])} (--label-col)"
         )
-    needs_labels = {"accuracy", "likelihood"} & set(args.metrics)
-    if needs_labels and not label_column:
+    metrics = _metrics(args.metrics, probe, rows, label_column)
+    needs_labels = {"accuracy", "likelihood"} & set(metrics)
+    if needs_labels and not label_column and not probe.messages_col:
         raise UserError(
-            f"the template {pre.text_template!r} does not end with an answer field; give --label-col for "
+            f"the template {probe.describe()!r} does not end with an answer field; give --label-col for "
             f"{', '.join(sorted(needs_labels))}"
         )
     labels = None
     if label_column:
         labels = list(dict.fromkeys([*(meta.labels or []), *sorted({str(r[label_column]) for r in rows})]))
+    elif probe.messages_col and needs_labels:
+        labels = list(dict.fromkeys([*(meta.labels or []), *sorted({probe.answer(r) for r in rows})]))
     from slimtune.evaluate.evaluator import evaluate_model
 
     result = evaluate_model(
@@ -67,7 +72,7 @@ def _run(args) -> int:
         rows,
         pre,
         labels=labels,
-        metrics=list(args.metrics),
+        metrics=metrics,
         label_column=label_column,
         progress=None if not args.json else False,
     )
@@ -79,25 +84,38 @@ def _run(args) -> int:
     return 0
 
 
+def _metrics(given: list[str] | None, template: Any, rows: list[dict[str, Any]], label_column: str | None):
+    """The metrics asked for (exact_match / token_f1 name text_match), or those that fit the answers."""
+    if given:
+        aliases = {"exact_match": "text_match", "token_f1": "text_match"}
+        return list(dict.fromkeys(aliases.get(m, m) for m in given))
+    from slimtune.evaluate.text_metrics import answer_kind, answers_are_labels
+
+    if label_column:
+        kind = "labels" if answers_are_labels([str(r.get(label_column)) for r in rows]) else "text"
+    else:
+        kind = answer_kind(template, rows)
+    quality = {"labels": ["accuracy"], "text": ["text_match", "perplexity"]}.get(kind, ["perplexity"])
+    return [*quality, "latency", "size"]
+
+
 def _pre_process(args, meta: ModelMeta, ref: ModelRef) -> PreProcessDataConfig:
     from slimtune.config.schema import PreProcessDataConfig
     from slimtune.data.template import unescape_cli
 
     if args.template:
         return PreProcessDataConfig(text_template=unescape_cli(args.template))
-    if not meta.template:
-        where = (
-            f"{ref.path} has no {MODEL_META}"
-            if not Path(ref.path, MODEL_META).is_file()
-            else (f"{Path(ref.path, MODEL_META)} records no template")
-        )
-        raise UserError(
-            f"{where}, so the prompt format is unknown; give it with --template, e.g. "
-            "--template '### Text: {phrase}\\n### The tone is:\\n{tone}'"
-        )
-    add_special = getattr(meta, "add_special_tokens", True)
-    return PreProcessDataConfig(
-        text_template=meta.template, chat_template=meta.chat_template, add_special_tokens=add_special
+    recorded = meta.pre_process()  # the template or the messages column it was trained on
+    if recorded is not None:
+        return recorded
+    where = (
+        f"{ref.path} has no {MODEL_META}"
+        if not Path(ref.path, MODEL_META).is_file()
+        else (f"{Path(ref.path, MODEL_META)} records no template")
+    )
+    raise UserError(
+        f"{where}, so the prompt format is unknown; give it with --template, e.g. "
+        "--template '### Text: {phrase}\\n### The tone is:\\n{tone}'"
     )
 
 
@@ -140,6 +158,12 @@ def render_text(result: dict[str, Any]) -> str:
         lines.append("")
     if "likelihood_accuracy" in result:
         lines.append(f"likelihood accuracy  {result['likelihood_accuracy']:.2%}")
+    if "text_match" in result:
+        text = result["text_match"]
+        lines.append(f"exact match  {text['exact_match']:.2%}  ({text['n']} answers, after normalisation)")
+        lines.append(f"token F1     {text['token_f1']:.3f}")
+        for example in text.get("mismatch_examples", [])[:3]:
+            lines.append(f"  e.g. {example['output']!r} (expected {example['expected']!r})")
     if "perplexity" in result:
         lines.append(f"perplexity   {result['perplexity']:.3f}  ({result['perplexity_tokens']} tokens)")
     if "latency" in result:

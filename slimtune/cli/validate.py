@@ -49,7 +49,11 @@ def _run(args) -> int:
         check_plan(loaded)
     else:
         check_before_run(loaded)
+    from slimtune.engine.evaluation import describe_evaluation
+
+    evaluation = describe_evaluation(loaded)  # an evaluator's metric the data cannot give fails here
     print(plan_summary(loaded, verbose=args.verbose, warnings=not args.quiet))
+    print(evaluation)
     advice = config_advice(loaded)
     if advice and not args.quiet:
         out = sys.stderr if args.strict else sys.stdout

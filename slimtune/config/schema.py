@@ -220,7 +220,12 @@ class PreProcessDataConfig(Strict):
     )
     use_attention_mask: bool = Field(True, description="pass an attention mask to the model")
     add_special_tokens: bool = Field(True, description="add the tokenizer's BOS/EOS around each text")
-    loss_on_answer_only: bool = Field(False, description="labels -100 on the prompt: learn the answer only")
+    loss_on_answer_only: bool | None = Field(
+        None,
+        description="labels -100 on the prompt: learn the answer only (for a messages column: every assistant "
+        "turn, not the system or user turns); unset: on for a messages column (line-by-line), off otherwise; "
+        "false on a messages column learns every turn",
+    )
     max_samples: int | None = Field(None, gt=0, description="keep at most N samples after pre-processing")
     random_seed: int = Field(0, description="seed for join-random and shuffles")
     joiner: str | None = Field(None, description="text between joined rows (default: the EOS token)")

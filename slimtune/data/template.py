@@ -45,6 +45,7 @@ class Template:
         file: str | None = None,
     ):
         self.tokenizer = tokenizer
+        self.pre = pre
         self.text_template = pre.text_template
         self.messages_col = pre.messages_col
         text_cols = [pre.text_cols] if isinstance(pre.text_cols, str) else pre.text_cols
@@ -118,25 +119,31 @@ class Template:
 
     # ------------------------------------------------------------------ rendering
 
+    def conversation(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A chat row as messages: the messages column, or the template's prompt as the user turn and its
+        answer field (when it ends with one) as the assistant turn."""
+        if self.messages_col:
+            return self._messages(row)
+        turns = [{"role": "user", "content": self._user_turn(row)}]
+        if self.answer_column:
+            turns.append({"role": "assistant", "content": self.answer(row)})
+        return turns
+
     def render(self, row: Mapping[str, Any]) -> str:
         """The whole text of a row: what training sees."""
-        if self.messages_col:
-            return self._chat(self._messages(row))
         if self.chat:
-            user, answer = self._user_turn(row), self.answer(row)
-            turns = [{"role": "user", "content": user}]
-            if self.answer_column:
-                turns.append({"role": "assistant", "content": answer})
-            return self._chat(turns)
+            return self._chat(self.conversation(row))
         return self._join(self.parts, row)
 
     def prompt(self, row: Mapping[str, Any]) -> str:
-        """The text a model must continue to produce the answer (the whole text when there is no answer)."""
+        """The text a model must continue to produce the answer (the whole text when there is no answer); for
+        a conversation, every turn before its last assistant turn, and the generation prompt."""
         if self.messages_col:
+            from slimtune.data.chat import last_assistant
+
             messages = self._messages(row)
-            if messages and messages[-1].get("role") == "assistant":
-                messages = messages[:-1]
-            return self._chat(messages, add_generation_prompt=True)
+            last = last_assistant(messages)
+            return self._chat(messages if last is None else messages[:last], add_generation_prompt=True)
         if self.chat:
             return self._chat([{"role": "user", "content": self._user_turn(row)}], add_generation_prompt=True)
         if not self.answer_column:
@@ -147,9 +154,11 @@ class Template:
     def answer(self, row: Mapping[str, Any]) -> str:
         """The expected answer: the answer field's value (or the last assistant message); '' when none."""
         if self.messages_col:
+            from slimtune.data.chat import last_assistant
+
             messages = self._messages(row)
-            last = messages[-1] if messages else {}
-            return str(last.get("content", "")) if last.get("role") == "assistant" else ""
+            last = last_assistant(messages)
+            return "" if last is None else str(messages[last].get("content") or "")
         if not self.answer_column:
             return ""
         return self._value(row, self._trimmed()[-1])

@@ -38,6 +38,16 @@ class TokenStats:
 class _Encoded:
     ids: list[int]
     prompt_len: int = 0  # leading tokens that are prompt (only counted with loss_on_answer_only)
+    learn: list[bool] | None = None  # a conversation with the loss on its assistant turns: which ids learn
+
+
+def answer_only(pre: PreProcessDataConfig, template: Template) -> bool:
+    """Whether the loss is on the answer only: `loss_on_answer_only` when given; unset, on for conversations
+    (a messages column, one row per sample: every assistant turn learns, the other turns do not) and off
+    otherwise."""
+    if pre.loss_on_answer_only is not None:
+        return pre.loss_on_answer_only
+    return bool(template.messages_col) and pre.strategy == "line-by-line"
 
 
 def tokenize_rows(
@@ -84,7 +94,7 @@ def tokenize_with_stats(
 
 
 def check_options(pre: PreProcessDataConfig, template: Template) -> None:
-    if pre.loss_on_answer_only:
+    if answer_only(pre, template):
         if pre.strategy != "line-by-line":
             raise UserError(
                 f"loss_on_answer_only works only with strategy line-by-line, not {pre.strategy!r}: "
@@ -125,7 +135,13 @@ def encode_prompt(tokenizer: Any, template: Template, row: Any, add_special_toke
 def encode_rows(rows: Any, pre: PreProcessDataConfig, tokenizer: Any, template: Template) -> list[_Encoded]:
     prefix, suffix = special_ids(tokenizer, template, pre.add_special_tokens)
     rows = list(rows) if not isinstance(rows, list) else rows
-    if pre.loss_on_answer_only:
+    if answer_only(pre, template) and template.chat:
+        conversations = _texts(rows, template.conversation)
+        return [
+            _Encoded(*_chat_ids(tokenizer, messages, number))
+            for number, messages in enumerate(conversations, 1)
+        ]
+    if answer_only(pre, template):
         prompts = _texts(rows, template.prompt)
         completions = _texts(rows, template.completion)
         p_ids, c_ids = _plain(tokenizer, prompts), _plain(tokenizer, completions)
@@ -133,6 +149,18 @@ def encode_rows(rows: Any, pre: PreProcessDataConfig, tokenizer: Any, template: 
             _Encoded(prefix + p + c + suffix, len(prefix) + len(p)) for p, c in zip(p_ids, c_ids, strict=True)
         ]
     return [_Encoded(prefix + ids + suffix) for ids in _plain(tokenizer, _texts(rows, template.render))]
+
+
+def _chat_ids(
+    tokenizer: Any, messages: list[dict[str, Any]], number: int
+) -> tuple[list[int], int, list[bool]]:
+    from slimtune.data.chat import encode_conversation
+
+    try:
+        ids, learn = encode_conversation(tokenizer, messages)
+    except DataError as err:
+        raise DataError(f"row {number}: {err}") from None
+    return ids, 0, learn
 
 
 def row_token_lengths(rows: Any, pre: PreProcessDataConfig, tokenizer: Any, template: Template) -> list[int]:
@@ -169,8 +197,11 @@ def _line_by_line(encoded: list[_Encoded], pre: PreProcessDataConfig, stats: Tok
     samples = []
     for e in encoded:
         ids = e.ids[: pre.max_seq_len]
-        labels = [IGNORE] * min(e.prompt_len, len(ids)) + ids[e.prompt_len :]
-        if pre.loss_on_answer_only and all(label == IGNORE for label in labels):
+        if e.learn is not None:
+            labels = [i if learn else IGNORE for i, learn in zip(ids, e.learn, strict=False)]
+        else:
+            labels = [IGNORE] * min(e.prompt_len, len(ids)) + ids[e.prompt_len :]
+        if (e.learn is not None or e.prompt_len) and all(label == IGNORE for label in labels):
             stats.dropped += 1
             continue
         samples.append((ids, labels, [1] * len(ids)))

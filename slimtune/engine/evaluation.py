@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_METRICS = ["accuracy", "latency", "size"]
 DEFAULT_MAX_ROWS = 100
-EVAL_VERSION = 2  # bump when evaluation results change for the same inputs
+EVAL_VERSION = 3  # bump when evaluation results change for the same inputs
 
 
 @dataclass
@@ -45,6 +45,7 @@ class EvalPlan:
     indices: list[int] | None = None  # the rows evaluated, once chosen
     data: Any = None  # the DataConfig of the rows (its post_process function applies to answers)
     custom: list[Any] = field(default_factory=list)  # metrics of type custom (evaluate/custom.py)
+    answers: str | None = None  # what the rows' answers are: "labels", "text" or None (evaluate/text_metrics)
 
     def fingerprint(self) -> str:
         payload = {
@@ -85,10 +86,17 @@ class EvalPlan:
         return replace(self, rows=rows, source=source, indices=indices, split_from=None, max_rows=None)
 
 
-def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
+def plan_evaluation(loaded: LoadedConfig, load: Any = None) -> EvalPlan | None:
+    """What every stage will be evaluated on, decided before any pass runs: the rows, and the metrics that fit
+    them. With no evaluator, the metrics follow the answers (DEFAULT_METRICS for labels, TEXT_METRICS for
+    free text such as conversations, perplexity when there is no answer to compare); an evaluator's metric
+    that the rows cannot give (accuracy on free-text answers) is refused here, not after training.
+    `load`: data config -> rows (default: load_data); None from it means the rows cannot be read here."""
     from slimtune.data.fingerprint import data_fingerprint
     from slimtune.data.user_script import load_data
     from slimtune.passes.registry import get_pass
+
+    load = load or load_data
 
     cfg = loaded.config
     evaluator = cfg.evaluators.get(cfg.evaluator) if cfg.evaluator else None
@@ -104,10 +112,10 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
         custom = [m for m in evaluator.metrics if m.type == "custom"]
         named = [m.data_config for m in evaluator.metrics if m.data_config]
         data_name = named[0] if named else (training.data if training else None)
-        max_rows = None
+        max_rows, chosen = None, False
     elif training is not None and (training.eval_size or training.eval_data):
         refs, metrics, data_name, max_rows = [], list(DEFAULT_METRICS), training.data, DEFAULT_MAX_ROWS
-        custom = []
+        custom, chosen = [], True
     else:
         return None
     if data_name is None:
@@ -122,13 +130,16 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
     split_from = None
     if training is not None and data_name == training.data and training.eval_data:
         data = next(d for d in cfg.data_configs if d.name == training.eval_data)
-        rows = load_data(data)
-        source = f"data config {data.name}, the training pass's evaluation data ({len(rows)} rows)"
+        rows = load(data)
+        source = f"data config {data.name}, the training pass's evaluation data ({_count(rows)} rows)"
     else:
-        rows = load_data(data)
-        source = f"data config {data_name} ({len(rows)} rows)"
+        rows = load(data)
+        source = f"data config {data_name} ({_count(rows)} rows)"
         if training is not None and data_name == training.data and training.eval_size:
             split_from = trainer.name
+    answers = None
+    if rows is not None:
+        metrics, answers = fit_metrics(metrics, data, rows, chosen)
     return EvalPlan(
         data.name,
         source,
@@ -142,7 +153,90 @@ def plan_evaluation(loaded: LoadedConfig) -> EvalPlan | None:
         max_rows=max_rows,
         data=data,
         custom=custom,
+        answers=answers,
     )
+
+
+TEXT_METRICS = ["text_match", "perplexity", "latency", "size"]  # free-text answers: exact match, token F1
+UNANSWERED_METRICS = ["perplexity", "latency", "size"]  # rows with nothing to compare an answer with
+_NEEDS_LABELS = {"accuracy": "accuracy", "likelihood": "accuracy (likelihood_accuracy)"}
+
+
+def fit_metrics(metrics: list[str], data: Any, rows: Any, chosen: bool) -> tuple[list[str], str | None]:
+    """(the metrics to compute, what the answers are). `chosen`: slimtune picked `metrics` itself (no
+    evaluator), so they are replaced by those the answers support; metrics the config asks for that the rows
+    cannot give are a UserError naming the fix."""
+    from slimtune.data.template import Template
+    from slimtune.errors import UserError
+    from slimtune.evaluate.text_metrics import answer_kind
+
+    template = Template(data.pre_process_data_config, None, columns=rows.column_names)
+    answers = answer_kind(template, rows)
+    if chosen:
+        return list(
+            {"labels": DEFAULT_METRICS, "text": TEXT_METRICS}.get(answers, UNANSWERED_METRICS)
+        ), answers
+    what = (
+        f"its answers are free text ({len({template.answer(r) for r in rows})} distinct in {len(rows)} rows)"
+        if answers == "text"
+        else f"it has no answer to compare with ({template.describe()!r} does not end with an answer field)"
+    )
+    for metric, name in _NEEDS_LABELS.items():
+        if metric in metrics and answers != "labels":
+            raise UserError(
+                f"evaluators: {name} needs answers that are labels, but data config `{data.name}` {what}; "
+                + (
+                    "use the accuracy sub_types exact_match and token_f1, or perplexity"
+                    if answers == "text"
+                    else "use perplexity, or a text_template that ends with the answer field"
+                )
+            )
+    if "text_match" in metrics and answers is None:
+        raise UserError(
+            f"evaluators: exact_match / token_f1 need a reference answer per row, but data config "
+            f"`{data.name}` {what}; use perplexity"
+        )
+    return metrics, answers
+
+
+def _count(rows: Any) -> str:
+    return "?" if rows is None else str(len(rows))
+
+
+def describe_evaluation(loaded: LoadedConfig) -> str:
+    """One line for `slimtune validate`: the metrics and the rows every stage will be evaluated on. Reads
+    local data files without `datasets` (data/light.py); rows it cannot read that way are described as
+    decided when the run reads them."""
+    from slimtune.data.light import read_rows
+    from slimtune.evaluate.text_metrics import describe_metrics
+
+    plan = plan_evaluation(loaded, load=read_rows)
+    if plan is None:
+        return "evaluation: none (no evaluator, and no training pass with held-out rows)"
+    if plan.rows is None:
+        return (
+            f"evaluation: {describe_metrics(plan.metrics)} on data config {plan.data_name} (its rows are read "
+            "when the run starts; the metrics are checked against them then)"
+        )
+    noun = "conversations" if plan.pre.messages_col or "messages" in plan.rows.column_names else "rows"
+    count, where = len(plan.rows), f"data config {plan.data_name}"
+    if plan.split_from is not None:
+        from slimtune.data.split import label_column_for, split_indices
+        from slimtune.data.template import Template
+
+        template = Template(plan.pre, None, columns=plan.rows.column_names)
+        from slimtune.passes.registry import get_pass
+
+        train_pass = next(p for p in loaded.passes if p.name == plan.split_from)
+        size = get_pass(train_pass.type).training_of(train_pass.params).eval_size
+        _, held = split_indices(
+            plan.rows, size, label_column_for(plan.rows, template.answer_column), seed=plan.pre.random_seed
+        )
+        count, where = len(held), f"{plan.data_name}, never trained on"
+        noun = "held-out " + noun
+    if plan.max_rows:
+        count = min(count, plan.max_rows)
+    return f"evaluation: {describe_metrics(plan.metrics)} on {count} {noun} ({where})"
 
 
 def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None):
@@ -299,15 +393,28 @@ class _DefaultGoal:
 
 def print_stage_table(stages: list[dict[str, Any]], goals: list[dict[str, Any]], source: str) -> None:
     print(f"\nevaluation on {source}:")
-    print(f"{'stage':14} {'kind':8} {'accuracy':>9} {'invalid':>8} {'p50 ms':>8} {'tok/s':>7} {'size':>10}")
+    # the quality columns the stages have: label accuracy, or exact match / token F1 of free text; perplexity
+    quality = [
+        (title, path, pattern)
+        for title, path, pattern in (
+            ("accuracy", ("accuracy",), "{:.1%}"),
+            ("invalid", ("invalid",), "{:.0f}"),
+            ("exact", ("exact_match",), "{:.1%}"),
+            ("tok F1", ("token_f1",), "{:.3f}"),
+            ("ppl", ("perplexity",), "{:.3f}"),
+        )
+        if any(read(s["metrics"], path) is not None for s in stages)
+    ] or [("accuracy", ("accuracy",), "{:.1%}")]
+    head = "".join(f" {title:>9}" for title, _, _ in quality)
+    print(f"{'stage':14} {'kind':8}{head} {'p50 ms':>8} {'tok/s':>7} {'size':>10}")
     for s in stages:
         m = s["metrics"]
-        acc = read(m, ("accuracy",))
+        cells = "".join(f" {_fmt(read(m, path), pattern):>9}" for _, path, pattern in quality)
         p50 = read(m, ("latency", "e2e_ms", "p50"))
         tps = read(m, ("latency", "decode_tokens_per_s"))
         size = read(m, ("size_bytes",))
         print(
-            f"{s['stage'][:14]:14} {s['kind']:8} {_fmt(acc, '{:.1%}'):>9} {_fmt(m.get('invalid'), '{}'):>8} "
+            f"{s['stage'][:14]:14} {s['kind']:8}{cells} "
             f"{_fmt(p50, '{:.0f}'):>8} {_fmt(tps, '{:.0f}'):>7} {'-' if size is None else fmt_bytes(size):>10}"
         )
     for s in stages:

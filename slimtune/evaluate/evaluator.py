@@ -24,7 +24,8 @@ from slimtune.evaluate.accuracy import (
 from slimtune.files import folder_size
 from slimtune.models.ref import ModelRef
 
-METRICS = ("accuracy", "likelihood", "perplexity", "latency", "size", "memory")
+METRICS = ("accuracy", "likelihood", "text_match", "perplexity", "latency", "size", "memory")
+TEXT_MAX_NEW_TOKENS = 256  # a free-text answer: up to its reference's length and a margin, at most this
 MEMORY_PROMPTS = 4  # generations the memory child runs after loading
 
 
@@ -67,7 +68,7 @@ def evaluate_model(
     started = time.perf_counter()
     if "size" in metrics:
         result.update(model_size(ref))
-    needs_backend = {"accuracy", "likelihood", "perplexity", "latency"} & set(metrics)
+    needs_backend = {"accuracy", "likelihood", "text_match", "perplexity", "latency"} & set(metrics)
     if needs_backend or "memory" in metrics:
         from slimtune.models.hf import load_tokenizer
         from slimtune.models.runtime import open_model
@@ -130,10 +131,20 @@ def _evaluate_loaded(
     if gold:
         labels = _label_set(labels, gold)
         result["labels"] = labels
+    stop_text = None
+    if template.chat:
+        from slimtune.data.chat import turn_end
+
+        stop_text = turn_end(tokenizer)  # the end of the assistant's turn, when it is no special token
     if "accuracy" in metrics:
         start = time.perf_counter()
         outputs = generate_answers(
-            backend, prompts, max_new_tokens, one_line=True, progress=_bar(len(prompts), "accuracy", progress)
+            backend,
+            prompts,
+            max_new_tokens,
+            one_line=True,
+            stop_text=stop_text,
+            progress=_bar(len(prompts), "accuracy", progress),
         )
         seconds = time.perf_counter() - start
         if post_process is not None:
@@ -157,11 +168,17 @@ def _evaluate_loaded(
             "confusion": lik["confusion"],
             "seconds": time.perf_counter() - start,
         }
+    if "text_match" in metrics:
+        result["text_match"] = _text_match(
+            backend, tokenizer, prompts, rows, template, label_column, stop_text, post_process, progress
+        )
+        result["exact_match"] = result["text_match"]["exact_match"]
+        result["token_f1"] = result["text_match"]["token_f1"]
     if "perplexity" in metrics:
-        from slimtune.evaluate.perplexity import perplexity_of, row_sequences
+        from slimtune.evaluate.perplexity import sample_perplexity, scored_samples
 
-        sequences = row_sequences(tokenizer, template, rows, add_special_tokens)
-        scored = perplexity_of(backend, sequences)
+        pre = template.pre.model_copy(update={"add_special_tokens": add_special_tokens})
+        scored = sample_perplexity(backend, scored_samples(rows, pre, tokenizer, template))
         result["perplexity"] = scored["perplexity"]
         result["perplexity_tokens"] = scored["tokens"]
     if "latency" in metrics:
@@ -186,6 +203,34 @@ def _evaluate_loaded(
         result["memory"] = memory
 
 
+def _text_match(backend, tokenizer, prompts, rows, template, label_column, stop_text, post_process, progress):
+    """Exact match and token F1 of greedy answers against each row's reference (rows without one are left
+    out). Generation ends at EOS, the chat template's end of turn, or a reference's length plus a margin."""
+    from slimtune.evaluate.text_metrics import text_report
+
+    references = [str(row.get(label_column)) if label_column else template.answer(row) for row in rows]
+    chosen = [i for i, ref in enumerate(references) if ref not in ("", "None")]
+    if not chosen:
+        raise UserError(f"exact match needs a reference answer per row; {template.describe()!r} gives none")
+    longest = max(len(tokenizer(references[i], add_special_tokens=False)["input_ids"]) for i in chosen)
+    budget = min(TEXT_MAX_NEW_TOKENS, longest + 16)
+    one_line = stop_text is None and not any("\n" in references[i].strip() for i in chosen)
+    start = time.perf_counter()
+    outputs = generate_answers(
+        backend,
+        [prompts[i] for i in chosen],
+        budget,
+        one_line=one_line,
+        stop_text=stop_text,
+        progress=_bar(len(chosen), "answers", progress),
+    )
+    if post_process is not None:
+        outputs = post_process(outputs)
+    report = text_report([o.strip() for o in outputs], [references[i] for i in chosen])
+    report.update(generation_s=time.perf_counter() - start, max_new_tokens=budget)
+    return report
+
+
 def _template(template: Any, tokenizer: Any, add_special_tokens: bool):
     """(Template, add_special_tokens) from a Template, a PreProcessDataConfig or a text template."""
     from slimtune.config.schema import PreProcessDataConfig
@@ -206,6 +251,8 @@ def _template(template: Any, tokenizer: Any, add_special_tokens: bool):
 
 def _gold(rows: Sequence[Any], template: Any, label_column: str | None) -> list[str]:
     column = label_column or template.answer_column
+    if not column and template.messages_col:  # conversations: the last assistant turn is the answer
+        return [template.answer(row) for row in rows]
     if not column:
         raise UserError(
             f"accuracy needs the answer of each row: the template {template.describe()!r} does not end with an "
@@ -223,20 +270,29 @@ def _label_set(labels: Sequence[str] | None, gold: Sequence[str]) -> list[str]:
 
 
 def generate_answers(
-    backend, prompts: Sequence[list[int]], max_new_tokens: int, *, one_line: bool = True, progress: Any = None
+    backend,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    *,
+    one_line: bool = True,
+    stop_text: str | None = None,
+    progress: Any = None,
 ) -> list[str]:
-    """Decoded greedy answers; with `one_line`, generation stops once the first non-blank line has ended."""
+    """Decoded greedy answers; with `one_line`, generation stops once the first non-blank line has ended;
+    with `stop_text` (a chat template's end of turn), where that text appears, and the answer ends before it."""
     from slimtune.models.decoding import answer_end
 
     tokenizer = backend.tokenizer
 
     def ended(ids: list[int]) -> bool:
-        return answer_end(tokenizer.decode(ids, skip_special_tokens=True)) is not None
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        return (stop_text is not None and stop_text in text) or (one_line and answer_end(text) is not None)
 
     outputs = []
     for prompt in prompts:
-        ids = backend.generate_ids(prompt, max_new_tokens, stop=ended if one_line else None)
-        outputs.append(tokenizer.decode(ids, skip_special_tokens=True))
+        ids = backend.generate_ids(prompt, max_new_tokens, stop=ended if one_line or stop_text else None)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        outputs.append(text.split(stop_text)[0] if stop_text else text)
         if progress is not None:
             progress.update(1)
     if progress is not None:

@@ -5,8 +5,11 @@ the answer column (rendered as the user turn of the tokenizer's chat template wh
 was trained that way), and encodes it as the evaluator does (`encode_prompt`): the model gets the very ids
 evaluation gives it. When the model was trained as a classifier (slimtune.json has a label set), generation
 also stops at the end of the first non-blank line: the answer is one line, and a small model that has not
-learnt to emit EOS would otherwise ramble on until --max-new-tokens. `--prompt` text is encoded with the
-tokenizer's own special tokens.
+learnt to emit EOS would otherwise ramble on until --max-new-tokens. `--prompt` text (a literal backslash-n is a
+newline, as in --template) is wrapped as a user turn (after `--system` when given) of the chat template for a
+model whose slimtune.json says it was trained on chat, and generation stops at the end of the assistant's
+turn; otherwise, or with `--raw`, it is encoded as given with the tokenizer's own special tokens. For a chat
+model, `--input '{"messages": [...]}'` is the conversation up to its last assistant turn.
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ def generate_command(args) -> int:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.input is not None:
         row, meta = read_row(folder, args.input)  # a bad row is reported before the model loads
+    else:
+        meta = ModelMeta.load(folder)
+        chat = meta is not None and (meta.chat_template or bool(meta.messages_col))
+        if getattr(args, "system", None) and (getattr(args, "raw", False) or not chat):
+            raise UserError(
+                "--system adds a system turn through the chat template: "
+                + (
+                    "not with --raw"
+                    if chat
+                    else f"{folder} was not trained on chat (its {MODEL_META} says so)"
+                )
+            )
     kind = model_kind(folder)
     if kind == "adapter":
         raise UserError(
@@ -43,18 +58,47 @@ def generate_command(args) -> int:
     from slimtune.models.runtime import open_model
 
     model = open_model(ModelRef(str(folder), kind))
+    stop_text = None
     if args.input is not None:
         prompt, one_line = encode_row(row, meta, model.tokenizer), bool(meta.labels)
+        chat = meta.chat_template or bool(meta.messages_col)
     else:
-        prompt, one_line = args.prompt, False
+        prompt, one_line = prompt_ids(model.tokenizer, meta, args), False
+        chat = prompt_is_chat(meta, args)
+    if chat:
+        from slimtune.data.chat import turn_end
+
+        stop_text = turn_end(model.tokenizer)
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    model.generate(prompt, args.max_new_tokens, stream_callback=write, stop_at_newline=one_line)
+    model.generate(
+        prompt, args.max_new_tokens, stream_callback=write, stop_at_newline=one_line, stop_text=stop_text
+    )
     write("\n")
     return 0
+
+
+def prompt_is_chat(meta: ModelMeta | None, args: Any) -> bool:
+    """--prompt goes through the chat template when the model was trained on chat and --raw is not given."""
+    trained_on_chat = meta is not None and (meta.chat_template or bool(meta.messages_col))
+    return trained_on_chat and not getattr(args, "raw", False)
+
+
+def prompt_ids(tokenizer: Any, meta: ModelMeta | None, args: Any) -> str | list[int]:
+    """The --prompt text (\\n read as a newline) wrapped as a user turn for a chat model (the chat template
+    carries its own special tokens, so none are added), or as given (encoded with the tokenizer's own)."""
+    from slimtune.data.template import unescape_cli
+
+    text = unescape_cli(args.prompt)
+    if not prompt_is_chat(meta, args):
+        return text
+    from slimtune.data.chat import wrap_prompt
+
+    wrapped = wrap_prompt(tokenizer, text, system=unescape_cli(args.system) if args.system else None)
+    return tokenizer(wrapped, add_special_tokens=False)["input_ids"]
 
 
 def prompt_ids_from_row(folder: str | Path, row_text: str, tokenizer: Any) -> tuple[list[int], bool]:
@@ -65,15 +109,10 @@ def prompt_ids_from_row(folder: str | Path, row_text: str, tokenizer: Any) -> tu
 
 def encode_row(row: dict[str, Any], meta: ModelMeta, tokenizer: Any) -> list[int]:
     """The ids the evaluator gives the model for `row`: the template's own prompt, laid out as in training."""
-    from slimtune.config.schema import PreProcessDataConfig
     from slimtune.data.template import Template
     from slimtune.data.tokenize import encode_prompt
 
-    pre = PreProcessDataConfig(
-        text_template=meta.template,
-        chat_template=meta.chat_template,
-        add_special_tokens=meta.add_special_tokens,
-    )
+    pre = meta.pre_process()
     return encode_prompt(tokenizer, Template(pre, tokenizer), row, pre.add_special_tokens)
 
 
@@ -91,6 +130,18 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
             f"--input needs the template the model was trained with, but {folder} has no {MODEL_META} "
             "(it is written by `slimtune run`); use --prompt with the full prompt text instead"
         )
+    if meta.messages_col:
+        messages = row.get(meta.messages_col)
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+        ):
+            raise UserError(
+                f'--input for this chat model is {{"{meta.messages_col}": [{{"role": "user", "content": '
+                f'"..."}}, ...]}}; got {row_text!r}'
+            )
+        return row, meta
     if not meta.template or not meta.answer_column:
         raise UserError(
             f"{folder / MODEL_META} records no text template with an answer column; --input cannot "

@@ -22,6 +22,9 @@ SUB_TYPES: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {
     ("accuracy", "precision"): (("macro_precision",), True),
     ("accuracy", "recall"): (("macro_recall",), True),
     ("accuracy", "invalid_rate"): (("invalid_rate",), False),
+    # free-text answers (evaluate/text_metrics.py): generated answer vs the reference
+    ("accuracy", "exact_match"): (("exact_match",), True),
+    ("accuracy", "token_f1"): (("token_f1",), True),
     ("latency", "avg"): (("latency", "e2e_ms", "avg"), False),
     ("latency", "mean"): (("latency", "e2e_ms", "avg"), False),
     ("latency", "p50"): (("latency", "e2e_ms", "p50"), False),
@@ -46,6 +49,7 @@ NEEDS = {
     "size": "size",
     "memory": "memory",
 }
+TEXT_SUB_TYPES = {"exact_match", "token_f1"}
 DEFAULT_SUB_TYPE = {
     "accuracy": "accuracy_score",
     "latency": "avg",
@@ -100,7 +104,14 @@ def metric_refs(metrics: list[Any]) -> list[MetricRef]:
 
 def required_metrics(metrics: list[Any]) -> list[str]:
     """What evaluate_model must compute for these metrics (label ranking only when a sub-type reads it)."""
-    needed = {NEEDS[m.type] for m in metrics if m.type in NEEDS}
+    needed = set()
+    for m in metrics:
+        if m.type == "accuracy" and m.sub_types and all(s.name in TEXT_SUB_TYPES for s in m.sub_types):
+            needed.add("text_match")  # exact match / token F1 only: no label set needed
+        elif m.type == "accuracy" and any(s.name in TEXT_SUB_TYPES for s in m.sub_types):
+            needed |= {"accuracy", "text_match"}
+        elif m.type in NEEDS:
+            needed.add(NEEDS[m.type])
     if any(
         m.type == "accuracy" and any(s.name == "likelihood_accuracy" for s in m.sub_types) for m in metrics
     ):

@@ -38,25 +38,45 @@ def answer_end(text: str) -> int | None:
 
 
 class StreamCutter:
-    """Forwards streamed text pieces to `callback`, stopping after the first line when `one_line` is set."""
+    """Forwards streamed text pieces to `callback`, stopping after the first line when `one_line` is set, and
+    before `stop_text` (a chat template's end-of-turn marker that is no special token, e.g. `<|end|>`): text
+    that may be the start of that marker is held back until it is known not to be."""
 
-    def __init__(self, callback: Callable[[str], None] | None, one_line: bool):
-        self.callback, self.one_line = callback, one_line
+    def __init__(self, callback: Callable[[str], None] | None, one_line: bool, stop_text: str | None = None):
+        self.callback, self.one_line, self.stop_text = callback, one_line, stop_text or None
         self.text = ""
+        self.shown = 0  # characters of `text` passed to the callback
         self.done = False
 
     def feed(self, piece: str) -> bool:
         """Take one piece; returns True once the answer is complete (nothing more should be generated)."""
         if self.done or not piece:
             return self.done
-        before = len(self.text)
         self.text += piece
         end = answer_end(self.text) if self.one_line else None
         if end is not None:
             self.text, self.done = self.text[:end], True
-        if self.callback and len(self.text) > before:
-            self.callback(self.text[before:])
+        if self.stop_text and self.stop_text in self.text:
+            self.text, self.done = self.text.split(self.stop_text)[0], True
+        self._show(len(self.text) if self.done else self._safe_length())
         return self.done
+
+    def flush(self) -> None:
+        """Generation ended: show what was held back."""
+        self._show(len(self.text))
+
+    def _safe_length(self) -> int:
+        if not self.stop_text:
+            return len(self.text)
+        for keep in range(min(len(self.stop_text) - 1, len(self.text)), 0, -1):
+            if self.stop_text.startswith(self.text[-keep:]):
+                return len(self.text) - keep
+        return len(self.text)
+
+    def _show(self, upto: int) -> None:
+        if self.callback and upto > self.shown:
+            self.callback(self.text[self.shown : upto])
+        self.shown = max(self.shown, upto)
 
 
 def eos_ids(*candidates: Any) -> set[int]:
@@ -107,13 +127,15 @@ class GreedyDecoding:
         max_new_tokens: int,
         stream_callback: Callable[[str], None] | None = None,
         stop_at_newline: bool = False,
+        stop_text: str | None = None,
     ) -> str:
         """Greedy completion of `prompt` (ids, or text encoded with the tokenizer's own special tokens), decoded
         and streamed to `stream_callback` as it comes; the prompt itself is not returned. Stops at EOS, after
-        `max_new_tokens`, or with `stop_at_newline` at the end of the first non-blank line."""
+        `max_new_tokens`, with `stop_at_newline` at the end of the first non-blank line, and before
+        `stop_text` when given."""
         tokenizer = self.tokenizer
         ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
-        cutter = StreamCutter(stream_callback, stop_at_newline)
+        cutter = StreamCutter(stream_callback, stop_at_newline, stop_text)
         shown = 0  # characters of the decoded answer fed to the cutter so far
 
         def feed(new_ids: list[int]) -> bool:
@@ -127,4 +149,5 @@ class GreedyDecoding:
         new_ids = self.generate_ids(ids, max_new_tokens, stop=feed)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         cutter.feed(text[shown:])  # what was held back waiting for a character's other bytes
+        cutter.flush()
         return cutter.text

@@ -36,6 +36,7 @@ class OpenedModel(Protocol):
         max_new_tokens: int,
         stream_callback: Callable[[str], None] | None = None,
         stop_at_newline: bool = False,
+        stop_text: str | None = None,
     ) -> str:
         """The greedy completion decoded, streamed piece by piece to `stream_callback`."""
         ...

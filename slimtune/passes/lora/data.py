@@ -19,13 +19,15 @@ class TaskInfo:
     chat_template: bool
     add_special_tokens: bool
     longest: int | None = None  # tokens of the longest row (line-by-line), before truncation
+    messages_col: str | None = None
+    loss_on_answer_only: bool = False
 
 
 def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     """(train samples, eval samples or None, TaskInfo)."""
     from slimtune.data.split import label_column_for, split_indices, write_heldout
     from slimtune.data.template import Template
-    from slimtune.data.tokenize import row_token_lengths, tokenize_rows
+    from slimtune.data.tokenize import answer_only, row_token_lengths, tokenize_rows
     from slimtune.data.user_script import load_data
 
     train_config = ctx.data_config(params.train_data_config)
@@ -34,6 +36,11 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
     template = Template(pre, tokenizer, columns=rows.column_names)
     label_column = label_column_for(rows, template.answer_column)
     labels = sorted(set(map(str, rows[label_column]))) if label_column else None
+    if template.messages_col:  # conversations whose last assistant turns are labels (few distinct values)
+        from slimtune.evaluate.text_metrics import answers_are_labels
+
+        answers = [a for a in (template.answer(row) for row in rows) if a]
+        labels = sorted(set(answers)) if answers_are_labels(answers) else None
     context = model_context(ctx.input.path)
     lengths = None
     if pre.strategy == "line-by-line" and len(rows):
@@ -73,7 +80,9 @@ def prepare_datasets(ctx: PassContext, params: LoRAParams, tokenizer: Any):
         labels,
         template.chat,
         pre.add_special_tokens,
-        max(lengths) if lengths else None,
+        longest=max(lengths) if lengths else None,
+        messages_col=template.messages_col,
+        loss_on_answer_only=answer_only(pre, template),
     )
     return train_samples, eval_samples, info
 

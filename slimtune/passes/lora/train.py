@@ -46,6 +46,7 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     ctx.meta.template, ctx.meta.answer_column = task.template, task.answer_column
     ctx.meta.chat_template = task.chat_template
     ctx.meta.add_special_tokens = task.add_special_tokens
+    ctx.meta.messages_col, ctx.meta.loss_on_answer_only = task.messages_col, task.loss_on_answer_only
     if task.labels is not None and len(task.labels) <= MAX_LABELS:
         ctx.meta.labels = task.labels
     ctx.log(
@@ -249,7 +250,9 @@ def make_trainer(
         plan["fp8_layers"] = convert_frozen_linears(model)
     if plan["compile_layers"]:
         compile_layers(model)
-    trainer = transformers.Trainer(
+    from slimtune.passes.lora.eval_loss import token_weighted_trainer
+
+    trainer = token_weighted_trainer(transformers.Trainer)(
         model=model,
         args=args,
         train_dataset=train_set,
