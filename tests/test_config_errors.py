@@ -390,3 +390,21 @@ def test_old_and_current_params_lists_are_not_mixed_up():
     """Guard against editing the seed in place across tests."""
     assert seed() == json.loads((CONFIGS / "seed_local.json").read_text())
     assert copy.deepcopy(seed()) == seed()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("config.yaml", '{"passes":{"\\ud800"}}', "a key under passes"),
+        ("config.json", '{"passes": {"a": {"type": "\\ud800"}}}', "the value of passes.a.type"),
+    ],
+)
+def test_a_lone_surrogate_is_a_named_error(tmp_path, name, text, where):
+    """JSON and YAML escapes can write half of a surrogate pair, which no UTF-8 text holds (found by the fuzzer:
+    pydantic raised UnicodeEncodeError)."""
+    from slimtune.config.load import load_config
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"{where} holds an escaped lone surrogate"):
+        load_config(path)

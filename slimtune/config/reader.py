@@ -36,10 +36,34 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]
         raise UserError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
     for key in COMMENT_KEYS:  # JSON has no comments; these top-level keys hold them
         data.pop(key, None)
+    bad = _not_unicode(data)
+    if bad is not None:
+        raise UserError(
+            f"{path}: {bad} holds an escaped lone surrogate (such as \\ud800), which is not a character; "
+            "write the character itself, or a surrogate pair"
+        )
     lines, duplicates = _key_lines(text)
     if duplicates:  # JSON and YAML parsers keep the last value and drop the others without a word
         raise ConfigError(duplicates, str(path))
     return data, lines
+
+
+def _not_unicode(node: Any, path: tuple = ()) -> str | None:
+    """Where a string (key or value) holds a lone surrogate (JSON and YAML escapes can write one), else None."""
+    if isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"the value of {dotted(path)}" if path else "the config"
+        return None
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(key, str) and _not_unicode(key) is not None:
+            return f"a key under {dotted(path)}" if path else "a top-level key"
+        found = _not_unicode(value, (*path, key if isinstance(key, (str, int)) else str(key)))
+        if found:
+            return found
+    return None
 
 
 def _parse_json(text: str, path: Path) -> Any:
