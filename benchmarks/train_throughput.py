@@ -1,7 +1,7 @@
 """LoRA training speed: Olive-style Trainer + peft baselines against slimtune's LoRA pass path, one run.
 
     python benchmarks/train_throughput.py                       # all rows, Phi-3-mini shape, on a GPU
-    python benchmarks/train_throughput.py --tiny --steps 3      # a smoke run of the script on the CPU
+    python benchmarks/train_throughput.py --tiny --steps 8 --warmup 2   # a smoke run of the script on the CPU
     torchrun --nproc_per_node 2 benchmarks/train_throughput.py --rows slimtune   # data-parallel scaling
 
 No download: the model is `transformers.Phi3Config()` (Phi-3-mini's shape) with random bf16 weights, the
