@@ -25,10 +25,35 @@ _modules: dict[str, Any] = {}  # script path -> module, once per process
 _announced: set[tuple[str, str]] = set()
 
 
-def script_problem(script: str | None, functions: dict[str, str | None]) -> list[tuple[str, str]]:
+METRICS_GROUP = "slimtune.metrics"  # entry points of installed packages: NAME = "module:function"
+
+
+def installed_metrics() -> dict[str, Any]:
+    """{name: entry point} of the metric functions installed packages register (reading metadata only)."""
+    from importlib.metadata import entry_points
+
+    return {point.name: point for point in entry_points(group=METRICS_GROUP)}
+
+
+def script_problem(
+    script: str | None, functions: dict[str, str | None], installed: bool = False
+) -> list[tuple[str, str]]:
     """[(key, message)] for a resolved `script` and {key: function name} that it must define. Keys are the
-    config keys the user wrote, e.g. `user_config.evaluate_func`."""
+    config keys the user wrote, e.g. `user_config.evaluate_func`. `installed`: without a script, the names may
+    be metrics of installed packages (the `slimtune.metrics` entry-point group)."""
     names = {k: v for k, v in functions.items() if v}
+    if script is None and installed:
+        known = installed_metrics()
+        return [
+            (
+                key,
+                f"names {name!r}, but no user_script is given and no installed package registers a metric "
+                f"{name!r} in the {METRICS_GROUP} entry-point group"
+                + (f" (installed: {', '.join(sorted(known))})" if known else ""),
+            )
+            for key, name in names.items()
+            if name not in known
+        ]
     if script is None:
         return [(key, f"names function {name!r} but no user_script is given") for key, name in names.items()]
     path = Path(script)
@@ -68,9 +93,14 @@ def defined_names(path: Path) -> set[str] | None:
     return names
 
 
-def load_function(script: str, name: str, where: str, script_dir: str | None = None) -> Callable[..., Any]:
-    """The function `name` of the user's `script`, importing the script once per process. `where` names the
-    config key (printed before the code runs, and in errors)."""
+def load_function(
+    script: str | None, name: str, where: str, script_dir: str | None = None
+) -> Callable[..., Any]:
+    """The function `name` of the user's `script`, importing the script once per process (without a script:
+    the metric `name` an installed package registers). `where` names the config key (printed before the code
+    runs, and in errors)."""
+    if script is None:
+        return _installed_metric(name, where)
     path = str(Path(script).resolve())
     if (path, where) not in _announced:
         _announced.add((path, where))
@@ -105,3 +135,33 @@ def call(function: Callable[..., Any], where: str, *args: Any, **kwargs: Any) ->
 
         traceback.print_exc(file=sys.stderr)
         raise UserError(f"{where}: {function.__name__} raised {type(err).__name__}: {err}") from err
+
+
+def _installed_metric(name: str, where: str) -> Callable[..., Any]:
+    point = installed_metrics().get(name)
+    if point is None:
+        raise UserError(f"{where}: no installed package registers a metric {name!r} ({METRICS_GROUP})")
+    origin = f"{point.dist.name} {point.dist.version}" if point.dist is not None else point.value
+    if (origin, where) not in _announced:
+        _announced.add((origin, where))
+        print(
+            f"running metric {name!r} of the installed package {origin} ({point.value}; {where})", flush=True
+        )
+    try:
+        function = point.load()
+    except Exception as err:
+        raise UserError(f"{where}: loading {point.value} failed: {type(err).__name__}: {err}") from err
+    if not callable(function):
+        raise UserError(f"{where}: {point.value} is not a function")
+    return function
+
+
+def origin_of(script: str | None, name: str) -> str:
+    """What identifies the code of a function for cache keys: the script's content hash, or the installed
+    package's name and version."""
+    if script is not None:
+        from slimtune.files import sha256_remembered
+
+        return sha256_remembered(script)
+    point = installed_metrics().get(name)
+    return f"{point.dist.name} {point.dist.version}" if point is not None and point.dist is not None else name

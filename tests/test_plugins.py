@@ -195,6 +195,37 @@ def test_a_missed_goal_on_a_custom_metric_fails_the_run(plugin_site, tiny, tmp_p
     assert "model-marked: 0 (>= 1): MISSED by 1" in proc.stdout
 
 
+def test_a_metric_of_an_installed_package_runs_from_a_config(plugin_site, tiny, tmp_path):
+    """No user_script: the function is the metric an installed package registers (`slimtune.metrics`), and a
+    goal holds on it like on any metric; an unknown name is a config error listing the installed ones."""
+    config = plugin_config(tiny)
+    installed = {
+        "name": "installed",
+        "type": "custom",
+        "data_config": "emotion",
+        "sub_types": [
+            {"name": "marked", "higher_is_better": True, "goal": {"type": "threshold", "value": 1}}
+        ],
+        "user_config": {"evaluate_func": "marker_present"},
+    }
+    config["evaluators"]["checks"]["metrics"] = [installed]
+    proc = slimtune(plugin_site, "run", "--config", str(write(tmp_path, config)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (
+        "running metric 'marker_present' of the installed package slimtune-marker-pass 0.1.0" in proc.stdout
+    )
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    stages = {s["stage"]: s["metrics"]["custom"]["installed"] for s in record["evaluation"]["stages"]}
+    assert stages == {"input": {"marked": 0.0}, "mark": {"marked": 1.0}}
+    assert record["goals"][0]["metric"] == "installed-marked" and record["goals"][0]["met"]
+
+    installed["user_config"]["evaluate_func"] = "marker_presnt"
+    bad = slimtune(plugin_site, "validate", "--config-only", str(write(tmp_path, config)), cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "no installed package registers a metric 'marker_presnt'" in bad.stderr
+    assert "(installed: marker_present)" in bad.stderr
+
+
 # ---------------------------------------------------------------- errors named by config key (no model loaded)
 
 

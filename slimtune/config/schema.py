@@ -368,7 +368,11 @@ class SubMetric(Strict):
 class CustomMetricConfig(Strict):
     """`user_config` of a metric of type `custom` (signatures: docs/extending.md)."""
 
-    user_script: str = Field(description="Python file defining the function (relative to the config file)")
+    user_script: str | None = Field(
+        None,
+        description="Python file defining the function (relative to the config file); without it, the function "
+        "is a metric an installed package registers in the `slimtune.metrics` entry-point group",
+    )
     script_dir: str | None = Field(None, description="folder put on sys.path while the user_script runs")
     evaluate_func: str | None = Field(
         None, description="evaluate_func(model, rows, **evaluate_func_kwargs) -> number or {sub_type: number}"

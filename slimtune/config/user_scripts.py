@@ -20,14 +20,14 @@ def resolve_user_scripts(config: RunConfig, base: Path) -> list[ConfigIssue]:
     """Make every user_script / script_dir absolute (in place) and return the problems found."""
     issues: list[ConfigIssue] = []
 
-    def check(prefix: str, holder: Any, functions: dict[str, str | None]) -> None:
+    def check(prefix: str, holder: Any, functions: dict[str, str | None], installed: bool = False) -> None:
         if holder.user_script:
             holder.user_script = resolve_path(holder.user_script, base)
         if holder.script_dir:
             holder.script_dir = resolve_path(holder.script_dir, base)
             if not Path(holder.script_dir).is_dir():
                 issues.append(ConfigIssue(f"{prefix}.script_dir", f"{holder.script_dir} is not a folder"))
-        for key, message in script_problem(holder.user_script, functions):
+        for key, message in script_problem(holder.user_script, functions, installed):
             issues.append(ConfigIssue(f"{prefix}.{key}", message))
 
     for index, data in enumerate(config.data_configs):
@@ -46,5 +46,5 @@ def resolve_user_scripts(config: RunConfig, base: Path) -> list[ConfigIssue]:
             user = metric.user_config
             if isinstance(user, CustomMetricConfig):
                 functions = {"evaluate_func": user.evaluate_func, "metric_func": user.metric_func}
-                check(f"evaluators.{name}.metrics[{index}].user_config", user, functions)
+                check(f"evaluators.{name}.metrics[{index}].user_config", user, functions, installed=True)
     return issues

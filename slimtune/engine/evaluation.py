@@ -58,11 +58,19 @@ class EvalPlan:
             "latency_runs": self.latency_runs,
             "version": EVAL_VERSION,
         }
-        if self.custom:  # the metric configs and their scripts' content
-            from slimtune.data.fingerprint import file_digest
+        if (
+            self.custom
+        ):  # the metric configs and their code (a script's content, an installed package's version)
+            from slimtune.user_code import origin_of
 
             payload["custom"] = [
-                [m.model_dump(mode="json"), file_digest(m.user_config.user_script)] for m in self.custom
+                [
+                    m.model_dump(mode="json"),
+                    origin_of(
+                        m.user_config.user_script, m.user_config.evaluate_func or m.user_config.metric_func
+                    ),
+                ]
+                for m in self.custom
             ]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
