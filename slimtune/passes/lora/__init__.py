@@ -22,8 +22,8 @@ def _spec(
         type_name,
         params,
         "slimtune.passes.lora.run:run",
-        version=4,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py); 4: every assistant
-        # turn learns, the eval loss is token-weighted
+        version=5,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py); 4: every assistant
+        # turn learns, the eval loss is token-weighted; 5: the adapter's initial weights drawn from the seed
         summary=summary,
         output_kind="adapter",
         data_fields=("train_data_config", "eval_data_config"),

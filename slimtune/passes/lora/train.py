@@ -205,8 +205,13 @@ def attach_adapter(model: Any, params: LoRAParams):
         task_type="CAUSAL_LM",
         **lora_kwargs,
     )
+    from transformers import set_seed
+
     from slimtune.library_warnings import peft_calls
 
+    # the adapter's random initial weights come from the training seed, not from whatever the process drew
+    # before (data loading, checks): the same config gives the same adapter whatever code ran first
+    set_seed(int((params.training_args or {}).get("seed", DEFAULT_TRAINING_ARGS["seed"])))
     with peft_calls():
         return get_peft_model(model, lora), targets, notes
 
