@@ -19,13 +19,14 @@ def main(run_dir: str) -> int:
     from slimtune.evaluate.accuracy import classify
     from slimtune.models.ref import ModelMeta, ModelRef
     from slimtune.models.runtime import open_model
+    from slimtune.units import fmt_bytes
 
     run = json.loads(Path(run_dir, "run.json").read_text())
     print(f"\n== {run_dir}: {run['status']}, {run['wall_s']:.0f} s in all ==")
-    print(f"{'stage':10} {'type':20} {'time':>8} {'size':>9}")
+    print(f"{'stage':10} {'type':20} {'time':>8} {'size':>10}")
     for p in run["passes"]:
         print(
-            f"{p['name']:10} {p['type']:20} {p['original_wall_s']:7.1f}s {p['output_size_bytes'] / 1e6:7.1f}MB"
+            f"{p['name']:10} {p['type']:20} {p['original_wall_s']:7.1f}s {fmt_bytes(p['output_size_bytes']):>10}"
         )
     evaluation = run.get("evaluation")
     if evaluation:
