@@ -8,6 +8,12 @@ def register(sub) -> None:
     p.add_argument(
         "--config", required=True, help="config file (.json or .yaml), old or current Olive schema"
     )
+    add_overrides(p)
+    p.set_defaults(func=_run)
+
+
+def add_overrides(p) -> None:
+    """The options by which `run` (and `validate`, which must judge the same run) override the config."""
     p.add_argument("--output-dir", help="override the config's output_dir")
     p.add_argument("--cache-dir", help="override the config's cache_dir")
     p.add_argument(
@@ -15,18 +21,25 @@ def register(sub) -> None:
         action="store_true",
         help="run even when a pass's memory estimate exceeds the memory available (skip_memory_check)",
     )
-    p.set_defaults(func=_run)
 
 
-def _run(args) -> int:
+def load_with_overrides(args):
+    """The config of `args.config` with the command line's overrides applied."""
+    from pathlib import Path
+
     from slimtune.config.load import load_config
-    from slimtune.engine.runner import run_workflow
 
     loaded = load_config(args.config)
     if args.output_dir:
-        loaded.config.output_dir = str(__import__("pathlib").Path(args.output_dir).resolve())
+        loaded.config.output_dir = str(Path(args.output_dir).resolve())
     if args.cache_dir:
-        loaded.config.cache_dir = str(__import__("pathlib").Path(args.cache_dir).resolve())
+        loaded.config.cache_dir = str(Path(args.cache_dir).resolve())
     if args.no_memory_check:
         loaded.config.skip_memory_check = True
-    return run_workflow(loaded, verbose=args.verbose)
+    return loaded
+
+
+def _run(args) -> int:
+    from slimtune.engine.runner import run_workflow
+
+    return run_workflow(load_with_overrides(args), verbose=args.verbose)

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import sys
 
+from slimtune.cli.run import add_overrides, load_with_overrides
+
 
 def register(sub) -> None:
     p = sub.add_parser("validate", help="check a config and show what it will do (what `run` would refuse)")
     p.add_argument("config", help="config file (.json or .yaml)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     p.add_argument("--quiet", action="store_true", help="do not show warnings")
-    p.add_argument("--output-dir", help="override the config's output_dir (as `slimtune run` does)")
-    p.add_argument("--cache-dir", help="override the config's cache_dir (as `slimtune run` does)")
-    p.add_argument(
-        "--no-memory-check",
-        action="store_true",
-        help="leave out the memory estimate (as `slimtune run` does)",
-    )
+    add_overrides(p)  # as `slimtune run` takes them
     p.add_argument(
         "--config-only",
         action="store_true",
@@ -30,21 +26,13 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from pathlib import Path
 
-    from slimtune.config.load import load_config
     from slimtune.config.summary import plan_summary
     from slimtune.engine.advice import config_advice, fix_snippet
     from slimtune.engine.input_checks import check_before_run, check_plan
     from slimtune.errors import EXIT_USER
 
-    loaded = load_config(args.config)
-    if args.output_dir:
-        loaded.config.output_dir = str(Path(args.output_dir).resolve())
-    if args.cache_dir:
-        loaded.config.cache_dir = str(Path(args.cache_dir).resolve())
-    if args.no_memory_check:
-        loaded.config.skip_memory_check = True
+    loaded = load_with_overrides(args)
     if args.config_only:
         check_plan(loaded)
     else:
