@@ -96,11 +96,9 @@ def wrong_examples(
     limit: int = INVALID_EXAMPLES,
 ) -> list[dict[str, str]]:
     """Answers that name a label, but the wrong one (what a failed run's diagnosis shows beside the invalid)."""
-    return [
-        {"output": text, "expected": truth}
-        for text, truth, guess in zip(outputs, gold, predicted, strict=True)
-        if guess is not None and guess != truth
-    ][:limit]
+    return _examples(
+        outputs, gold, predicted, limit, lambda guess, truth: guess is not None and guess != truth
+    )
 
 
 def invalid_examples(
@@ -109,8 +107,13 @@ def invalid_examples(
     predicted: Sequence[str | None],
     limit: int = INVALID_EXAMPLES,
 ) -> list[dict[str, str]]:
+    """Answers that name no label."""
+    return _examples(outputs, gold, predicted, limit, lambda guess, truth: guess is None)
+
+
+def _examples(outputs, gold, predicted, limit: int, keep) -> list[dict[str, str]]:
     return [
         {"output": text, "expected": truth}
         for text, truth, guess in zip(outputs, gold, predicted, strict=True)
-        if guess is None
+        if keep(guess, truth)
     ][:limit]
