@@ -194,7 +194,8 @@ def metrics(args, has_answer: bool) -> list[dict[str, Any]]:
 
 def run_stage(path: str) -> tuple[dict[str, Any], str] | None:
     """For a run's output folder (it holds run.json): the stage to start from (the last Hugging Face model
-    after the input: the merged one) and the run's cache folder. None for any other path."""
+    after the input: the merged one; else the last adapter) and the run's cache folder. None for any other
+    path."""
     import json
 
     record_file = Path(path) / "run.json"
@@ -204,13 +205,17 @@ def run_stage(path: str) -> tuple[dict[str, Any], str] | None:
         stages = json.loads(record_file.read_text()).get("stages") or []
     except ValueError as err:
         raise UserError(f"{record_file}: unreadable run record ({err})") from None
-    usable = [s for s in stages[1:] if s.get("kind") == "hf" and Path(s.get("path", "")).is_dir()]
-    if not usable:
+    present = [s for s in stages[1:] if Path(s.get("path", "")).is_dir()]
+    merged = [s for s in present if s.get("kind") == "hf"]
+    adapters = [s for s in present if s.get("kind") == "adapter"]
+    if not merged and not adapters:
         raise UserError(
-            f"{path} is a run folder, but its record names no Hugging Face model after the input (a merged "
-            "model) that is still in the cache; give a Hugging Face folder with --model"
+            f"{path} is a run folder, but its record names no merged model or adapter after the input that is "
+            "still in the cache; give a Hugging Face folder with --model"
         )
-    stage = usable[-1]
+    stage = (merged or adapters)[
+        -1
+    ]  # a merged model; else the adapter (a quantization-aware one goes unmerged)
     output = Path(stage["path"])
     return stage, str(output.parents[2]) if output.parent.parent.name == "entries" else ".slimtune-cache"
 
