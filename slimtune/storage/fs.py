@@ -48,7 +48,11 @@ _SAS_KEYS = {
 class StorageError(UserError):
     """A remote resource could not be read: names the URL (secrets masked) and what to change. Exit code 2."""
 
+    unreachable = False  # the store could not be reached at all (a cached copy may stand in)
+    reason = ""
+
     def __init__(self, url: str, message: str):
+        self.reason = message
         self.url = redact_url(url)
         super().__init__(redact_text(f"{self.url}: {message}"))
 
