@@ -30,8 +30,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from slimtune.files import write_json_atomic
 from slimtune.redact import redact_url
-from slimtune.storage.errors import storage_error
-from slimtune.storage.fs import Connection, StorageError, connect, filesystem
+from slimtune.storage.base import StorageError
+from slimtune.storage.errors import nearest_names, storage_error
+from slimtune.storage.fs import Connection, connect, filesystem
 
 CHUNK = 8 << 20  # bytes per ranged read; a killed transfer loses at most this much
 PROGRESS_MIN = 4 << 20  # a progress bar for objects larger than this
@@ -235,7 +236,7 @@ def _listing(fs: Any, url: str, connection: Connection) -> list[Remote]:
         found = fs.glob(path, detail=True)
         infos = {p: i for p, i in found.items() if i.get("type") != "directory"}
         if not infos:
-            raise StorageError(url, "no object matches this pattern" + _nearest(fs, path, connection))
+            raise StorageError(url, "no object matches this pattern" + nearest_names(fs, path, connection))
     else:
         info = fs.info(path)
         if info.get("type") == "directory":
@@ -250,29 +251,19 @@ def _listing(fs: Any, url: str, connection: Connection) -> list[Remote]:
 
 
 def _child_url(url: str, connection: Connection, path: str) -> str:
-    """The URL of an object found under `url` (a folder or a glob): same scheme, account and query."""
+    """The URL of an object found under `url` (a folder or a glob): the URL's path ends with the part of the
+    filesystem path after the bucket or container, so the child's part replaces it (query kept)."""
     if connection.protocol == "http" or path == connection.path:
         return url
     parts = urlsplit(url)
-    container = parts.netloc
-    inner = path.split("/", 1)[1] if "/" in path else ""
-    return urlunsplit((parts.scheme, container, "/" + inner, parts.query, ""))
-
-
-def _nearest(fs: Any, path: str, connection: Connection) -> str:
-    """'; nearest names in <folder>: a, b' when the folder can be listed (for a missing object)."""
-    import difflib
-
-    stem = path.split("*")[0].split("?")[0].split("[")[0]
-    parent, _, name = stem.rstrip("/").rpartition("/")
-    if not parent or connection.protocol == "http":
-        return ""
-    try:
-        names = [PurePosixPath(p).name for p in fs.ls(parent, detail=False)]
-    except Exception:  # noqa: BLE001 - listing not allowed or the folder is missing too
-        return ""
-    near = difflib.get_close_matches(name, names, n=3, cutoff=0.3) or sorted(names)[:5]
-    return f"; nearest names in that folder: {', '.join(near)}" if near else "; that folder is empty"
+    head = parts._replace(query="", fragment="").geturl()
+    pattern = connection.path.split("/", 1)[1] if "/" in connection.path else ""
+    child = path.split("/", 1)[1] if "/" in path else ""
+    if pattern and head.endswith(pattern):
+        head = head[: len(head) - len(pattern)]
+    elif not head.endswith("/"):
+        head += "/"
+    return head + child + (f"?{parts.query}" if parts.query else "")
 
 
 def _fetch_object(fs: Any, remote: Remote, connection: Connection) -> Path:

@@ -8,9 +8,11 @@ used), 404, anything else with its own message.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-from slimtune.storage.fs import Connection, StorageError
+from slimtune.storage.base import StorageError
+from slimtune.storage.fs import Connection, filesystem
 
 _LACKS = {
     "s3": "read access to the object (s3:GetObject) and, for folders and globs, s3:ListBucket",
@@ -152,11 +154,24 @@ def _host(url: str) -> str:
 def _nearest_names(url: str, connection: Connection) -> str:
     if connection.protocol == "http":
         return ""
-    from slimtune.storage.download import _nearest
-    from slimtune.storage.fs import filesystem
-
     try:
         fs = filesystem(connection, url)
     except StorageError:
         return ""
-    return _nearest(fs, connection.path, connection)
+    return nearest_names(fs, connection.path, connection)
+
+
+def nearest_names(fs: Any, path: str, connection: Connection) -> str:
+    """'; nearest names in <folder>: a, b' when the folder can be listed (for a missing object)."""
+    import difflib
+
+    stem = path.split("*")[0].split("?")[0].split("[")[0]
+    parent, _, name = stem.rstrip("/").rpartition("/")
+    if not parent or connection.protocol == "http":
+        return ""
+    try:
+        names = [PurePosixPath(p).name for p in fs.ls(parent, detail=False)]
+    except Exception:  # noqa: BLE001 - listing not allowed or the folder is missing too
+        return ""
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.3) or sorted(names)[:5]
+    return f"; nearest names in that folder: {', '.join(near)}" if near else "; that folder is empty"

@@ -18,54 +18,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from slimtune.errors import UserError
-from slimtune.redact import redact_text, redact_url, remember
+from slimtune.redact import remember
+from slimtune.storage.base import REMOTE_SCHEMES, StorageError, is_remote_url, scheme_of
+
+__all__ = ["REMOTE_SCHEMES", "StorageError", "is_remote_url", "open_filesystem"]
 
 if TYPE_CHECKING:
     import fsspec
 
-REMOTE_SCHEMES = ("http", "https", "s3", "az", "abfs", "abfss", "azureml")
 AZURE_SCHEMES = ("az", "abfs", "abfss")
-_SAS_KEYS = {
-    "sig",
-    "sv",
-    "se",
-    "sp",
-    "sr",
-    "st",
-    "spr",
-    "ss",
-    "srt",
-    "skoid",
-    "sktid",
-    "ske",
-    "skt",
-    "sks",
-    "skv",
-}
-
-
-class StorageError(UserError):
-    """A remote resource could not be read: names the URL (secrets masked) and what to change. Exit code 2."""
-
-    unreachable = False  # the store could not be reached at all (a cached copy may stand in)
-    reason = ""
-
-    def __init__(self, url: str, message: str):
-        self.reason = message
-        self.url = redact_url(url)
-        super().__init__(redact_text(f"{self.url}: {message}"))
-
-
-def is_remote_url(value: Any) -> bool:
-    """Whether `value` is a URL of a scheme slimtune reads (http(s), s3, az, abfs[s], azureml)."""
-    if not isinstance(value, str) or "://" not in value:
-        return False
-    return value.split("://", 1)[0].lower() in REMOTE_SCHEMES
-
-
-def scheme_of(url: str) -> str:
-    return url.split("://", 1)[0].lower()
 
 
 @dataclass
@@ -166,6 +127,7 @@ def _s3(url: str, options: dict) -> Connection:
 
 
 def _azure(url: str, options: dict) -> Connection:
+    label = options.pop("_credential", None)  # said by the caller (an Azure ML datastore's credential)
     parts = urlsplit(url)
     container, _, host = parts.netloc.partition("@")
     if not container:
@@ -222,7 +184,7 @@ def _azure(url: str, options: dict) -> Connection:
     if account and "connection_string" not in options:
         options["account_name"] = account
     path = f"{container}{parts.path}"
-    return Connection("abfs", options, path, kind)
+    return Connection("abfs", options, path, label or kind)
 
 
 def _connection_string_account(value: str) -> str | None:
