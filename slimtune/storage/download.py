@@ -55,13 +55,16 @@ _SIGNATURE_PARAMS = {
 _SIGNATURE_PARAMS |= {"skv", "sdd", "sip", "si", "rscc", "rscd", "rsce", "rscl", "rsct"}
 
 _root: Path | None = None
+_checked: dict[str, list[Path]] = {}  # URLs whose version was checked in this run: asked once per run
 
 
 def set_download_root(cache_dir: str | Path) -> None:
-    """Downloads go under `<cache_dir>/downloads` from now on (also for child processes: the environment)."""
+    """Downloads go under `<cache_dir>/downloads` from now on (also for child processes: the environment).
+    Called once per run: the remote versions are checked again from here on."""
     global _root
     _root = Path(cache_dir).expanduser().resolve() / "downloads"
     os.environ["SLIMTUNE_DOWNLOADS"] = str(_root)
+    _checked.clear()
 
 
 def download_root() -> Path:
@@ -164,7 +167,11 @@ def fetch(url: str, storage_options: dict | None = None) -> Path:
 
 
 def fetch_all(url: str, storage_options: dict | None = None) -> list[Path]:
-    """Local copies of every object a URL names: one file, every file under a folder, or a glob's matches."""
+    """Local copies of every object a URL names: one file, every file under a folder, or a glob's matches.
+    The store is asked once per run (the loader and the fingerprint both need the files)."""
+    memo = f"{download_root()}\0{url}\0{json.dumps(storage_options or {}, sort_keys=True, default=str)}"
+    if memo in _checked and all(p.exists() for p in _checked[memo]):
+        return list(_checked[memo])
     connection = connect(url, storage_options)
     try:
         fs = filesystem(connection, url)
@@ -175,6 +182,7 @@ def fetch_all(url: str, storage_options: dict | None = None) -> list[Path]:
         return _offline_copy(url, connection, err, storage_options)
     locals_ = [_fetch_object(fs, remote, connection) for remote in remotes]
     _remember_url(url, locals_)
+    _checked[memo] = locals_
     return locals_
 
 
@@ -214,6 +222,13 @@ def fetch_folder(url: str, storage_options: dict | None = None) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     _remember_url(url, [tree])
     return tree
+
+
+def fetch_model(url: str, storage_options: dict | None = None) -> Path:
+    """The local copy of a model at a storage URL: a `.gguf` file, or a model folder (every file under it)."""
+    if PurePosixPath(urlsplit(url).path).suffix.lower() == ".gguf":
+        return fetch(url, storage_options)
+    return fetch_folder(url, storage_options)
 
 
 def _link(source: Path, target: Path) -> None:
