@@ -68,6 +68,20 @@ def secret_values(data: Any) -> set[str]:
     return found
 
 
+def mask_secret_keys(value: Any) -> Any:
+    """`value` with the strings under credential keys masked, and nothing else changed: what a cache key may
+    hold (a token is who runs, not an input of the computation; masking every known ${ENV} value here could
+    make two different parameters look the same)."""
+    if isinstance(value, dict):
+        return {
+            k: MASK if is_secret_key(k) and isinstance(v, str) and v else mask_secret_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [mask_secret_keys(v) for v in value]
+    return value
+
+
 def redact_url(url: str) -> str:
     """`url` with the secrets it carries (SAS signature, presigned query parameters, a password) masked."""
     return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", _URL_QUERY_SECRET.sub(rf"\g<1>{MASK}", url))

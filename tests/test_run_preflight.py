@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,16 +28,23 @@ def test_azure_system_fails_at_once_naming_what_is_missing(capsys):
             {"type": "azureml_registry_model", "name": "m", "registry_name": "r", "version": 1},
             "Azure ML",
         ),
-        ("model", "s3://bucket/model", "remote"),
+        ("model", "s3://bucket/model", "no AWS credential"),
         (
             "data",
             {"type": "azureml_datastore", "datastore_name": "d", "relative_path": "x.json"},
-            "datastore",
+            "the workspace is not known",
         ),
-        ("data", "https://example.invalid/train.json", "remote"),
+        ("data", "https://example.invalid/train.json", "unknown host example.invalid"),
     ],
 )
-def test_remote_inputs_fail_at_once(tmp_path, capsys, section, value, expected):
+def test_remote_inputs_fail_at_once(tmp_path, capsys, monkeypatch, section, value, expected):
+    """Remote inputs that cannot be read stop the run before anything is written, naming the resource."""
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("SLIMTUNE_DOWNLOADS", str(tmp_path / "downloads"))
     data = tmp_path / "train.jsonl"
     data.write_text('{"text": "hello"}\n')
     config = {

@@ -21,6 +21,7 @@ from slimtune.files import fingerprint, folder_size
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
+from slimtune.redact import mask_secret_keys, redact
 
 
 @dataclass
@@ -158,7 +159,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         input_fingerprint=fingerprint,
         pass_type=spec.type,
         pass_version=spec.version,
-        params=plan.params.model_dump(mode="json"),
+        params=mask_secret_keys(plan.params.model_dump(mode="json")),
         data_fingerprints={
             key: data_fingerprint(config, session.hash_sidecar()) for key, config in data.items()
         },
@@ -200,7 +201,7 @@ def run_chain(session: Session, plans: list[PassPlan], prefix: str = "", chain: 
 def run_pass(session: Session, plan: PassPlan, previous: Stage) -> tuple[Stage, dict[str, Any]]:
     """The output of one pass on `previous`: from the cache, or run (one process at a time per key)."""
     spec = get_pass(plan.type)
-    params = plan.params.model_dump(mode="json")
+    params = redact(plan.params.model_dump(mode="json"), session.loaded.secrets)
     key = pass_key(session, plan, previous.key, previous.model.kind)
     record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
     cache = session.cache
@@ -269,7 +270,9 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         "pass_name": plan.name,
         "pass_type": plan.type,
         "pass_version": spec.version,
-        "params": plan.params.model_dump(mode="json"),
+        "params": redact(
+            plan.params.model_dump(mode="json"), session.loaded.secrets
+        ),  # no tokens in the cache
         "input": previous.model.to_json(),
         "input_fingerprint": previous.key,
         "kind": produced.kind,

@@ -50,7 +50,7 @@ def check_remote_inputs(loaded: LoadedConfig) -> None:
             f"input_model.model_path is an Azure ML resource ({path.type}), which {_NOT_YET}: it needs the "
             "azure-ai-ml package and a workspace. Download the model and give its local folder."
         )
-    if is_remote_url(path):
+    if is_remote_url(path) and not path.startswith("azureml://registries/"):
         from slimtune.storage.download import fetch_model
 
         cfg.input_model.model_path = str(fetch_model(path))

@@ -101,16 +101,18 @@ def _datastore(url: str, client: dict, name: str) -> Any:
         ) from None
     except Exception as err:  # noqa: BLE001 - the SDK's many error types, named for the user
         workspace = f"{client['workspace_name']} (resource group {client['resource_group']})"
-        if type(err).__name__ == "ResourceNotFoundError" or "not found" in str(err).lower():
+        names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
+        if "ClientAuthenticationError" in names or "CredentialUnavailableError" in names:
+            raise StorageError(
+                url,
+                f"cannot sign in to Azure to read datastore {name!r} of workspace {workspace}: "
+                "DefaultAzureCredential found no credential (run `az login`, or set AZURE_CLIENT_ID, "
+                "AZURE_TENANT_ID and AZURE_CLIENT_SECRET)",
+            ) from None
+        if "ResourceNotFoundError" in names or getattr(err, "status_code", None) == 404:
             raise StorageError(
                 url,
                 f"datastore {name!r} does not exist in workspace {workspace}; `az ml datastore list` shows them",
-            ) from None
-        if type(err).__name__ == "ClientAuthenticationError":
-            raise StorageError(
-                url,
-                f"cannot sign in to Azure to read datastore {name!r} of workspace {workspace} "
-                "(DefaultAzureCredential: run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET)",
             ) from None
         raise StorageError(
             url, f"looking up datastore {name!r} in workspace {workspace} failed: {err}"

@@ -80,6 +80,12 @@ def storage_error(
         reason = f"connection refused by {host}"
         message = f"{reason}: nothing listens there; check the endpoint and that the store is up{kept}"
         unreachable = True
+    elif "nocredentialserror" in lowered or "unable to locate credentials" in lowered:
+        reason = "no AWS credential found"
+        message = (
+            f"{reason}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE (a profile in ~/.aws), or "
+            "key and secret in storage_options"
+        )
     elif (
         status in (401, 403)
         or isinstance(err, PermissionError)
