@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from slimtune.redact import remember
-from slimtune.storage.base import StorageError
+from slimtune.storage.base import StorageError, quiet_sdk_logs
 
 _LONG = re.compile(
     r"^azureml://subscriptions/(?P<subscription_id>[^/]+)/resource[gG]roups/(?P<resource_group>[^/]+)/"
@@ -145,6 +145,7 @@ def _ml_client(client: dict) -> Any:
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
+    quiet_sdk_logs()
     return MLClient(
         DefaultAzureCredential(**(client.get("default_auth_params") or {})),
         subscription_id=client["subscription_id"],

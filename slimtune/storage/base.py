@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from slimtune.errors import UserError
@@ -31,3 +32,10 @@ def is_remote_url(value: Any) -> bool:
 
 def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower()
+
+
+def quiet_sdk_logs() -> None:
+    """The storage SDKs log every request (and Azure each credential it tries) at INFO, which the CLI shows;
+    what fails reaches the user as one StorageError instead."""
+    for name in ("azure", "botocore", "aiobotocore", "s3fs", "adlfs", "fsspec"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from slimtune.redact import remember
-from slimtune.storage.base import REMOTE_SCHEMES, StorageError, is_remote_url, scheme_of
+from slimtune.storage.base import REMOTE_SCHEMES, StorageError, is_remote_url, quiet_sdk_logs, scheme_of
 
 __all__ = ["REMOTE_SCHEMES", "StorageError", "is_remote_url", "open_filesystem"]
 
@@ -50,6 +50,7 @@ def open_filesystem(url: str, storage_options: dict | None = None) -> tuple[fssp
 def filesystem(connection: Connection, url: str) -> fsspec.AbstractFileSystem:
     import fsspec
 
+    quiet_sdk_logs()
     try:
         fs = fsspec.filesystem(connection.protocol, skip_instance_cache=True, **connection.options)
         if (
