@@ -25,7 +25,7 @@ _NOT_SECRET = re.compile(r"^(?:pad|bos|eos|unk|sep|cls|mask|special|max_new|max)
 # secrets carried inside URLs: SAS signatures, presigned S3 query parameters, tokens, user:password@
 _URL_QUERY_SECRET = re.compile(
     r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|access_token"
-    r"|api_?key|code)=)[^&#\s'\"]+"
+    r"|api_?key|code)=)[^&#\s'\":),]+"
 )
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")
 

@@ -131,7 +131,7 @@ def _md5_of(info: dict[str, Any]) -> str | None:
     """The content MD5 the store gives: Content-MD5 / Azure's content_md5 (base64 or bytes), or an S3 or plain
     HTTP ETag that is one (32 hex digits; a multipart upload's ETag is not)."""
     settings = info.get("content_settings")
-    raw = info.get("Content-MD5") or (settings.get("content_md5") if isinstance(settings, dict) else None)
+    raw = info.get("Content-MD5") or (settings.get("content_md5") if hasattr(settings, "get") else None)
     if isinstance(raw, (bytes, bytearray)) and raw:
         return bytes(raw).hex()
     if isinstance(raw, str) and raw:
@@ -243,11 +243,10 @@ def _link(source: Path, target: Path) -> None:
 def _listing(fs: Any, url: str, connection: Connection) -> list[Remote]:
     path = connection.path
     scheme = connection.protocol
+    if scheme == "http":  # no listing over plain HTTP: the URL names one file (its query is no glob)
+        info = fs.info(path)
+        return [describe(info, url, path)]
     if any(ch in path for ch in "*?["):
-        if scheme == "http":
-            raise StorageError(
-                url, "http(s) URLs name one file each; globs need a store that lists (s3, az, abfs)"
-            )
         found = fs.glob(path, detail=True)
         infos = {p: i for p, i in found.items() if i.get("type") != "directory"}
         if not infos:
@@ -255,8 +254,6 @@ def _listing(fs: Any, url: str, connection: Connection) -> list[Remote]:
     else:
         info = fs.info(path)
         if info.get("type") == "directory":
-            if scheme == "http":
-                raise StorageError(url, "is a folder; http(s) URLs name one file each")
             infos = {p: i for p, i in fs.find(path, detail=True).items() if i.get("type") != "directory"}
             if not infos:
                 raise StorageError(url, "the folder holds no files")
