@@ -142,7 +142,12 @@ def lookup_job_output(client: dict, job_name: str, output_name: str) -> str:
 
 
 def _ml_client(client: dict) -> Any:
-    from azure.ai.ml import MLClient
+    import warnings
+
+    with warnings.catch_warnings():
+        # azure-ai-ml 1.35's own schemas, at import, under marshmallow 4: nothing slimtune passes causes it
+        warnings.filterwarnings("ignore", message=r"`Number` field should not be instantiated\.")
+        from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
     quiet_sdk_logs()
