@@ -7,15 +7,14 @@ own tokens share cache entries; a resource that cannot be read stops the run wit
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from slimtune.cli.main import main
 from tests.servers import AZURITE_ACCOUNT, AZURITE_KEY, azurite, free_port, http_file_server, moto, server_env  # noqa: F401
+from tests.test_safety import run_cli as cli
 from tests.test_storage import CLIENT, blob_datastore, container, s3_client, workspace  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,16 +43,6 @@ def _fresh(monkeypatch, tmp_path):
     yield
     download._checked.clear()
     redact.forget()
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    root = logging.getLogger()
-    for handler in list(root.handlers):  # main() sets logging up afresh, as in a new process
-        if type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def seed_on_tiny_model(model: Path, folder: Path) -> dict:
