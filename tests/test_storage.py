@@ -148,9 +148,14 @@ def test_http_rerun_fetches_nothing_and_an_unreachable_server_uses_the_copy(
 
 
 def test_http_errors_name_the_url(tmp_path, cache):
+    from slimtune.errors import DataError
+
     root = tmp_path / "site"
     root.mkdir()
+    (root / "bad.jsonl").write_text('{"phrase": "ok", "tone": "joy"}\n{"phrase": oops}\n')
     with http_file_server(root) as server:
+        with pytest.raises(DataError, match=rf"^{server.url}/bad.jsonl:2: invalid JSON line"):
+            rows_of(f"{server.url}/bad.jsonl?sv=1&sig=abcdef")  # the URL, token masked, not the cache path
         with pytest.raises(StorageError, match=rf"{server.url}/missing.jsonl: not found \(404\)"):
             dl.fetch(f"{server.url}/missing.jsonl")
     port = free_port()

@@ -66,16 +66,33 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
             f"{sorted(files)}); use a mapping like {{'{load.split}': 'file.json'}}"
         )
     paths = files[load.split.split("[")[0]]
-    for path in paths:
-        check_file(path, load.data_name)
-    rows = _load(load, files, paths)
-    if len(rows) == 0:
-        raise DataError("the data set has no rows", file=_where(paths))
-    if load.col_filters:
-        rows = _filter(rows, load.col_filters, paths)
+    with _named_by_url(paths):
+        for path in paths:
+            check_file(path, load.data_name)
+        rows = _load(load, files, paths)
+        if len(rows) == 0:
+            raise DataError("the data set has no rows", file=_where(paths))
+        if load.col_filters:
+            rows = _filter(rows, load.col_filters, paths)
     if load.max_samples:
         rows = rows.select(range(min(load.max_samples, len(rows))))
     return rows
+
+
+@contextmanager
+def _named_by_url(paths: list[str]):
+    """A problem in a downloaded file names its URL (token masked), not its place in the download cache."""
+    try:
+        yield
+    except DataError as err:
+        from slimtune.storage.download import origin_of
+
+        for path in paths:
+            url = origin_of(path)
+            if url and path in str(err):
+                err.args = (str(err).replace(path, url),)
+                err.file = url if err.file == path else err.file
+        raise
 
 
 def _reject_remote(

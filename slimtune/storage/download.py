@@ -391,13 +391,25 @@ def _progress(remote: Remote, offset: int) -> Any:
     )
 
 
+def origin_of(local: str | Path) -> str | None:
+    """The URL (without its token) a downloaded file came from; None for a file that is not a download."""
+    return _meta(local).get("url")
+
+
+def _meta(local: str | Path) -> dict[str, Any]:
+    """The meta.json of a file in the download cache ({} for any other file)."""
+    path = Path(local).resolve()
+    if download_root().resolve() not in path.parents:
+        return {}
+    try:
+        return json.loads((path.parent / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def content_sha256(local: str | Path) -> str | None:
     """The sha256 recorded when `local` was downloaded (None for a file that is not a download)."""
-    meta = Path(local).parent / "meta.json"
-    try:
-        return json.loads(meta.read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
-        return None
+    return _meta(local).get("sha256")
 
 
 # ---------------------------------------------------------------- offline
