@@ -235,3 +235,25 @@ def test_data_inspect_and_evaluate_read_s3(tiny_phi3, tmp_path, moto, server_env
     )
     assert code == 0, text
     assert "3 rows" in text
+
+
+def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto, server_env, capsys):
+    server_env(moto)
+    bucket = f"run-{uuid.uuid4().hex[:8]}"
+    s3 = s3_client(moto)
+    s3.create_bucket(Bucket=bucket)
+    for path in tiny_phi3.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(tiny_phi3)}")
+    s3.put_object(
+        Bucket=bucket, Key="data/tones.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    )
+    cfg = emotion_config(tiny_phi3, f"s3://{bucket}/data/*.jsonl", tmp_path)
+    cfg["input_model"]["model_path"] = f"s3://{bucket}/models/tiny/"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    code, text = cli(["run", "--config", str(config)], capsys)
+    assert code in (0, 3), text
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["passes"][0]["name"] == "lora" and not run["passes"][0]["cache_hit"]
+    assert list((tmp_path / "cache" / "downloads" / "folders").glob("*/config.json"))
