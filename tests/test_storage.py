@@ -435,3 +435,32 @@ def test_a_job_output_is_read_from_where_the_job_wrote_it(azurite, cache, worksp
         relative_path="train.jsonl",
     )
     assert rows_of(resource) == 12
+
+
+def test_a_workspace_out_of_reach_uses_the_copy_fetched_before(
+    azurite, cache, workspace, monkeypatch, capsys
+):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from slimtune.storage import azureml
+
+    stores, _ = workspace
+    box = container(azurite)
+    box.upload_blob("data/train.jsonl", ROWS.encode())
+    stores["workspaceblobstore"] = blob_datastore(azurite, "workspaceblobstore", box.container_name)
+    uri = (
+        "azureml://subscriptions/sub-1/resourcegroups/rg-1/workspaces/ws-1/datastores/workspaceblobstore/"
+        "paths/data/train.jsonl"
+    )
+    assert rows_of(uri) == 12
+
+    def signed_out(client, name):
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+    azureml._cached_lookup.cache_clear()
+    monkeypatch.setattr(azureml, "lookup_datastore", signed_out)
+    dl.set_download_root(cache.parent)  # a later run, signed out
+    capsys.readouterr()
+    assert rows_of(uri) == 12
+    said = capsys.readouterr().err
+    assert f"{uri} cannot be reached (cannot sign in to Azure" in said and "using the copy downloaded" in said

@@ -103,20 +103,28 @@ def _datastore(url: str, client: dict, name: str) -> Any:
         workspace = f"{client['workspace_name']} (resource group {client['resource_group']})"
         names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
         if "ClientAuthenticationError" in names or "CredentialUnavailableError" in names:
-            raise StorageError(
-                url,
-                f"cannot sign in to Azure to read datastore {name!r} of workspace {workspace}: "
-                "DefaultAzureCredential found no credential (run `az login`, or set AZURE_CLIENT_ID, "
-                "AZURE_TENANT_ID and AZURE_CLIENT_SECRET)",
+            raise _unreachable(
+                StorageError(
+                    url,
+                    f"cannot sign in to Azure to read datastore {name!r} of workspace {workspace}: "
+                    "DefaultAzureCredential found no credential (run `az login`, or set AZURE_CLIENT_ID, "
+                    "AZURE_TENANT_ID and AZURE_CLIENT_SECRET)",
+                )
             ) from None
         if "ResourceNotFoundError" in names or getattr(err, "status_code", None) == 404:
             raise StorageError(
                 url,
                 f"datastore {name!r} does not exist in workspace {workspace}; `az ml datastore list` shows them",
             ) from None
-        raise StorageError(
-            url, f"looking up datastore {name!r} in workspace {workspace} failed: {err}"
+        raise _unreachable(
+            StorageError(url, f"looking up datastore {name!r} in workspace {workspace} failed: {err}")
         ) from None
+
+
+def _unreachable(error: StorageError) -> StorageError:
+    """The workspace could not be asked (no sign-in, no network): a copy fetched before may stand in."""
+    error.unreachable = True
+    return error
 
 
 @lru_cache(maxsize=64)

@@ -148,9 +148,20 @@ def _md5_of(info: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------- fetching
 
 
+def _connect(url: str, storage_options: dict | None) -> tuple[Connection, list[Path] | None]:
+    """(connection, None), or (None, the copies fetched last time) when the URL cannot even be resolved now
+    (an Azure ML workspace that cannot be reached); any other problem is raised."""
+    try:
+        return connect(url, storage_options), None
+    except StorageError as err:
+        return None, _offline_copy(url, None, err, storage_options)  # raises `err` when there is no copy
+
+
 def fetch(url: str, storage_options: dict | None = None) -> Path:
     """The local copy of the one object at `url`, fetched (or resumed) only when the cache lacks this version."""
-    connection = connect(url, storage_options)
+    connection, offline = _connect(url, storage_options)
+    if offline is not None:
+        return offline[0]
     try:
         fs = filesystem(connection, url)
         info = fs.info(connection.path)
@@ -172,7 +183,9 @@ def fetch_all(url: str, storage_options: dict | None = None) -> list[Path]:
     memo = f"{download_root()}\0{url}\0{json.dumps(storage_options or {}, sort_keys=True, default=str)}"
     if memo in _checked and all(p.exists() for p in _checked[memo]):
         return list(_checked[memo])
-    connection = connect(url, storage_options)
+    connection, offline = _connect(url, storage_options)
+    if offline is not None:
+        return offline
     try:
         fs = filesystem(connection, url)
         remotes = _listing(fs, url, connection)
@@ -189,7 +202,9 @@ def fetch_all(url: str, storage_options: dict | None = None) -> list[Path]:
 def fetch_folder(url: str, storage_options: dict | None = None) -> Path:
     """A local folder with the tree under `url` (a model folder): each object cached once, linked into a folder
     named by the URL and the objects' versions."""
-    connection = connect(url, storage_options)
+    connection, offline = _connect(url, storage_options)
+    if offline is not None:
+        return offline[0]
     try:
         fs = filesystem(connection, url)
         if not fs.isdir(connection.path):
