@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -152,9 +153,14 @@ def test_remote_data_that_cannot_be_read_is_named(files, expected, tmp_path, mon
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    listening = socket.create_server(
+        ("127.0.0.1", 0)
+    )  # an S3 endpoint that answers: the credential is missing
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listening.getsockname()[1]}")
     monkeypatch.setenv("SLIMTUNE_DOWNLOADS", str(tmp_path / "downloads"))
     with pytest.raises(UserError, match=expected):
         load(data_files=files)
+    listening.close()
 
 
 def test_hub_data_name_is_not_implemented():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,10 @@ def test_remote_inputs_fail_at_once(tmp_path, capsys, monkeypatch, section, valu
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    listening = socket.create_server(
+        ("127.0.0.1", 0)
+    )  # an S3 endpoint that answers: the credential is missing
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listening.getsockname()[1]}")
     monkeypatch.setenv("SLIMTUNE_DOWNLOADS", str(tmp_path / "downloads"))
     data = tmp_path / "train.jsonl"
     data.write_text('{"text": "hello"}\n')
@@ -66,6 +71,7 @@ def test_remote_inputs_fail_at_once(tmp_path, capsys, monkeypatch, section, valu
     assert main(["run", "--config", str(path)]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    listening.close()
 
 
 def test_qlora_on_cpu_fails_before_loading_weights(tmp_path, capsys, monkeypatch):

@@ -464,3 +464,21 @@ def test_a_workspace_out_of_reach_uses_the_copy_fetched_before(
     assert rows_of(uri) == 12
     said = capsys.readouterr().err
     assert f"{uri} cannot be reached (cannot sign in to Azure" in said and "using the copy downloaded" in said
+
+
+@pytest.mark.parametrize("scheme", ["s3", "az"])
+def test_a_store_that_is_down_is_named_by_its_endpoint(scheme, cache, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};",
+    )
+    url = f"{scheme}://bucket/train.jsonl"
+    with pytest.raises(
+        StorageError, match=rf"^{url}: connection refused by 127.0.0.1:{port}: nothing listens"
+    ):
+        rows_of(url)

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from slimtune.files import write_json_atomic
 from slimtune.redact import redact_url
 from slimtune.storage.base import StorageError
-from slimtune.storage.errors import nearest_names, storage_error
+from slimtune.storage.errors import check_reachable, nearest_names, storage_error
 from slimtune.storage.fs import Connection, connect, filesystem
 
 CHUNK = 8 << 20  # bytes per ranged read; a killed transfer loses at most this much
@@ -152,7 +152,9 @@ def _connect(url: str, storage_options: dict | None) -> tuple[Connection, list[P
     """(connection, None), or (None, the copies fetched last time) when the URL cannot even be resolved now
     (an Azure ML workspace that cannot be reached); any other problem is raised."""
     try:
-        return connect(url, storage_options), None
+        connection = connect(url, storage_options)
+        check_reachable(connection, url)
+        return connection, None
     except StorageError as err:
         return None, _offline_copy(url, None, err, storage_options)  # raises `err` when there is no copy
 

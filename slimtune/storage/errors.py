@@ -47,7 +47,7 @@ def _status(errors: list[BaseException]) -> int | None:
 
 
 def storage_error(
-    err: BaseException, url: str, connection: Connection, partial: Path | None = None
+    err: BaseException, url: str, connection: Connection | None, partial: Path | None = None
 ) -> StorageError:
     """`err` as a StorageError naming `url`; `.unreachable` says whether a cached copy may stand in."""
     if isinstance(err, StorageError):
@@ -56,7 +56,7 @@ def storage_error(
     text = " | ".join(f"{type(e).__name__}: {e}" for e in errors)
     lowered = text.lower()
     status = _status(errors)
-    host = _host(url)
+    host = _host(connection.endpoint if connection is not None and connection.endpoint else url)
     unreachable = False
     kept = f" ({partial.stat().st_size:,} bytes kept: the next run resumes)" if partial is not None else ""
     if any(isinstance(e, socket.gaierror) for e in errors) or any(
@@ -157,8 +157,8 @@ def _host(url: str) -> str:
     return redact_url(parts.netloc.rsplit("@", 1)[-1]) or url
 
 
-def _nearest_names(url: str, connection: Connection) -> str:
-    if connection.protocol == "http":
+def _nearest_names(url: str, connection: Connection | None) -> str:
+    if connection is None or connection.protocol == "http":
         return ""
     try:
         fs = filesystem(connection, url)
@@ -181,3 +181,21 @@ def nearest_names(fs: Any, path: str, connection: Connection) -> str:
         return ""
     near = difflib.get_close_matches(name, names, n=3, cutoff=0.3) or sorted(names)[:5]
     return f"; nearest names in that folder: {', '.join(near)}" if near else "; that folder is empty"
+
+
+def check_reachable(connection: Connection, url: str, timeout: float = 10.0) -> None:
+    """A quick TCP connect to the store's endpoint, so that an unknown host or a refused connection is said at
+    once (the SDKs retry each for a minute or more). Skipped behind a proxy (the proxy reaches the host)."""
+    import os
+
+    address = connection.address()
+    if address is None or any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+    ):
+        return
+    try:
+        socket.create_connection(address, timeout=timeout).close()
+    except OSError as err:
+        error = storage_error(err, url, connection)
+        if error.unreachable:  # unknown host, refused, timed out
+            raise error from None

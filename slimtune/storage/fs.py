@@ -38,6 +38,14 @@ class Connection:
     options: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     credential: str = "no credential (anonymous)"
+    endpoint: str = ""  # the service's URL (scheme://host[:port]): named when it cannot be reached
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of the endpoint, for a quick check that something listens there."""
+        parts = urlsplit(self.endpoint)
+        if not parts.hostname:
+            return None
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def open_filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -98,7 +106,9 @@ def _http(url: str, options: dict) -> Connection:
     if options.get("headers"):
         kind = "the headers in storage_options"
     options.setdefault("client_kwargs", {}).setdefault("trust_env", True)  # proxies from the environment
-    return Connection("http", options, url, kind)
+    parts = urlsplit(url)
+    endpoint = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    return Connection("http", options, url, kind, endpoint)
 
 
 def _s3(url: str, options: dict) -> Connection:
@@ -124,7 +134,8 @@ def _s3(url: str, options: dict) -> Connection:
         kind = f"the AWS profile {os.environ['AWS_PROFILE']!r} (AWS_PROFILE)"
     else:
         kind = "the default AWS credential chain (profiles, instance role)"
-    return Connection("s3", options, f"{parts.netloc}{parts.path}", kind)
+    service = endpoint or "https://s3.amazonaws.com"
+    return Connection("s3", options, f"{parts.netloc}{parts.path}", kind, service)
 
 
 def _azure(url: str, options: dict) -> Connection:
@@ -185,7 +196,21 @@ def _azure(url: str, options: dict) -> Connection:
     if account and "connection_string" not in options:
         options["account_name"] = account
     path = f"{container}{parts.path}"
-    return Connection("abfs", options, path, label or kind)
+    return Connection("abfs", options, path, label or kind, _blob_endpoint(options, account))
+
+
+def _blob_endpoint(options: dict, account: str | None) -> str:
+    if options.get("connection_string"):
+        fields = dict(p.split("=", 1) for p in options["connection_string"].split(";") if "=" in p)
+        if fields.get("BlobEndpoint"):
+            return fields["BlobEndpoint"]
+        suffix = fields.get("EndpointSuffix", "core.windows.net")
+        return (
+            f"{fields.get('DefaultEndpointsProtocol', 'https')}://{fields.get('AccountName')}.blob.{suffix}"
+        )
+    if options.get("account_host"):
+        return f"https://{options['account_host']}"
+    return f"https://{account}.blob.core.windows.net" if account else ""
 
 
 def _connection_string_account(value: str) -> str | None:
