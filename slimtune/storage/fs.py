@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from slimtune.redact import remember
+from slimtune.redact import is_secret_key, remember
 from slimtune.storage.base import REMOTE_SCHEMES, StorageError, is_remote_url, quiet_sdk_logs, scheme_of
 
 __all__ = ["REMOTE_SCHEMES", "StorageError", "is_remote_url", "open_filesystem"]
@@ -82,7 +82,7 @@ def filesystem(connection: Connection, url: str) -> fsspec.AbstractFileSystem:
 def connect(url: str, storage_options: dict | None = None) -> Connection:
     """The filesystem protocol, options and path for `url` (no network)."""
     options = dict(storage_options or {})
-    remember(str(v) for k, v in options.items() if isinstance(v, str) and k != "account_name")
+    remember(v for k, v in options.items() if isinstance(v, str) and is_secret_key(k))
     scheme = scheme_of(url)
     if scheme in ("http", "https"):
         return _http(url, options)
@@ -147,8 +147,11 @@ def _azure(url: str, options: dict) -> Connection:
     account = options.get("account_name")
     if host:
         account = account or host.split(".", 1)[0]
-        if ".dfs." not in host and ".blob." not in host and "." in host:
-            options.setdefault("account_host", host.replace(".dfs.", ".blob."))
+        blob_host = host.replace(".dfs.", ".blob.")
+        if "." in host and not blob_host.endswith(
+            ".blob.core.windows.net"
+        ):  # a sovereign cloud, a private host
+            options.setdefault("account_host", blob_host)
     query = dict(parse_qsl(parts.query))
     if "sig" in query and not options.get("sas_token"):
         options["sas_token"] = parts.query
@@ -160,8 +163,8 @@ def _azure(url: str, options: dict) -> Connection:
         options.pop("connection_string", None)
     if credential_given:
         kind = next(
-            label
-            for key, label in (
+            said
+            for key, said in (
                 ("sas_token", "a SAS token" + (" in the URL" if "sig" in query else " from storage_options")),
                 ("account_key", "the account key in storage_options"),
                 ("credential", "the credential in storage_options"),
