@@ -482,3 +482,19 @@ def test_a_store_that_is_down_is_named_by_its_endpoint(scheme, cache, monkeypatc
         StorageError, match=rf"^{url}: connection refused by 127.0.0.1:{port}: nothing listens"
     ):
         rows_of(url)
+
+
+def test_a_gguf_file_at_a_url_goes_through_the_local_handling(tmp_path, cache, monkeypatch):
+    from slimtune.errors import ModelError
+    from slimtune.models.loading import resolve_model
+    from tests.test_models_gguf import write_gguf
+
+    monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "store"))
+    root = tmp_path / "site"
+    root.mkdir()
+    write_gguf(root / "odd.gguf", "notanarch")
+    with http_file_server(root) as server:
+        with pytest.raises(ModelError, match=r"odd\.gguf: GGUF architecture 'notanarch' is not supported"):
+            resolve_model(f"{server.url}/odd.gguf")  # downloaded, then read like a local .gguf file
+    [local] = list(cache.rglob("odd.gguf"))
+    assert local.read_bytes() == (root / "odd.gguf").read_bytes()
