@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 REMOTE_PREFIXES = ("az://", "azureml://", "s3://", "https://", "http://", "hf://", "gs://")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")  # org/name[@revision]
 
 
 def is_remote(value: str) -> bool:
