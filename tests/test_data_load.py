@@ -147,8 +147,6 @@ def test_remote_data_is_not_implemented(files):
         load(data_files=files)
 
 
-def test_hub_data_name_is_not_implemented():
-    with pytest.raises(
-        UserError, match=r"data_name: remote data \(tatsu-lab/alpaca\) is not implemented yet"
-    ):
-        load(data_name="tatsu-lab/alpaca")
+def test_a_data_name_that_is_neither_a_builder_nor_a_hub_name():
+    with pytest.raises(UserError, match=r"data_name: remote data \(xml\) .*or a hub data set name"):
+        load(data_name="xml")

@@ -144,7 +144,8 @@ def check_input_model(loaded: LoadedConfig) -> Path | None:
     folder = Path(path).expanduser()
     if not folder.exists():
         from slimtune.errors import ModelError
-        from slimtune.models.hub import check_model, parse_name
+        from slimtune.hub import parse_name
+        from slimtune.models.hub import check_model
 
         hint = did_you_mean(folder.name)
         if hint:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.hub import download_model, parse_name
+from slimtune.hub import parse_name
+from slimtune.models.hub import download_model
 from slimtune.models.kind import ADAPTER_CONFIG, model_kind
 from slimtune.models.known import KNOWN_MODELS
 from slimtune.models.mlflow import MLFLOW_FORMAT, HubReference, find_mlmodel
@@ -71,9 +72,9 @@ def resolve_model(
         model_path = os.fspath(model_path)
     if not isinstance(model_path, str):
         if getattr(model_path, "type", None) in ("azureml_registry_model", "azureml_model"):
-            from slimtune.models.azureml import download_model
+            from slimtune.models import azureml
 
-            folder = download_model(model_path, azureml_client)
+            folder = azureml.download_model(model_path, azureml_client)
             return resolve_model(folder, allow_pickle=allow_pickle, kind=kind, file_format=file_format)
         raise _remote_resource(model_path)
     for prefix, needs in _REMOTE.items():
