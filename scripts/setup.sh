@@ -46,3 +46,17 @@ if [ "${1:-}" = "--test" ] && ! command -v chromedriver >/dev/null 2>&1; then
     echo "setup: chromium not installed (needs root and apt-get); the browser test will be skipped"
   fi
 fi
+
+# `make test` runs Azure Blob tests against Azurite (the Azure Storage emulator, npm), installed into .azurite/
+if [ "${1:-}" = "--test" ] && [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
+  if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Node.js and npm for Azurite"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null) || true
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    echo "setup: installing Azurite into .azurite/"
+    npm install --silent --no-audit --no-fund --prefix .azurite azurite
+  else
+    echo "setup: npm not found: the Azure storage tests will fail (install Node.js and npm)"
+  fi
+fi

@@ -14,7 +14,7 @@ from workflows import emotion_data_config, run_config
 from slimtune.errors import ModelError
 from slimtune.models.loading import model_ref, resolve_model
 from slimtune.models.mlflow import MLMODEL, HubReference, hf_folder
-from tests.tiny_models import make_tiny_model
+from tests.tiny_models import make_mlflow_model, make_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -29,20 +29,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mlflow_model(tiny, tmp_path_factory) -> Path:
-    """What mlflow.transformers.save_model writes for the tiny model: MLmodel, model/, components/tokenizer/."""
-    import mlflow.transformers
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny)
-    folder = tmp_path_factory.mktemp("mlflow") / "tiny-mlflow"
-    mlflow.transformers.save_model(
-        {"model": model, "tokenizer": tokenizer},
-        str(folder),
-        task="text-generation",
-        pip_requirements=["transformers"],  # not inferred: the inference imports torchvision
-    )
-    return folder
+    return make_mlflow_model(tiny, tmp_path_factory.mktemp("mlflow") / "tiny-mlflow")
 
 
 def test_mlflow_writes_the_layout_slimtune_reads(mlflow_model):

@@ -15,6 +15,7 @@ Tests replace `storage_location` only (no Azure ML service runs here); the blob 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -47,17 +48,8 @@ def describe(resource: Any) -> str:
     return f"model {resource.name!r} version {resource.version} in Azure ML workspace {workspace!r}"
 
 
-def _client(resource: Any, client_config: Any) -> Any:
-    try:
-        from azure.ai.ml import MLClient
-        from azure.identity import DefaultAzureCredential
-    except ImportError:
-        raise UserError(
-            f"{describe(resource)}: reading Azure ML models needs azure-ai-ml ({_INSTALL})"
-        ) from None
-    credential = DefaultAzureCredential()
-    if resource.type == "azureml_registry_model":
-        return MLClient(credential, registry_name=resource.registry_name), credential
+def _workspace(resource: Any, client_config: Any) -> Any:
+    """The azureml_client of a workspace model (its own, else the config's), with the keys a lookup needs."""
     client = resource.azureml_client or client_config
     missing = [
         key
@@ -69,6 +61,23 @@ def _client(resource: Any, client_config: Any) -> Any:
             f"{describe(resource)}: azureml_client needs {', '.join(missing)} (in the model's azureml_client or "
             "the config's top-level azureml_client)"
         )
+    return client
+
+
+def _client(resource: Any, client_config: Any) -> tuple[Any, Any]:
+    try:
+        from azure.ai.ml import MLClient
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise UserError(
+            f"{describe(resource)}: reading Azure ML models needs azure-ai-ml ({_INSTALL})"
+        ) from None
+    # each credential it tries logs its failure at WARNING; the error raised says what to do
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)
+    credential = DefaultAzureCredential()
+    if resource.type == "azureml_registry_model":
+        return MLClient(credential, registry_name=resource.registry_name), credential
+    client = _workspace(resource, client_config)
     return (
         MLClient(credential, client.subscription_id, client.resource_group, client.workspace_name),
         credential,
@@ -76,23 +85,48 @@ def _client(resource: Any, client_config: Any) -> Any:
 
 
 def storage_location(resource: Any, client_config: Any = None) -> StorageLocation:
-    """Where Azure ML keeps the model's files (the SDK call; replaced in tests)."""
+    """Where Azure ML keeps the model's files, found as azure-ai-ml's own `models.download` finds them: the
+    model's asset URI, then the registry's storage SAS (or storage account) or the workspace datastore's
+    account and credential. The one call to Azure ML; tests replace it."""
+    from azure.ai.ml._utils._storage_utils import get_ds_name_and_path_prefix
+
     ml_client, credential = _client(resource, client_config)
-    model = ml_client.models.get(resource.name, version=str(resource.version))
-    parts = urlsplit(model.path)
-    if parts.scheme != "https" or ".blob." not in parts.netloc:
-        raise UserError(
-            f"{describe(resource)}: its files are at {model.path}, which slimtune cannot read (a Blob Storage "
-            "https URL is expected)"
+    models = ml_client.models
+    model = models.get(resource.name, version=str(resource.version))
+    registry = resource.registry_name if resource.type == "azureml_registry_model" else None
+    datastore, prefix = get_ds_name_and_path_prefix(model.path, registry)
+    if registry:
+        from azure.ai.ml._utils._registry_utils import get_storage_details_for_registry_assets
+        from azure.ai.ml.constants._common import AzureMLResourceType
+
+        url, auth = get_storage_details_for_registry_assets(
+            service_client=models._registry_service_client,
+            asset_name=resource.name,
+            asset_version=str(resource.version),
+            reg_name=registry,
+            asset_type=AzureMLResourceType.MODEL,
+            rg_name=models._resource_group_name,
+            uri=model.path,
         )
-    container, _, prefix = parts.path.lstrip("/").partition("/")
-    return StorageLocation(f"https://{parts.netloc}/{container}", prefix, credential)
+        parts = urlsplit(url)
+        container = parts.path.strip("/").split("/")[0]
+        query = f"?{parts.query}" if auth == "SAS" and parts.query else ""
+        return StorageLocation(
+            f"{parts.scheme}://{parts.netloc}/{container}{query}", prefix, None if query else credential
+        )
+    store = ml_client.datastores.get(datastore, include_secrets=True)
+    key = getattr(store.credentials, "account_key", None)
+    secret = {"account_name": store.account_name, "account_key": key} if key else None
+    secret = secret or getattr(store.credentials, "sas_token", None)  # a SAS token string, or None
+    url = f"https://{store.account_name}.blob.{store.endpoint}/{store.container_name}"
+    return StorageLocation(url, prefix, secret or credential)
 
 
 def _located(resource: Any, client_config: Any) -> StorageLocation:
     """storage_location, with Azure's errors as user errors naming the resource."""
     try:
         from azure.core.exceptions import (
+            AzureError,
             ClientAuthenticationError,
             HttpResponseError,
             ResourceNotFoundError,
@@ -102,6 +136,8 @@ def _located(resource: Any, client_config: Any) -> StorageLocation:
         raise UserError(
             f"{describe(resource)}: reading Azure ML models needs azure-ai-ml ({_INSTALL})"
         ) from None
+    if resource.type == "azureml_model":
+        _workspace(resource, client_config)  # said before any lookup
     try:
         return storage_location(resource, client_config)
     except ResourceNotFoundError:
@@ -119,25 +155,24 @@ def _located(resource: Any, client_config: Any) -> StorageLocation:
             f"{describe(resource)}: no Azure credential could sign in (DefaultAzureCredential: "
             f"{_first_line(err)}); run `az login` or set AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET"
         ) from None
-    except (HttpResponseError, ServiceRequestError) as err:
+    except (
+        HttpResponseError,
+        ServiceRequestError,
+        AzureError,
+    ) as err:  # AzureError: azure-ai-ml's MlException
         raise UserError(f"{describe(resource)}: Azure ML answered: {_first_line(err)}") from None
 
 
 def check_model(resource: Any, client_config: Any = None) -> None:
-    """The model version exists and its files' location is known (nothing downloaded)."""
-    _located(resource, client_config)
+    """The model version exists and its files' location is known (nothing downloaded), unless it was
+    downloaded before."""
+    if not _download_folder(resource, client_config).is_dir():
+        _located(resource, client_config)
 
 
 def download_model(resource: Any, client_config: Any = None) -> Path:
     """The model's local folder, downloaded on first use."""
-    from slimtune.models.store import models_dir
-
-    if resource.type == "azureml_registry_model":
-        scope = f"registry-{resource.registry_name}"
-    else:
-        client = resource.azureml_client or client_config
-        scope = f"workspace-{getattr(client, 'workspace_name', None)}"
-    final = models_dir() / "azureml" / scope / _safe(resource.name) / _safe(str(resource.version))
+    final = _download_folder(resource, client_config)
     if final.is_dir():
         return final
     location = _located(resource, client_config)
@@ -152,6 +187,18 @@ def download_model(resource: Any, client_config: Any = None) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
+
+
+def _download_folder(resource: Any, client_config: Any) -> Path:
+    """Where a model version is downloaded: one folder per registry or workspace, name and version (a version's
+    files never change, so a finished folder is never fetched again)."""
+    from slimtune.models.store import models_dir
+
+    if resource.type == "azureml_registry_model":
+        scope = f"registry-{resource.registry_name}"
+    else:
+        scope = f"workspace-{_workspace(resource, client_config).workspace_name}"
+    return models_dir() / "azureml" / _safe(scope) / _safe(resource.name) / _safe(str(resource.version))
 
 
 def _download_blobs(location: StorageLocation, target: Path, what: str) -> int:
