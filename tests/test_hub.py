@@ -209,6 +209,15 @@ def test_a_private_model_needs_the_right_token(hub, hf_home, tmp_path):
     assert done.returncode == 0, done.stderr
     assert TOKEN not in done.stdout + done.stderr
 
+    saved = tmp_path / "hf-login"  # the token `hf auth login` saves, where HF_HOME says
+    saved.mkdir()
+    (saved / "token").write_text("hf_saved_but_wrong")
+    err = failure(slimtune(validate, hub, saved, tmp_path))
+    assert f"used: the token saved by `hf auth login` ({saved / 'token'})" in err
+    (saved / "token").write_text(TOKEN)
+    done = slimtune(validate, hub, saved, tmp_path)
+    assert done.returncode == 0, done.stderr
+
 
 def test_an_unreachable_endpoint_is_named(hub, hf_home, tmp_path):
     with socket.socket() as probe:
