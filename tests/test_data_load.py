@@ -148,5 +148,5 @@ def test_remote_data_is_not_implemented(files):
 
 
 def test_a_data_name_that_is_neither_a_builder_nor_a_hub_name():
-    with pytest.raises(UserError, match=r"data_name: remote data \(xml\) .*or a hub data set name"):
+    with pytest.raises(UserError, match=r"data_name 'xml' is neither a file type .* nor a hub data set name"):
         load(data_name="xml")

@@ -48,10 +48,10 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
     if load.data_name not in LOCAL_BUILDERS:
         hub_name = parse_name(load.data_name)
         if hub_name is None:
-            _reject_remote(
-                load.data_name,
-                "load_dataset_config.data_name",
-                "give json, csv, parquet or text with data_files, or a hub data set name (org/name)",
+            raise UserError(
+                f"load_dataset_config.data_name {load.data_name!r} is neither a file type ({', '.join(LOCAL_BUILDERS)}"
+                ", with data_files) nor a hub data set name (org/name: the hub's data sets without an "
+                "organisation moved under one, e.g. rajpurkar/squad)"
             )
         return _cut(load, _load_hub(load, *hub_name), [load.data_name])
     if load.data_files is None:
