@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import Hub
-from workflows import EMOTION_DATA, EMOTION_TEMPLATE
+from workflows import EMOTION_DATA, EMOTION_TEMPLATE, short_lora
 
 from tests.tiny_models import make_tiny_model
 
@@ -74,15 +74,7 @@ def write_config(tmp_path: Path, model: str, data: dict | None = None, max_steps
                 "pre_process_data_config": {"text_template": EMOTION_TEMPLATE, "max_seq_len": 64},
             }
         ],
-        "passes": {
-            "lora": {
-                "type": "LoRA",
-                "r": 4,
-                "train_data_config": "emotion",
-                "eval_dataset_size": 0.25,
-                "training_args": {"max_steps": max_steps, "per_device_train_batch_size": 4},
-            }
-        },
+        "passes": {"lora": short_lora(max_steps)},
         "cache_dir": "cache",
         "output_dir": "out",
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
-from workflows import emotion_data_config, run_config
+from workflows import emotion_data_config, run_config, short_lora
 
 from slimtune.cli.main import main
 from slimtune.config.load import load_config
@@ -86,15 +86,7 @@ def config(model_path, **extra) -> dict:
     return {
         "input_model": {"type": "HfModel", "model_path": model_path, "model_file_format": "PyTorch.MLflow"},
         "data_configs": [emotion_data_config(40)],
-        "passes": {
-            "lora": {
-                "type": "LoRA",
-                "r": 4,
-                "train_data_config": "emotion",
-                "eval_dataset_size": 0.25,
-                "training_args": {"max_steps": 1, "per_device_train_batch_size": 4},
-            }
-        },
+        "passes": {"lora": short_lora()},
         "cache_dir": "cache",
         "output_dir": "out",
         **extra,

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from workflows import emotion_data_config, run_config
+from workflows import emotion_data_config, run_config, short_lora
 
 from slimtune.errors import ModelError
 from slimtune.models.loading import model_ref, resolve_model
@@ -101,13 +101,7 @@ def test_an_mlflow_model_fine_tunes(mlflow_model, tmp_path):
         },
         "data_configs": [emotion_data_config(40)],
         "passes": {
-            "lora": {
-                "type": "LoRA",
-                "r": 4,
-                "train_data_config": "emotion",
-                "eval_dataset_size": 0.25,
-                "training_args": {"max_steps": 2, "per_device_train_batch_size": 4},
-            },
+            "lora": short_lora(2),
             "merge": {"type": "MergeAdapterWeights"},
         },
         "cache_dir": "cache",
