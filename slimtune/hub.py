@@ -19,6 +19,8 @@ from pathlib import Path
 
 from slimtune.errors import UserError
 
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^(?:hf://)?(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
 
@@ -48,34 +50,58 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
+class HubUnreachable(UserError):
+    """The hub endpoint cannot be reached (a cached copy may still serve)."""
+
+
 @functools.lru_cache(maxsize=64)
 def commit_of(repo_id: str, revision: str | None, repo_type: str = "model") -> str:
-    """The commit sha `revision` (default: main) of a repository points at now; offline, the one the local
-    cache recorded."""
-    from huggingface_hub import HfApi, constants
+    """The commit sha `revision` (default: main) of a repository points at now; offline, or when the hub cannot
+    be reached, the one the local cache recorded (said in the log)."""
+    from huggingface_hub import HfApi
 
     what = f"{repo_id}@{revision}" if revision else repo_id
     revision = revision or "main"
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
+    ref = _ref_file(repo_id, revision, repo_type)
     if is_offline():
-        folder = f"{repo_type}s--{repo_id.replace('/', '--')}"
-        ref = Path(constants.HF_HUB_CACHE, folder, "refs", revision)
         if not ref.is_file():
             kind = "hub model" if repo_type == "model" else "hub data set"
             raise UserError(
                 f"{kind} {what}: offline mode (HF_HUB_OFFLINE) is on and the local cache "
-                f"({constants.HF_HUB_CACHE}) has no copy of it; download it once with the network"
+                f"({ref.parents[2]}) has no copy of it; download it once with the network"
             )
         return ref.read_text().strip()
-    with hub_errors(what, repo_type):
-        sha = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
-    # remembered where huggingface_hub keeps it (refs/<revision> holds the commit), for offline mode
-    ref = Path(constants.HF_HUB_CACHE, f"{repo_type}s--{repo_id.replace('/', '--')}", "refs", revision)
-    with contextlib.suppress(OSError):
+    try:
+        with hub_errors(what, repo_type):
+            sha = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+    except HubUnreachable as err:
+        if not ref.is_file():
+            raise
+        sha = ref.read_text().strip()
+        log.warning("%s; using the copy in the local cache (commit %s)", err, sha)
+        return sha
+    with contextlib.suppress(OSError):  # where huggingface_hub keeps it too: for offline mode
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(sha)
     return sha
+
+
+def cached_commit(repo_id: str, revision: str | None, repo_type: str = "model") -> str | None:
+    """The commit the local hub cache recorded for `revision`, None when it has none."""
+    revision = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    ref = _ref_file(repo_id, revision, repo_type)
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def _ref_file(repo_id: str, revision: str, repo_type: str) -> Path:
+    """`refs/<revision>` of a repository in the hub cache: the commit the revision last resolved to."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE, f"{repo_type}s--{repo_id.replace('/', '--')}", "refs", revision)
 
 
 def is_offline() -> bool:
@@ -116,7 +142,8 @@ def hub_errors(what: str, repo_type: str = "model") -> Iterator[None]:
             if is_offline()
             else f"{endpoint()} cannot be reached (set HF_ENDPOINT for a mirror)"
         )
-        raise UserError(f"{kind} {what}: {reason}, and the local cache has no copy of it") from None
+        error = UserError if is_offline() else HubUnreachable
+        raise error(f"{kind} {what}: {reason}, and the local cache has no copy of it") from None
     except errors.HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         if status in (401, 403):
@@ -132,7 +159,7 @@ def hub_errors(what: str, repo_type: str = "model") -> Iterator[None]:
     except Exception as err:  # the transport's own errors (httpx), or OSError / ConnectionError
         if not isinstance(err, OSError) and not type(err).__module__.startswith(("httpx", "httpcore")):
             raise
-        raise UserError(f"{kind} {what}: {endpoint()} cannot be reached ({_first_line(err)})") from None
+        raise HubUnreachable(f"{kind} {what}: {endpoint()} cannot be reached ({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -139,6 +139,15 @@ def test_offline_mode_uses_the_local_copy(hub, model_files, hf_home, tmp_path):
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     offline = keys(config, hub, hf_home, tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT=closed)
     assert offline == online and len(hub.requests) == seen
+    assert keys(config, hub, hf_home, tmp_path, HF_ENDPOINT=closed) == online  # unreachable: the cached copy
+    unreachable = slimtune(
+        ["-m", "slimtune", "validate", str(config)], hub, hf_home, tmp_path, HF_ENDPOINT=closed
+    )
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert (
+        f"{closed} cannot be reached" in unreachable.stderr
+        and "using the copy in the local cache" in unreachable.stderr
+    )
     validate = slimtune(
         ["-m", "slimtune", "validate", str(config)], hub, hf_home, tmp_path, HF_HUB_OFFLINE="1"
     )

@@ -10,11 +10,14 @@ moved is a new input.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from slimtune.errors import ModelError
-from slimtune.hub import hub_errors, is_offline, parse_name
+from slimtune.hub import HubUnreachable, cached_commit, hub_errors, is_offline, parse_name
+
+log = logging.getLogger(__name__)
 
 __all__ = ["check_model", "download_model", "origin", "parse_name"]
 
@@ -59,13 +62,20 @@ def check_model(repo_id: str, revision: str | None, *, allow_pickle: bool = Fals
     from huggingface_hub import HfApi, snapshot_download
 
     what = f"{repo_id}@{revision}" if revision else repo_id
-    with hub_errors(what, "model"):
-        if is_offline():
-            snapshot_download(
-                repo_id, revision=revision, local_files_only=True, allow_patterns=["config.json"]
-            )
-            return
-        files = set(HfApi().list_repo_files(repo_id, revision=revision))
+    try:
+        with hub_errors(what, "model"):
+            if is_offline():
+                snapshot_download(
+                    repo_id, revision=revision, local_files_only=True, allow_patterns=["config.json"]
+                )
+                return
+            files = set(HfApi().list_repo_files(repo_id, revision=revision))
+    except HubUnreachable as err:  # a copy in the hub cache serves (snapshot_download falls back to it too)
+        commit = cached_commit(repo_id, revision)
+        if commit is None or not (Path(_snapshots(repo_id)) / commit / "config.json").is_file():
+            raise
+        log.warning("%s; using the copy in the local cache (commit %s)", err, commit)
+        return
     if "config.json" not in files:
         raise ModelError(f"hub model {what} has no config.json, so it is not a Hugging Face model")
     if not any(f.endswith(".safetensors") and "/" not in f for f in files):
@@ -77,3 +87,9 @@ def check_model(repo_id: str, revision: str | None, *, allow_pickle: bool = Fals
                 f"hub model {what} has only pickled weights ({', '.join(sorted(pickled))}), which can run code "
                 "when loaded; allow them with input_model.load_kwargs.use_safetensors: false if you trust them"
             )
+
+
+def _snapshots(repo_id: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE, f"models--{repo_id.replace('/', '--')}", "snapshots")
