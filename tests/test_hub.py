@@ -238,3 +238,12 @@ def test_an_unknown_hub_data_set_or_split_is_named(hub, hf_home, tmp_path):
     config = write_config(tmp_path, "org/tiny", {"data_name": "org/emotion", "split": "test"})
     err = failure(slimtune(["-m", "slimtune", "validate", str(config)], hub, hf_home, tmp_path))
     assert "hub data set org/emotion" in err and "test" in err
+
+
+def test_a_hub_name_like_a_known_model_is_the_hub_model(hub, model_files, hf_home, tmp_path):
+    """`org/SmolLM2-135M-Instruct` is asked of the hub, not taken for a typo of the known smollm2-135m-instruct."""
+    hub.add("HuggingFaceTB/SmolLM2-135M-Instruct", model_files)
+    config = write_config(tmp_path, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    done = slimtune(["-m", "slimtune", "validate", str(config)], hub, hf_home, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert any(r.startswith("GET /api/models/HuggingFaceTB/SmolLM2-135M-Instruct/") for r in hub.requests)

@@ -147,13 +147,13 @@ def check_input_model(loaded: LoadedConfig) -> Path | None:
         from slimtune.hub import parse_name
         from slimtune.models.hub import check_model
 
-        hint = did_you_mean(folder.name)
-        if hint:
-            raise ModelError(f"input_model.model_path: model folder {folder} does not exist; {hint}")
         hub_name = parse_name(path)
         if hub_name:  # asked of the hub (exists, readable, a model); downloaded when the run starts
             check_model(hub_name[0], hub_name[1] or model.load_kwargs.revision, allow_pickle=allow_pickle)
             return None
+        hint = did_you_mean(folder.name)
+        if hint:
+            raise ModelError(f"input_model.model_path: model folder {folder} does not exist; {hint}")
     from slimtune.models.loading import input_model_folder
 
     resolved = input_model_folder(model, loaded.config.azureml_client)
