@@ -163,8 +163,6 @@ def test_remote_data_that_cannot_be_read_is_named(files, expected, tmp_path, mon
     listening.close()
 
 
-def test_hub_data_name_is_not_implemented():
-    with pytest.raises(
-        UserError, match=r"data_name: remote data \(tatsu-lab/alpaca\) is not implemented yet"
-    ):
-        load(data_name="tatsu-lab/alpaca")
+def test_a_data_name_that_is_neither_a_builder_nor_a_hub_name():
+    with pytest.raises(UserError, match=r"data_name 'xml' is neither a file type .* nor a hub data set name"):
+        load(data_name="xml")

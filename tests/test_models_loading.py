@@ -90,12 +90,6 @@ def test_pickled_weights_refused_unless_allowed(tmp_path):
     assert resolve_model(str(tmp_path), allow_pickle=True) == tmp_path.resolve()
 
 
-def test_hub_name_is_not_fetched(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelError, match="no network access to a model hub.*Prepare the model locally"):
-        resolve_model("microsoft/Phi-3-mini-4k-instruct")
-
-
 @pytest.mark.parametrize(
     "path, needs",
     [
@@ -107,17 +101,6 @@ def test_remote_stores_are_not_implemented_yet(path, needs):
     with pytest.raises(UserError, match=f"remote models are not implemented yet.*{needs}") as info:
         resolve_model(path)
     assert not isinstance(info.value, ModelError) and path in str(info.value)
-
-
-def test_azureml_resource_dict():
-    resource = {
-        "type": "azureml_registry_model",
-        "config": {"name": "Phi-3-mini-4k-instruct", "registry_name": "azureml", "version": "7"},
-    }
-    with pytest.raises(
-        UserError, match="azureml_registry_model .*Phi-3-mini-4k-instruct.*not implemented yet"
-    ):
-        resolve_model(resource)
 
 
 def test_a_plain_file_is_not_a_model(tmp_path):

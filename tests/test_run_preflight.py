@@ -24,11 +24,6 @@ def test_azure_system_fails_at_once_naming_what_is_missing(capsys):
 @pytest.mark.parametrize(
     ("section", "value", "expected"),
     [
-        (
-            "model",
-            {"type": "azureml_registry_model", "name": "m", "registry_name": "r", "version": 1},
-            "Azure ML",
-        ),
         ("model", "s3://bucket/model", "no AWS credential"),
         (
             "data",

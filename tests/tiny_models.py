@@ -86,3 +86,20 @@ def make_tiny_model(arch: str, folder: str | Path, *, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_mlflow_model(hf_folder: str | Path, folder: str | Path) -> Path:
+    """What `mlflow.transformers.save_model` writes for the model in `hf_folder` (MLmodel, model/,
+    components/tokenizer/): the folder an MLflow-format (PyTorch.MLflow) model arrives as."""
+    import mlflow.transformers
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_folder)
+    mlflow.transformers.save_model(
+        {"model": model, "tokenizer": tokenizer},
+        str(folder),
+        task="text-generation",
+        pip_requirements=["transformers"],  # not inferred: the inference imports torchvision
+    )
+    return Path(folder)

@@ -57,3 +57,14 @@ def generate_onnx(folder: str | Path, n: int = 5) -> list[int]:
         generator.generate_next_token()
         out.append(int(generator.get_next_tokens()[0]))
     return out
+
+
+def short_lora(max_steps: int = 1, data: str = "emotion") -> dict[str, Any]:
+    """A LoRA pass that trains `max_steps` steps of 4 rows on data config `data` (a quarter held out)."""
+    return {
+        "type": "LoRA",
+        "r": 4,
+        "train_data_config": data,
+        "eval_dataset_size": 0.25,
+        "training_args": {"max_steps": max_steps, "per_device_train_batch_size": 4},
+    }

@@ -17,7 +17,7 @@ REMOTE_PREFIXES = (
     "hf://",
     "gs://",
 )
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")  # org/name[@revision]
 
 
 def is_remote(value: str) -> bool:

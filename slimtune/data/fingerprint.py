@@ -15,6 +15,7 @@ from typing import Any
 
 from slimtune.config.resolve import is_remote
 from slimtune.files import fingerprint, sha256_remembered
+from slimtune.hub import commit_of, parse_name
 
 
 def data_fingerprint(data_config: Any, sidecar: str | Path | None = None) -> str:
@@ -24,6 +25,9 @@ def data_fingerprint(data_config: Any, sidecar: str | Path | None = None) -> str
     load = config.get("load_dataset_config", {})
     digest = hashlib.sha256()
     digest.update(json.dumps(_without_credentials(config), sort_keys=True, default=str).encode())
+    hub_name = parse_name(load.get("data_name") or "")
+    if hub_name:  # a hub data set: the commit its revision points at (a moved branch is new data)
+        digest.update(f"\0hub\0{commit_of(hub_name[0], hub_name[1], 'dataset')}".encode())
     files = load.get("data_files")
     for path in local_files(files):
         digest.update(f"\0{path}\0{file_digest(path, sidecar)}".encode())

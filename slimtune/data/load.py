@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from slimtune.config.resolve import is_remote
 from slimtune.config.schema import LoadDatasetConfig
 from slimtune.errors import DataError, UserError
+from slimtune.hub import commit_of, hub_errors, parse_name
 
 if TYPE_CHECKING:
     import datasets
@@ -48,11 +49,14 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
     """The rows of one data config's `load_dataset_config`: loaded, filtered by `col_filters`, cut to
     `max_samples`. Raises DataError (bad file) or UserError (unsupported source)."""
     if load.data_name not in LOCAL_BUILDERS:
-        _reject_remote(
-            load.data_name,
-            "load_dataset_config.data_name",
-            "a hub data set needs the network; download it and give its files in data_files",
-        )
+        hub_name = parse_name(load.data_name)
+        if hub_name is None:
+            raise UserError(
+                f"load_dataset_config.data_name {load.data_name!r} is neither a file type ({', '.join(LOCAL_BUILDERS)}"
+                ", with data_files) nor a hub data set name (org/name: the hub's data sets without an "
+                "organisation moved under one, e.g. rajpurkar/squad)"
+            )
+        return _cut(load, _load_hub(load, *hub_name), [load.data_name])
     if load.data_files is None:
         raise UserError(
             f"load_dataset_config.data_files is missing: data_name {load.data_name!r} reads local "
@@ -69,11 +73,15 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
     with _named_by_url(paths):
         for path in paths:
             check_file(path, load.data_name)
-        rows = _load(load, files, paths)
-        if len(rows) == 0:
-            raise DataError("the data set has no rows", file=_where(paths))
-        if load.col_filters:
-            rows = _filter(rows, load.col_filters, paths)
+        return _cut(load, _load(load, files, paths), paths)
+
+
+def _cut(load: LoadDatasetConfig, rows: datasets.Dataset, paths: list[str]) -> datasets.Dataset:
+    """The rows `col_filters` keeps, at most `max_samples` of them."""
+    if len(rows) == 0:
+        raise DataError("the data set has no rows", file=_where(paths))
+    if load.col_filters:
+        rows = _filter(rows, load.col_filters, paths)
     if load.max_samples:
         rows = rows.select(range(min(load.max_samples, len(rows))))
     return rows
@@ -265,6 +273,28 @@ def _load(load: LoadDatasetConfig, files: dict[str, list[str]], paths: list[str]
         ):
             check_json(decode_utf8(Path(paths[0]).read_bytes(), paths[0]), paths[0])
         raise DataError(f"could not read as {load.data_name}: {detail}", file=_where(paths)) from err
+
+
+def _load_hub(load: LoadDatasetConfig, repo_id: str, revision: str | None) -> datasets.Dataset:
+    """A hub data set's split, loaded by datasets at the commit its revision points at now (the commit that
+    went into the data fingerprint). Its files stay in the hub's and datasets' caches, so a second run and
+    offline mode (HF_HUB_OFFLINE) read them from there."""
+    import datasets
+
+    if load.data_files is not None:
+        raise UserError(
+            f"load_dataset_config: data_files names local files, but data_name {load.data_name!r} is a hub data "
+            "set; choose its files with subset and split instead"
+        )
+    what = f"{repo_id}@{revision}" if revision else repo_id
+    commit = commit_of(repo_id, revision, "dataset")
+    try:
+        with hub_errors(what, "dataset"), quiet_datasets():
+            return datasets.load_dataset(repo_id, name=load.subset, split=load.split, revision=commit)
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as err:  # an unknown subset or split, files that are not rows
+        raise DataError(f"hub data set {what}: {str(err).strip().splitlines()[0]}") from None
 
 
 def _filter(rows: datasets.Dataset, filters: dict[str, Any], paths: list[str]) -> datasets.Dataset:

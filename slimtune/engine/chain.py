@@ -7,6 +7,8 @@ need, what they produce. It hands each pass a plain-data PassContext, never the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from slimtune.engine.fingerprint import cache_key, hash_sidecar, library_version
 from slimtune.engine.monitor import PeakMemory, Stopwatch
 from slimtune.engine.resources import PassGuard
 from slimtune.files import fingerprint, folder_size
+from slimtune.models.hub import origin
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
@@ -94,16 +97,18 @@ def _input_key(ref: ModelRef, cache: Cache, read_only: bool) -> str:
         key = path.parent.name
         if cache.lookup(key) is not None:
             return key
-    return fingerprint(ref.path, None if read_only else hash_sidecar(cache.root))
+    content = fingerprint(ref.path, None if read_only else hash_sidecar(cache.root))
+    source = origin(ref.path)  # a hub snapshot: the repository and commit too (a moved branch is a new input)
+    if source is None:
+        return content
+    return hashlib.sha256(json.dumps({"content": content, **source}, sort_keys=True).encode()).hexdigest()
 
 
 def input_model(loaded: LoadedConfig) -> ModelRef:
-    from slimtune.models.loading import resolve_model
+    from slimtune.models.loading import input_model_folder
 
     model = loaded.config.input_model
-    allow_pickle = model.load_kwargs.use_safetensors is False  # pickled .bin weights only when asked for
-    kind = "onnx" if model.type == "ONNXModel" else "hf"
-    path = resolve_model(model.model_path, kind=kind, allow_pickle=allow_pickle)
+    path = input_model_folder(model, loaded.config.azureml_client)
     if model.type == "ONNXModel":
         return ModelRef(str(path), "onnx")
     if model.adapter_path:

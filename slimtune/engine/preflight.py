@@ -45,16 +45,11 @@ def check_remote_inputs(loaded: LoadedConfig) -> None:
 
         set_download_root(cfg.cache_dir)
     path = cfg.input_model.model_path
-    if not isinstance(path, str):
-        raise UserError(
-            f"input_model.model_path is an Azure ML resource ({path.type}), which {_NOT_YET}: it needs the "
-            "azure-ai-ml package and a workspace. Download the model and give its local folder."
-        )
-    if is_remote_url(path) and not path.startswith("azureml://registries/"):
+    if isinstance(path, str) and is_remote_url(path) and not path.startswith("azureml://registries/"):
         from slimtune.storage.download import fetch_model
 
         cfg.input_model.model_path = str(fetch_model(path))
-    elif is_remote(path):
+    elif isinstance(path, str) and is_remote(path) and not path.startswith("hf://"):
         raise UserError(
             f"input_model.model_path {path!r} is a remote store, which {_NOT_YET}; give a local path"
         )
@@ -134,8 +129,14 @@ def check_input_model(loaded: LoadedConfig) -> Path | None:
 
     model = loaded.config.input_model
     path = model.model_path
-    if not isinstance(path, str):
-        return None  # check_remote_inputs refused it
+    allow_pickle = model.load_kwargs.use_safetensors is False
+    if not isinstance(
+        path, str
+    ):  # an Azure ML model: its version is looked up, downloaded when the run starts
+        from slimtune.models.azureml import check_model
+
+        check_model(path, loaded.config.azureml_client)
+        return None
     if model.type == "ONNXModel":
         from slimtune.models.loading import check_onnx_model
 
@@ -153,30 +154,34 @@ def check_input_model(loaded: LoadedConfig) -> Path | None:
     folder = Path(path).expanduser()
     if not folder.exists():
         from slimtune.errors import ModelError
+        from slimtune.hub import parse_name
+        from slimtune.models.hub import check_model
 
+        hub_name = parse_name(path)
+        if hub_name:  # asked of the hub (exists, readable, a model); downloaded when the run starts
+            check_model(hub_name[0], hub_name[1] or model.load_kwargs.revision, allow_pickle=allow_pickle)
+            return None
         hint = did_you_mean(folder.name)
         if hint:
             raise ModelError(f"input_model.model_path: model folder {folder} does not exist; {hint}")
-    from slimtune.models.loading import resolve_model
+    from slimtune.models.loading import input_model_folder
 
-    resolved = resolve_model(path, kind="hf", allow_pickle=model.load_kwargs.use_safetensors is False)
-    check_tokenizer_files(loaded)
+    resolved = input_model_folder(model, loaded.config.azureml_client)
+    check_tokenizer_files(loaded, resolved)
     return resolved
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 
-def check_tokenizer_files(loaded: LoadedConfig) -> None:
-    """A Hugging Face model folder given as the input model has readable weights and a tokenizer (without one,
-    the first pass fails inside transformers). GGUF files and known models are checked when resolved."""
+def check_tokenizer_files(loaded: LoadedConfig, folder: Path) -> None:
+    """The input model's Hugging Face folder has readable weights and a tokenizer (without one, the first pass
+    fails inside transformers). GGUF files and known models are checked when resolved."""
     from slimtune.errors import ModelError
 
     model = loaded.config.input_model
-    path = model.model_path
-    if model.type != "HfModel" or not isinstance(path, str) or not Path(path, "config.json").is_file():
+    if model.type != "HfModel" or not Path(folder, "config.json").is_file():
         return
-    folder = Path(path)
     from slimtune.models.loading import check_model_folder
 
     # weights and config.json first: their problems are the more basic ones

@@ -22,6 +22,7 @@ from typing import Any
 
 from slimtune.errors import ModelError, UserError
 from slimtune.models.kind import model_kind
+from slimtune.models.loading import local_model_folder
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef
 
 
@@ -29,6 +30,7 @@ def generate_command(args) -> int:
     folder = Path(args.model)
     if not folder.is_dir():
         raise UserError(f"--model {folder}: no such folder")
+    folder = local_model_folder(folder)  # an MLflow model: the Hugging Face folder inside it
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.input is not None:

@@ -9,19 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
+from slimtune.hub import parse_name
+from slimtune.models.hub import download_model
 from slimtune.models.kind import ADAPTER_CONFIG, model_kind
 from slimtune.models.known import KNOWN_MODELS
+from slimtune.models.mlflow import MLFLOW_FORMAT, HubReference, find_mlmodel
+from slimtune.models.mlflow import hf_folder as mlflow_hf_folder
 from slimtune.models.ref import ModelKind, ModelRef
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _REMOTE = {
     "az://": "reading from Azure storage (azure-storage-blob and credentials)",
     "azureml://": "reading from an Azure ML datastore (azure-ai-ml and credentials)",
@@ -29,19 +31,39 @@ _REMOTE = {
     "gs://": "reading from Google Cloud Storage (google-cloud-storage and credentials)",
     "https://": "downloading over HTTPS",
     "http://": "downloading over HTTP",
-    "hf://": "downloading from a model hub (no machine here reaches one)",
 }
 _REMOTE_RESOURCES = {
-    "azureml_registry_model": "downloading from an Azure ML registry (azure-ai-ml and credentials)",
-    "azureml_model": "downloading from an Azure ML workspace (azure-ai-ml and credentials)",
     "azureml_datastore": "reading from an Azure ML datastore (azure-ai-ml and credentials)",
     "azureml_job_output": "reading an Azure ML job output (azure-ai-ml and credentials)",
 }
 _FIX_REMOTE = "download the model yourself and give its local folder (or a .gguf file) as model_path"
 
 
-def resolve_model(model_path: Any, *, allow_pickle: bool = False, kind: ModelKind | None = None) -> Path:
-    """A local model folder for a known model name, a `.gguf` file or a local folder (checked).
+def input_model_folder(model: Any, azureml_client: Any = None) -> Path:
+    """The local folder of a config's `input_model` (an InputModel), downloaded first when it is a hub id or an
+    Azure ML model; `azureml_client` is the config's, for an azureml_model that names none."""
+    return resolve_model(
+        model.model_path,
+        kind="onnx" if model.type == "ONNXModel" else "hf",
+        allow_pickle=model.load_kwargs.use_safetensors is False,  # pickled .bin weights only when asked for
+        file_format=model.model_file_format,
+        revision=model.load_kwargs.revision,
+        azureml_client=azureml_client,
+    )
+
+
+def resolve_model(
+    model_path: Any,
+    *,
+    allow_pickle: bool = False,
+    kind: ModelKind | None = None,
+    file_format: str | None = None,
+    revision: str | None = None,
+    azureml_client: Any = None,
+) -> Path:
+    """A local model folder for a known model name, a `.gguf` file, a local folder (checked; an MLflow model
+    folder gives the Hugging Face folder inside it), a hub id (downloaded, `revision` unless the id has one) or
+    an Azure ML model resource (downloaded).
 
     `kind`: "hf" accepts only a Hugging Face folder, "onnx" only an ONNX model (folder or .onnx file);
     None accepts either, told apart by config.json vs *.onnx files.
@@ -49,6 +71,11 @@ def resolve_model(model_path: Any, *, allow_pickle: bool = False, kind: ModelKin
     if isinstance(model_path, os.PathLike):
         model_path = os.fspath(model_path)
     if not isinstance(model_path, str):
+        if getattr(model_path, "type", None) in ("azureml_registry_model", "azureml_model"):
+            from slimtune.models import azureml
+
+            folder = azureml.download_model(model_path, azureml_client)
+            return resolve_model(folder, allow_pickle=allow_pickle, kind=kind, file_format=file_format)
         raise _remote_resource(model_path)
     from slimtune.storage import is_remote_url
 
@@ -78,20 +105,36 @@ def resolve_model(model_path: Any, *, allow_pickle: bool = False, kind: ModelKin
 
         return prepared_path(str(path))
     if path.is_dir():
+        if file_format == MLFLOW_FORMAT or (not (path / "config.json").is_file() and find_mlmodel(path)):
+            return _mlflow_model(path, allow_pickle)
         check_model_folder(path, allow_pickle=allow_pickle)
         return path.resolve()
     if path.exists():
         raise ModelError(
             f"model path {path} is a file; give a model folder, a .gguf file or a known model name"
         )
-    if _HUB_NAME.match(model_path) and not model_path.startswith("."):
-        known = ", ".join(sorted(KNOWN_MODELS))
-        raise ModelError(
-            f"model {model_path!r} is not a folder on this machine, and slimtune has no network access to a model "
-            f"hub. Prepare the model locally and give its folder as model_path (or a .gguf file, or a known "
-            f"model: {known})."
-        )
+    hub_name = parse_name(model_path)
+    if hub_name:
+        folder = download_model(hub_name[0], hub_name[1] or revision, allow_pickle=allow_pickle)
+        check_model_folder(folder, allow_pickle=allow_pickle)
+        return folder
     raise ModelError(f"model folder {path} does not exist")
+
+
+def local_model_folder(folder: str | Path) -> Path:
+    """`folder`, or the Hugging Face folder of the MLflow model it holds (for commands given a folder)."""
+    folder = Path(folder)
+    if model_kind(folder) is None and find_mlmodel(folder):
+        return _mlflow_model(folder, allow_pickle=False)
+    return folder
+
+
+def _mlflow_model(path: Path, allow_pickle: bool) -> Path:
+    folder = mlflow_hf_folder(path)
+    if isinstance(folder, HubReference):  # saved without weights: they come from the hub
+        folder = download_model(folder.repo_id, folder.revision, allow_pickle=allow_pickle)
+    check_model_folder(folder, allow_pickle=allow_pickle)
+    return folder
 
 
 def _is_onnx(path: Path) -> bool:
@@ -117,6 +160,7 @@ def model_ref(folder: str | Path) -> ModelRef:
     path = Path(folder)
     if not path.is_dir():
         raise UserError(f"--model {path}: no such folder")
+    path = local_model_folder(path)
     kind = model_kind(path)
     if kind == "adapter":
         return ModelRef(str(path), "adapter", base_path=str(adapter_base(path)))
