@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.config.load import LoadedConfig, PassPlan
-from slimtune.engine.cache import Cache
+from slimtune.engine.cache import Cache, open_cache
 from slimtune.engine.fingerprint import cache_key, hash_sidecar, library_versions
 from slimtune.engine.monitor import PeakMemory, Stopwatch
 from slimtune.engine.resources import PassGuard
@@ -21,6 +21,7 @@ from slimtune.files import fingerprint, folder_size
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
+from slimtune.storage.fs import is_remote_url
 
 
 @dataclass
@@ -78,7 +79,7 @@ def open_session(loaded: LoadedConfig, read_only: bool = False) -> Session:
 
     device, ep = preflight.device_for(loaded)
     ref = input_model(loaded)
-    cache = Cache(loaded.config.cache_dir)
+    cache = open_cache(loaded.config.cache_dir)
     meta = ModelMeta.load(ref.path) or ModelMeta(base_model=_base_name(loaded))
     stage = Stage("input", ref, _input_key(ref, cache, read_only), meta)
     return Session(loaded, cache, library_versions(), device, ep, stage, read_only=read_only)
@@ -144,7 +145,7 @@ def chain_keys(session: Session, plans: list[PassPlan]) -> list[str]:
 def cached_passes(session: Session, plans: list[PassPlan]) -> set[str]:
     """Names of the passes whose output the cache already holds (they need no memory this run)."""
     keys = chain_keys(session, plans)
-    return {plan.name for plan, key in zip(plans, keys, strict=True) if session.cache.lookup(key) is not None}
+    return {plan.name for plan, key in zip(plans, keys, strict=True) if session.cache.has(key)}
 
 
 def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str) -> str:
@@ -158,7 +159,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         input_fingerprint=fingerprint,
         pass_type=spec.type,
         pass_version=spec.version,
-        params=plan.params.model_dump(mode="json"),
+        params=_params(session, plan),  # a token is no input: users with different ones share entries
         data_fingerprints={
             key: data_fingerprint(config, session.hash_sidecar()) for key, config in data.items()
         },
@@ -171,6 +172,13 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
             "load_kwargs": model.load_kwargs.model_dump(mode="json"),
         },
     )
+
+
+def _params(session: Session, plan: PassPlan) -> dict[str, Any]:
+    """The pass's parameters with secrets (tokens, `${ENV}` values) masked."""
+    from slimtune.redact import redact
+
+    return redact(plan.params.model_dump(mode="json"), session.loaded.secrets)
 
 
 def _data_configs(session: Session, spec: PassSpec, plan: PassPlan) -> dict[str, Any]:
@@ -257,7 +265,8 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         advice = spec.memory_advice(
             memory_query(plan, session.loaded, Path(previous.model.path), session.device)
         )
-    watched = [cache.root, Path(session.loaded.config.output_dir)]
+    output_dir = session.loaded.config.output_dir
+    watched = [cache.root] if is_remote_url(output_dir) else [cache.root, Path(output_dir)]
     guard = PassGuard(
         f"passes.{plan.name} ({plan.type})", advice, attempt, watched, folder_size(previous.model.path)
     )
@@ -269,7 +278,7 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         "pass_name": plan.name,
         "pass_type": plan.type,
         "pass_version": spec.version,
-        "params": plan.params.model_dump(mode="json"),
+        "params": _params(session, plan),  # no secrets in cache records (a shared cache publishes them)
         "input": previous.model.to_json(),
         "input_fingerprint": previous.key,
         "kind": produced.kind,
