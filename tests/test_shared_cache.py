@@ -24,7 +24,8 @@ from workflows import emotion_data_config
 from slimtune.engine.lease import Lease
 from slimtune.storage import conditional
 from slimtune.storage.fs import open_filesystem
-from tests.servers import AZURITE_KEY, azurite, moto  # noqa: F401  (pytest fixtures)
+
+pytest_plugins = ["tests.servers"]  # its fixtures: moto, azurite
 
 AWS_KEY_ID = "AKIASLIMTUNESHARED01"  # moto accepts any key; these are distinctive, to be searched for
 AWS_SECRET = "slimtune-shared-cache-secret-key-1234"
@@ -44,7 +45,7 @@ def new_store(kind: str, server, name: str) -> tuple[str, dict[str, str]]:
     if kind == "s3":
         import boto3
 
-        env = s3_env(server)
+        env = {**s3_env(server), "SLIMTUNE_TEST_TOKEN": HUB_TOKEN}
         boto3.client(
             "s3",
             endpoint_url=server.url,
@@ -55,9 +56,14 @@ def new_store(kind: str, server, name: str) -> tuple[str, dict[str, str]]:
         return f"s3://{name}", env
     from azure.storage.blob import BlobServiceClient
 
-    env = dict(server.env)
+    env = {**server.env, "SLIMTUNE_TEST_TOKEN": HUB_TOKEN}
     BlobServiceClient.from_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"]).create_container(name)
     return f"az://{name}", env
+
+
+@pytest.fixture(autouse=True)
+def hub_token(monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_TEST_TOKEN", HUB_TOKEN)
 
 
 @pytest.fixture
@@ -110,3 +116,305 @@ def test_lease_is_taken_once_renewed_and_taken_over_when_expired(kind, request, 
     # the dead holder's lease was replaced: a renewal on its old version fails, so it would not upload
     assert conditional.replace(fs, path, b"{}", second.etag) is None
     winner.release()
+
+
+# ---------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_models import make_tiny_model
+
+    return make_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def write_config(folder: Path, model: Path, cache_dir: str, output_dir: str, name: str = "config") -> Path:
+    """LoRA (a few steps, a `${ENV}` hub token in its arguments) then a merge, on the tiny model."""
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "data_configs": [emotion_data_config(40, max_seq_len=80)],
+        "passes": {
+            "lora": {
+                "type": "LoRA",
+                "r": 4,
+                "alpha": 8,
+                "train_data_config": "emotion",
+                "training_args": {
+                    "max_steps": 4,
+                    "per_device_train_batch_size": 4,
+                    "seed": 1,
+                    "hub_token": "${SLIMTUNE_TEST_TOKEN}",
+                },
+            },
+            "merge": {"type": "MergeAdapterWeights"},
+        },
+        "cache_dir": cache_dir,
+        "output_dir": output_dir,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def pass_keys(config: Path, scratch: Path) -> list[str]:
+    """The cache keys of the config's passes, computed without running anything (they do not depend on
+    cache_dir: a local one is used)."""
+    from slimtune.config.load import load_config
+    from slimtune.engine.chain import chain_keys, open_session
+
+    loaded = load_config(config)
+    loaded.config.cache_dir = str(scratch)
+    return chain_keys(open_session(loaded, read_only=True), loaded.passes)
+
+
+class Run:
+    """One `slimtune run` process with its own SLIMTUNE_HOME (its own mirror: another machine)."""
+
+    def __init__(self, config: Path, home: Path, env: dict[str, str]):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "slimtune", "run", "--config", str(config)],
+            cwd=config.parent,
+            env={
+                **os.environ,
+                **env,
+                "SLIMTUNE_HOME": str(home),
+                "SLIMTUNE_TEST_TOKEN": HUB_TOKEN,
+                "PYTHONUNBUFFERED": "1",
+                "NO_PROXY": "127.0.0.1,localhost",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            self.lines.extend(raw.replace("\r", "\n").splitlines())
+
+    def wait_for(self, text: str, timeout: float = RUN_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"never printed {text!r}:\n{self.output()}")
+            time.sleep(0.05)
+
+    def finish(self) -> int:
+        try:
+            self.proc.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(timeout=10)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-80:])
+
+
+def remote_objects(fs, base: str) -> dict[str, bytes]:
+    return {path[len(base) + 1 :]: fs.cat_file(path) for path in fs.find(base)}
+
+
+def check_remote_cache(fs, base: str, keys: list[str]) -> dict[str, dict]:
+    """Every key has a complete entry (each file as its manifest says) and no lease is left behind."""
+    import hashlib
+
+    objects = remote_objects(fs, base)
+    assert not [name for name in objects if name.endswith("lease.json")], sorted(objects)
+    manifests = {}
+    for key in keys:
+        manifest = json.loads(objects[f"entries/{key}/entry.json"])
+        for name, expected in manifest["files"].items():
+            data = objects[f"entries/{key}/output/{name}"]
+            assert len(data) == expected["size"] and hashlib.sha256(data).hexdigest() == expected["sha256"], (
+                name
+            )
+        manifests[key] = manifest
+    return manifests
+
+
+def model_files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def assert_no_secrets(texts: dict[str, bytes], secrets: list[str]) -> None:
+    leaked = [(name, s) for name, data in texts.items() for s in secrets if s.encode() in data]
+    assert not leaked, f"secrets written: {leaked}"
+
+
+def local_files(*folders: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file()}
+
+
+def test_two_runs_share_an_s3_cache(moto, tiny, tmp_path, in_env):
+    """Both runs wait on a lease the test holds, then race: each entry is computed once, downloaded by the other
+    run; one run publishes to S3, the other to a folder, and the two models are the same bytes."""
+    url, env = new_store("s3", moto, "shared")
+    in_env(env)
+    fs, base = open_filesystem(url)
+    cache = f"{url}/cache"
+    configs = [
+        write_config(tmp_path, tiny, cache, f"{url}/out-a", "a"),
+        write_config(tmp_path, tiny, cache, str(tmp_path / "out-b"), "b"),
+    ]
+    keys = pass_keys(configs[0], tmp_path / "keys")
+    held = f"{base}/cache/entries/{keys[0]}/lease.json"
+    lease = {"owner": "test", "host": "test-host", "pid": 4242, "expires": time.time() + 600}
+    etag = conditional.create(fs, held, json.dumps(lease).encode())
+    assert etag
+
+    runs = [Run(config, tmp_path / f"home-{config.stem}", env) for config in configs]
+    for run in runs:  # each says that it waits, and for whom
+        run.wait_for(f"waiting for another run (pid 4242 on test-host) working on cache entry {keys[0][:12]}")
+    assert conditional.delete(fs, held, etag)
+    for run in runs:
+        assert run.finish() == 0, run.output()
+
+    records = [
+        json.loads(fs.cat_file(f"{base}/out-a/run.json")),
+        json.loads((tmp_path / "out-b/run.json").read_text()),
+    ]
+    for index, key in enumerate(keys):
+        assert [r["passes"][index]["key"] for r in records] == [key, key]
+        hits = sorted(r["passes"][index]["cache_hit"] for r in records)
+        assert hits == [False, True], f"pass {index}: computed by both runs or by neither"
+    computed_lora = runs[[r["passes"][0]["cache_hit"] for r in records].index(False)]
+    other = runs[1 - runs.index(computed_lora)]
+    assert any(f"cache entry {keys[0][:12]}.. uploaded to {cache}" in line for line in computed_lora.lines)
+    assert any(f"cache entry {keys[0][:12]}.. (lora) from {cache}" in line for line in other.lines)
+    check_remote_cache(fs, f"{base}/cache", keys)
+
+    published = {
+        name[len("out-a/model/") :]: data
+        for name, data in remote_objects(fs, base).items()
+        if name.startswith("out-a/model/")
+    }
+    assert published and published == model_files(tmp_path / "out-b" / "model")
+    assert records[0]["final_model"]["path"] == f"{url}/out-a/model"
+    assert records[0]["cache"]["dir"] == cache
+
+    secrets = [AWS_KEY_ID, AWS_SECRET, HUB_TOKEN]
+    assert_no_secrets(remote_objects(fs, base), secrets)
+    assert_no_secrets(local_files(tmp_path / "home-a", tmp_path / "home-b", tmp_path / "out-b"), secrets)
+    assert_no_secrets({"output": "\n".join(r.output() for r in runs).encode()}, secrets)
+
+
+def test_partial_upload_expired_lease_and_corrupted_file_are_not_used(moto, tiny, tmp_path, in_env):
+    """After a first run filled the cache: the LoRA entry loses its manifest (a partial upload) and gets a lease
+    whose holder died; a file of the merge entry is changed on the store. A second machine redoes both entries,
+    saying why, and uploads them anew."""
+    url, env = new_store("s3", moto, "sabotaged")
+    in_env(env)
+    fs, base = open_filesystem(url)
+    config = write_config(tmp_path, tiny, f"{url}/cache", str(tmp_path / "out"))
+    keys = pass_keys(config, tmp_path / "keys")
+    first = Run(config, tmp_path / "home-1", env)
+    assert first.finish() == 0, first.output()
+    entries = f"{base}/cache/entries"
+
+    fs.rm_file(f"{entries}/{keys[0]}/entry.json")  # the files stay: an upload cut short before its manifest
+    dead = {"owner": "gone", "host": "dead-host", "pid": 999, "expires": time.time() - 5}
+    assert conditional.create(fs, f"{entries}/{keys[0]}/lease.json", json.dumps(dead).encode())
+    weights = f"{entries}/{keys[1]}/output/model.safetensors"
+    good = fs.cat_file(weights)
+    bad = good[:-64] + bytes(64)  # same size, other content: only the sha256 tells
+    fs.pipe_file(weights, bad)
+
+    second = Run(config, tmp_path / "home-2", env)
+    assert second.finish() == 0, second.output()
+    text = second.output()
+    assert f"took over the expired lease of pid 999 on dead-host on cache entry {keys[0][:12]}" in text
+    assert f"remote cache entry {keys[1][:12]}.. at {url}/cache/entries/{keys[1]} does not match" in text
+    assert "output/model.safetensors: content differs (sha256)" in text
+    record = json.loads((tmp_path / "out/run.json").read_text())
+    assert [p["cache_hit"] for p in record["passes"]] == [False, False]
+    manifests = check_remote_cache(fs, f"{base}/cache", keys)  # complete again, the bad file replaced
+    final = (tmp_path / "out/model/model.safetensors").read_bytes()
+    assert final != bad and final == fs.cat_file(weights)
+    assert (
+        manifests[keys[1]]["files"]["model.safetensors"]["sha256"]
+        != __import__("hashlib").sha256(bad).hexdigest()
+    )
+
+
+def test_two_runs_share_an_azure_blob_cache(azurite, tiny, tmp_path, in_env):
+    """The same on Azurite, the runs started together with nothing held: whichever takes each lease first
+    computes that entry, the other waits for it and downloads it."""
+    url, env = new_store("az", azurite, "shared")
+    in_env(env)
+    fs, base = open_filesystem(url)
+    configs = [write_config(tmp_path, tiny, f"{url}/cache", str(tmp_path / f"out-{n}"), n) for n in "ab"]
+    keys = pass_keys(configs[0], tmp_path / "keys")
+    runs = [Run(config, tmp_path / f"home-{config.stem}", env) for config in configs]
+    for run in runs:
+        assert run.finish() == 0, run.output()
+    records = [json.loads((tmp_path / f"out-{n}/run.json").read_text()) for n in "ab"]
+    for index in range(len(keys)):
+        hits = sorted(r["passes"][index]["cache_hit"] for r in records)
+        assert hits == [False, True], f"pass {index}: computed by both runs or by neither"
+    check_remote_cache(fs, f"{base}/cache", keys)
+    assert model_files(tmp_path / "out-a/model") == model_files(tmp_path / "out-b/model")
+    key = env["AZURE_STORAGE_CONNECTION_STRING"].split("AccountKey=")[1].split(";")[0]
+    assert_no_secrets(remote_objects(fs, base), [key, HUB_TOKEN])
+    assert_no_secrets(
+        local_files(*(tmp_path / f"{d}-{n}" for d in ("home", "out") for n in "ab")), [key, HUB_TOKEN]
+    )
+
+
+# ---------------------------------------------------------------- mistakes (no training)
+
+
+def validate(config: Path, *extra: str) -> int:
+    from slimtune.cli.main import main
+
+    return main(["validate", str(config), *extra])
+
+
+@pytest.mark.parametrize(
+    "cache_dir, output_dir, key, says",
+    [
+        ("gs://bucket/cache", "out", "cache_dir", "gs:// is not a place to keep results"),
+        ("s3://bucket/cache", "s3://bucket/cache", "output_dir", "are the same place"),
+        ("s3://bucket/cache", "s3://bucket/cache/out", "output_dir", "is inside cache_dir"),
+        ("az://box/run/model/cache", "az://box/run", "cache_dir", "inside output_dir's model/"),
+    ],
+)
+def test_bad_places_are_refused_before_anything_runs(
+    tiny, tmp_path, capsys, cache_dir, output_dir, key, says
+):
+    config = write_config(tmp_path, tiny, cache_dir, output_dir)
+    assert validate(config) == 2
+    err = capsys.readouterr().err
+    assert key in err and says in err and "Traceback" not in err
+
+
+def test_a_bad_command_line_place_is_named(tiny, tmp_path, capsys):
+    config = write_config(tmp_path, tiny, str(tmp_path / "cache"), str(tmp_path / "out"))
+    assert validate(config, "--cache-dir", "https://example.invalid/cache") == 2
+    err = capsys.readouterr().err
+    assert "--cache-dir https://example.invalid/cache: https:// is not a place" in err
+
+
+def test_missing_bucket_and_wrong_key_are_said_before_the_run(moto, azurite, tiny, tmp_path, capsys, in_env):
+    in_env({**s3_env(moto), "SLIMTUNE_TEST_TOKEN": HUB_TOKEN})
+    config = write_config(tmp_path, tiny, "s3://no-such-bucket/cache", str(tmp_path / "out"))
+    assert validate(config) == 2
+    err = capsys.readouterr().err
+    assert "s3://no-such-bucket/cache" in err and "'no-such-bucket' does not exist" in err
+    assert AWS_SECRET not in err
+
+    url, env = new_store("az", azurite, "locked")
+    wrong = env["AZURE_STORAGE_CONNECTION_STRING"].replace("AccountKey=", "AccountKey=AAAA")
+    in_env({**env, "AZURE_STORAGE_CONNECTION_STRING": wrong})
+    config = write_config(tmp_path, tiny, f"{url}/cache", str(tmp_path / "out"))
+    assert validate(config) == 2
+    err = capsys.readouterr().err
+    assert f"{url}/cache" in err and "access denied" in err and "AZURE_STORAGE_CONNECTION_STRING" in err
+    assert not (tmp_path / "out").exists()

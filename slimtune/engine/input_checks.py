@@ -60,18 +60,16 @@ def check_storage_folders(loaded: LoadedConfig) -> None:
         fs, path = open_filesystem(url)
         root = path.split("?", 1)[0].strip("/").split("/", 1)[0]
         try:
-            fs.ls(root, detail=False)
+            fs.info(root)
         except FileNotFoundError:
-            raise StorageError(
-                url, f"{key}: the bucket or container {root!r} does not exist; create it"
-            ) from None
-        except PermissionError:
-            credential = connect(url).credential
-            raise StorageError(url, f"{key}: access denied to {root!r} with {credential}") from None
+            problem = f"the bucket or container {root!r} does not exist; create it"
+            raise StorageError(url, f"{key}: {problem}") from None
         except Exception as err:
-            raise StorageError(
-                url, f"{key}: cannot reach the storage ({type(err).__name__}: {err})"
-            ) from None
+            if isinstance(err, PermissionError) or getattr(err, "status_code", None) in (401, 403):
+                problem = f"access denied to {root!r} with {connect(url).credential}"
+            else:
+                problem = f"cannot reach the storage ({type(err).__name__}: {err})"
+            raise StorageError(url, f"{key}: {problem}") from None
 
 
 def _cached_passes(loaded: LoadedConfig) -> set[str]:
