@@ -240,15 +240,3 @@ class Cache:
         except FileNotFoundError:
             return
         shutil.rmtree(doomed, ignore_errors=True)
-
-
-def open_cache(location: str | Path) -> Cache:
-    """The cache at `location`: a local folder, or an s3:// / az:// / abfs:// URL (a shared cache, mirrored in a
-    local folder: engine/shared_cache.py)."""
-    from slimtune.storage.fs import is_remote_url
-
-    if is_remote_url(str(location)):
-        from slimtune.engine.shared_cache import SharedCache
-
-        return SharedCache(str(location))
-    return Cache(location)

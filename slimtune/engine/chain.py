@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.config.load import LoadedConfig, PassPlan
-from slimtune.engine.cache import Cache, open_cache
+from slimtune.engine.cache import Cache
 from slimtune.engine.fingerprint import cache_key, hash_sidecar, library_versions
 from slimtune.engine.monitor import PeakMemory, Stopwatch
 from slimtune.engine.resources import PassGuard
+from slimtune.engine.shared_cache import open_cache
 from slimtune.files import fingerprint, folder_size
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext

@@ -42,6 +42,13 @@ LEASE = "lease.json"
 POLL_S = 1.0  # how often a waiting run looks whether the entry appeared or the lease expired
 
 
+def open_cache(location: str | Path) -> Cache:
+    """The cache at `location`: a local folder, or an s3:// / az:// / abfs:// URL (a shared cache)."""
+    if "://" in str(location):  # the config's schema admits only those schemes
+        return SharedCache(str(location))
+    return Cache(location)
+
+
 def mirror_root(url: str) -> Path:
     """The local folder mirroring the cache at `url` (the same URL, with or without a query, gets one folder)."""
     from slimtune.models.store import slimtune_home
