@@ -418,3 +418,52 @@ def test_missing_bucket_and_wrong_key_are_said_before_the_run(moto, azurite, tin
     err = capsys.readouterr().err
     assert f"{url}/cache" in err and "access denied" in err and "AZURE_STORAGE_CONNECTION_STRING" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the cache's own operations (no training)
+
+
+def fake_entry(cache, key: str, content: bytes) -> None:
+    """Commit an entry of two files into `cache` (as a pass's run would), holding its lock."""
+    with cache.lock(key):
+        attempt = cache.new_attempt(key)
+        (attempt / "output" / "sub").mkdir()
+        (attempt / "output" / "model.bin").write_bytes(content)
+        (attempt / "output" / "sub" / "config.json").write_text("{}")
+        cache.commit(key, attempt, {"pass_name": "fake", "kind": "hf"})
+
+
+@pytest.mark.parametrize("kind", ["s3", "az"])
+def test_entries_travel_checked_and_a_local_only_entry_is_shared(
+    kind, request, tmp_path, in_env, monkeypatch, capsys
+):
+    from slimtune.engine.shared_cache import SharedCache
+
+    server = request.getfixturevalue("moto" if kind == "s3" else "azurite")
+    url, env = new_store(kind, server, f"entries-{kind}")
+    in_env(env)
+    fs, base = open_filesystem(url)
+    key = "a" * 64
+    monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "machine-1"))
+    fake_entry(SharedCache(url), key, b"weights" * 1000)
+    assert sorted(remote_objects(fs, base)) == [
+        f"entries/{key}/entry.json",
+        f"entries/{key}/output/model.bin",
+        f"entries/{key}/output/sub/config.json",
+    ]
+
+    monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "machine-2"))
+    entry = SharedCache(url).lookup(key)
+    assert entry is not None and (entry.output / "model.bin").read_bytes() == b"weights" * 1000
+    assert str(entry.path).startswith(str(tmp_path / "machine-2" / "remote"))
+    assert SharedCache(url).lookup(key) is not None  # now from the mirror
+
+    fs.rm_file(f"{base}/entries/{key}/entry.json")  # as if machine 1's upload had been cut short
+    monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "machine-3"))
+    assert SharedCache(url).lookup(key) is None  # files without a manifest: absent
+    monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "machine-1"))
+    cache = SharedCache(url)
+    assert [e.key for e in cache.entries()] == [key] and not fs.exists(f"{base}/entries/{key}/entry.json")
+    assert cache.lookup(key) is not None  # a run that hits its mirror puts the entry back on the store
+    assert "uploaded to" in capsys.readouterr().out
+    check_remote_cache(fs, base, [key])

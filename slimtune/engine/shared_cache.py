@@ -66,6 +66,7 @@ class SharedCache(Cache):
         self.base = base.split("?", 1)[0].rstrip("/")
         self._leases: dict[str, Lease] = {}
         self._bad: set[str] = set()  # keys whose remote entry failed its check (reported once)
+        self._shared: set[str] = set()  # keys known to be on the store (or being put there by another run)
         self.root.mkdir(parents=True, exist_ok=True)
         source = self.root / "source.json"
         if not source.exists():  # which remote this folder mirrors, for people looking at ~/.cache
@@ -80,7 +81,34 @@ class SharedCache(Cache):
     # ------------------------------------------------------------ lookups
 
     def lookup(self, key: str, report: bool = True) -> Entry | None:
-        return super().lookup(key, report) or self._download(key, report)
+        entry = super().lookup(key, report)
+        if entry is not None:
+            self._share(entry)
+            return entry
+        return self._download(key, report)
+
+    def entries(self) -> list[Entry]:
+        """The mirror's entries (listing them shares nothing)."""
+        found = [
+            super(SharedCache, self).lookup(p.name, report=False)
+            for p in sorted((self.root / "entries").glob("*"))
+        ]
+        return [entry for entry in found if entry is not None]
+
+    def _share(self, entry: Entry) -> None:
+        """Upload a mirror entry the store lacks (its run was killed before the upload, or the upload failed),
+        under its lease; nothing when another run holds the lease (it computes or uploads the entry)."""
+        if entry.key in self._shared:
+            return
+        self._shared.add(entry.key)
+        if entry.key in self._leases or self.fs.exists(self.remote(entry.key, MANIFEST)):
+            return
+        lease = Lease(self.fs, self.remote(entry.key, LEASE))
+        if lease.try_take()[0]:
+            try:
+                self._upload(entry)
+            finally:
+                lease.release()
 
     def has(self, key: str) -> bool:
         return super().lookup(key, report=False) is not None or self.fs.exists(self.remote(key, MANIFEST))
@@ -115,6 +143,7 @@ class SharedCache(Cache):
                 entry = self._place(key, attempt, info)
             except OSError:  # ... just now
                 return super().lookup(key, report=False)
+            self._shared.add(key)
             print(f"cache entry {key[:12]}.. ({info.get('pass_name', '?')}) from {self.shown}", flush=True)
             return entry
         finally:
@@ -208,4 +237,5 @@ class SharedCache(Cache):
             )
             return
         self._bad.discard(entry.key)
+        self._shared.add(entry.key)
         print(f"cache entry {entry.key[:12]}.. uploaded to {self.shown}", flush=True)
