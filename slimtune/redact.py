@@ -25,7 +25,7 @@ _NOT_SECRET = re.compile(r"^(?:pad|bos|eos|unk|sep|cls|mask|special|max_new|max)
 # secrets carried inside URLs: SAS signatures, presigned S3 query parameters, tokens, user:password@
 _URL_QUERY_SECRET = re.compile(
     r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|access_token"
-    r"|api_?key|code)=)[^&#\s'\"]+"
+    r"|api_?key|code)=)[^&#\s'\":),]+"
 )
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")
 
@@ -66,6 +66,20 @@ def secret_values(data: Any) -> set[str]:
 
     walk(data)
     return found
+
+
+def mask_secret_keys(value: Any) -> Any:
+    """`value` with the strings under credential keys masked, and nothing else changed: what a cache key may
+    hold (a token is who runs, not an input of the computation; masking every known ${ENV} value here could
+    make two different parameters look the same)."""
+    if isinstance(value, dict):
+        return {
+            k: MASK if is_secret_key(k) and isinstance(v, str) and v else mask_secret_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [mask_secret_keys(v) for v in value]
+    return value
 
 
 def redact_url(url: str) -> str:

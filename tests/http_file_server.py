@@ -2,7 +2,7 @@
 
 Serves GET and HEAD for files under ROOT with the headers a download needs to be checked and resumed: ETag (the
 file's MD5), Content-Length, Content-MD5 (base64, as Azure and S3 send it), Accept-Ranges and `Range: bytes=N-`
-(206 Partial Content). RATE > 0 sends at most RATE bytes per second, so a test can kill the server mid-download.
+(206 Partial Content; `bytes=N-M` sends bytes N to M). RATE > 0 sends at most RATE bytes per second, so a test can kill the server mid-download.
 A folder answers with a JSON list of its entries (what an object store's listing gives). Listens on 127.0.0.1 only.
 """
 
@@ -57,20 +57,21 @@ class Handler(BaseHTTPRequestHandler):
         status = 200
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
-            first = rng[len("bytes=") :].split("-")[0]
+            first, _, last = rng[len("bytes=") :].partition("-")
             start = int(first or 0)
             if start >= len(data):
                 self._send(416, b"", "application/octet-stream", body)
                 return
             status = 206
-        part = data[start:]
+            end = min(int(last) + 1, len(data)) if last.strip() else len(data)
+        part = data[start:end] if status == 206 else data
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(part)))
         self.send_header("ETag", f'"{digest.hex()}"')
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{start + len(part) - 1}/{len(data)}")
         else:
             self.send_header("Content-MD5", base64.b64encode(digest).decode())
         self.end_headers()

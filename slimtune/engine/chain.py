@@ -22,6 +22,7 @@ from slimtune.files import fingerprint, folder_size
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
+from slimtune.redact import mask_secret_keys, redact
 from slimtune.storage.fs import is_remote_url
 
 
@@ -160,7 +161,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         input_fingerprint=fingerprint,
         pass_type=spec.type,
         pass_version=spec.version,
-        params=_params(session, plan),  # a token is no input: users with different ones share entries
+        params=mask_secret_keys(plan.params.model_dump(mode="json")),
         data_fingerprints={
             key: data_fingerprint(config, session.hash_sidecar()) for key, config in data.items()
         },
@@ -173,13 +174,6 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
             "load_kwargs": model.load_kwargs.model_dump(mode="json"),
         },
     )
-
-
-def _params(session: Session, plan: PassPlan) -> dict[str, Any]:
-    """The pass's parameters with secrets (tokens, `${ENV}` values) masked."""
-    from slimtune.redact import redact
-
-    return redact(plan.params.model_dump(mode="json"), session.loaded.secrets)
 
 
 def _data_configs(session: Session, spec: PassSpec, plan: PassPlan) -> dict[str, Any]:
@@ -209,7 +203,7 @@ def run_chain(session: Session, plans: list[PassPlan], prefix: str = "", chain: 
 def run_pass(session: Session, plan: PassPlan, previous: Stage) -> tuple[Stage, dict[str, Any]]:
     """The output of one pass on `previous`: from the cache, or run (one process at a time per key)."""
     spec = get_pass(plan.type)
-    params = plan.params.model_dump(mode="json")
+    params = redact(plan.params.model_dump(mode="json"), session.loaded.secrets)
     key = pass_key(session, plan, previous.key, previous.model.kind)
     record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
     cache = session.cache
@@ -279,7 +273,9 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         "pass_name": plan.name,
         "pass_type": plan.type,
         "pass_version": spec.version,
-        "params": _params(session, plan),  # no secrets in cache records (a shared cache publishes them)
+        "params": redact(
+            plan.params.model_dump(mode="json"), session.loaded.secrets
+        ),  # no tokens in the cache
         "input": previous.model.to_json(),
         "input_fingerprint": previous.key,
         "kind": produced.kind,

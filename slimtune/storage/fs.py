@@ -18,50 +18,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from slimtune.errors import UserError
-from slimtune.redact import redact_text, redact_url, remember
+from slimtune.redact import is_secret_key, remember
+from slimtune.storage.base import REMOTE_SCHEMES, StorageError, is_remote_url, quiet_sdk_logs, scheme_of
+
+__all__ = ["REMOTE_SCHEMES", "StorageError", "is_remote_url", "open_filesystem"]
 
 if TYPE_CHECKING:
     import fsspec
 
-REMOTE_SCHEMES = ("http", "https", "s3", "az", "abfs", "abfss", "azureml")
 AZURE_SCHEMES = ("az", "abfs", "abfss")
-_SAS_KEYS = {
-    "sig",
-    "sv",
-    "se",
-    "sp",
-    "sr",
-    "st",
-    "spr",
-    "ss",
-    "srt",
-    "skoid",
-    "sktid",
-    "ske",
-    "skt",
-    "sks",
-    "skv",
-}
-
-
-class StorageError(UserError):
-    """A remote resource could not be read: names the URL (secrets masked) and what to change. Exit code 2."""
-
-    def __init__(self, url: str, message: str):
-        self.url = redact_url(url)
-        super().__init__(redact_text(f"{self.url}: {message}"))
-
-
-def is_remote_url(value: Any) -> bool:
-    """Whether `value` is a URL of a scheme slimtune reads (http(s), s3, az, abfs[s], azureml)."""
-    if not isinstance(value, str) or "://" not in value:
-        return False
-    return value.split("://", 1)[0].lower() in REMOTE_SCHEMES
-
-
-def scheme_of(url: str) -> str:
-    return url.split("://", 1)[0].lower()
 
 
 @dataclass
@@ -73,6 +38,14 @@ class Connection:
     options: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     credential: str = "no credential (anonymous)"
+    endpoint: str = ""  # the service's URL (scheme://host[:port]): named when it cannot be reached
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of the endpoint, for a quick check that something listens there."""
+        parts = urlsplit(self.endpoint)
+        if not parts.hostname:
+            return None
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def open_filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -85,6 +58,7 @@ def open_filesystem(url: str, storage_options: dict | None = None) -> tuple[fssp
 def filesystem(connection: Connection, url: str) -> fsspec.AbstractFileSystem:
     import fsspec
 
+    quiet_sdk_logs()
     try:
         fs = fsspec.filesystem(connection.protocol, skip_instance_cache=True, **connection.options)
         if (
@@ -108,7 +82,7 @@ def filesystem(connection: Connection, url: str) -> fsspec.AbstractFileSystem:
 def connect(url: str, storage_options: dict | None = None) -> Connection:
     """The filesystem protocol, options and path for `url` (no network)."""
     options = dict(storage_options or {})
-    remember(str(v) for k, v in options.items() if isinstance(v, str) and k != "account_name")
+    remember(v for k, v in options.items() if isinstance(v, str) and is_secret_key(k))
     scheme = scheme_of(url)
     if scheme in ("http", "https"):
         return _http(url, options)
@@ -132,7 +106,9 @@ def _http(url: str, options: dict) -> Connection:
     if options.get("headers"):
         kind = "the headers in storage_options"
     options.setdefault("client_kwargs", {}).setdefault("trust_env", True)  # proxies from the environment
-    return Connection("http", options, url, kind)
+    parts = urlsplit(url)
+    endpoint = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    return Connection("http", options, url, kind, endpoint)
 
 
 def _s3(url: str, options: dict) -> Connection:
@@ -158,10 +134,12 @@ def _s3(url: str, options: dict) -> Connection:
         kind = f"the AWS profile {os.environ['AWS_PROFILE']!r} (AWS_PROFILE)"
     else:
         kind = "the default AWS credential chain (profiles, instance role)"
-    return Connection("s3", options, f"{parts.netloc}{parts.path}", kind)
+    service = endpoint or "https://s3.amazonaws.com"
+    return Connection("s3", options, f"{parts.netloc}{parts.path}", kind, service)
 
 
 def _azure(url: str, options: dict) -> Connection:
+    label = options.pop("_credential", None)  # said by the caller (an Azure ML datastore's credential)
     parts = urlsplit(url)
     container, _, host = parts.netloc.partition("@")
     if not container:
@@ -169,8 +147,11 @@ def _azure(url: str, options: dict) -> Connection:
     account = options.get("account_name")
     if host:
         account = account or host.split(".", 1)[0]
-        if ".dfs." not in host and ".blob." not in host and "." in host:
-            options.setdefault("account_host", host.replace(".dfs.", ".blob."))
+        blob_host = host.replace(".dfs.", ".blob.")
+        if "." in host and not blob_host.endswith(
+            ".blob.core.windows.net"
+        ):  # a sovereign cloud, a private host
+            options.setdefault("account_host", blob_host)
     query = dict(parse_qsl(parts.query))
     if "sig" in query and not options.get("sas_token"):
         options["sas_token"] = parts.query
@@ -182,8 +163,8 @@ def _azure(url: str, options: dict) -> Connection:
         options.pop("connection_string", None)
     if credential_given:
         kind = next(
-            label
-            for key, label in (
+            said
+            for key, said in (
                 ("sas_token", "a SAS token" + (" in the URL" if "sig" in query else " from storage_options")),
                 ("account_key", "the account key in storage_options"),
                 ("credential", "the credential in storage_options"),
@@ -218,7 +199,21 @@ def _azure(url: str, options: dict) -> Connection:
     if account and "connection_string" not in options:
         options["account_name"] = account
     path = f"{container}{parts.path}"
-    return Connection("abfs", options, path, kind)
+    return Connection("abfs", options, path, label or kind, _blob_endpoint(options, account))
+
+
+def _blob_endpoint(options: dict, account: str | None) -> str:
+    if options.get("connection_string"):
+        fields = dict(p.split("=", 1) for p in options["connection_string"].split(";") if "=" in p)
+        if fields.get("BlobEndpoint"):
+            return fields["BlobEndpoint"]
+        suffix = fields.get("EndpointSuffix", "core.windows.net")
+        return (
+            f"{fields.get('DefaultEndpointsProtocol', 'https')}://{fields.get('AccountName')}.blob.{suffix}"
+        )
+    if options.get("account_host"):
+        return f"https://{options['account_host']}"
+    return f"https://{account}.blob.core.windows.net" if account else ""
 
 
 def _connection_string_account(value: str) -> str | None:
