@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -409,6 +410,14 @@ def test_missing_bucket_and_wrong_key_are_said_before_the_run(moto, azurite, tin
     err = capsys.readouterr().err
     assert "s3://no-such-bucket/cache" in err and "'no-such-bucket' does not exist" in err
     assert AWS_SECRET not in err
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    in_env({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}"})
+    assert validate(config) == 2
+    err = capsys.readouterr().err
+    assert "s3://no-such-bucket/cache" in err and "connection refused" in err and "Traceback" not in err
 
     url, env = new_store("az", azurite, "locked")
     wrong = env["AZURE_STORAGE_CONNECTION_STRING"].replace("AccountKey=", "AccountKey=AAAA")

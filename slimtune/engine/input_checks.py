@@ -49,27 +49,25 @@ def check_before_run(loaded: LoadedConfig) -> Any:
 
 
 def check_storage_folders(loaded: LoadedConfig) -> None:
-    """A cache_dir or output_dir on object storage: its bucket or container exists and these credentials may list
+    """A cache_dir or output_dir on object storage: its bucket or container exists and these credentials may read
     it (found now, not when the first entry is uploaded after the training)."""
-    from slimtune.storage.fs import StorageError, connect, open_filesystem
+    from slimtune.storage.errors import check_reachable, storage_error
+    from slimtune.storage.fs import StorageError, connect, filesystem
 
     for key in ("cache_dir", "output_dir"):
         url = getattr(loaded.config, key)
         if "://" not in url:
             continue
-        fs, path = open_filesystem(url)
-        root = path.split("?", 1)[0].strip("/").split("/", 1)[0]
+        connection = connect(url)
+        check_reachable(connection, url)  # an unknown host or a refused connection at once
+        root = connection.path.split("?", 1)[0].strip("/").split("/", 1)[0]
         try:
-            fs.info(root)
+            filesystem(connection, url).info(root)
         except FileNotFoundError:
             problem = f"the bucket or container {root!r} does not exist; create it"
             raise StorageError(url, f"{key}: {problem}") from None
         except Exception as err:
-            if isinstance(err, PermissionError) or getattr(err, "status_code", None) in (401, 403):
-                problem = f"access denied to {root!r} with {connect(url).credential}"
-            else:
-                problem = f"cannot reach the storage ({type(err).__name__}: {err})"
-            raise StorageError(url, f"{key}: {problem}") from None
+            raise storage_error(err, url, connection) from None
 
 
 def _cached_passes(loaded: LoadedConfig) -> set[str]:
