@@ -308,41 +308,44 @@ def test_two_runs_share_an_s3_cache(moto, tiny, tmp_path, in_env):
 
 
 def test_partial_upload_expired_lease_and_corrupted_file_are_not_used(moto, tiny, tmp_path, in_env):
-    """After a first run filled the cache: the LoRA entry loses its manifest (a partial upload) and gets a lease
-    whose holder died; a file of the merge entry is changed on the store. A second machine redoes both entries,
-    saying why, and uploads them anew."""
+    """The store holds the LoRA entry's files without a manifest (an upload cut short) and a lease whose holder
+    died, and a merge entry whose weights do not match its manifest. The run redoes both, saying why, and
+    uploads them anew; the bad weights are never used."""
+    import hashlib
+
     url, env = new_store("s3", moto, "sabotaged")
     in_env(env)
     fs, base = open_filesystem(url)
     config = write_config(tmp_path, tiny, f"{url}/cache", str(tmp_path / "out"))
     keys = pass_keys(config, tmp_path / "keys")
-    first = Run(config, tmp_path / "home-1", env)
-    assert first.finish() == 0, first.output()
     entries = f"{base}/cache/entries"
 
-    fs.rm_file(f"{entries}/{keys[0]}/entry.json")  # the files stay: an upload cut short before its manifest
+    fs.pipe_file(f"{entries}/{keys[0]}/output/adapter_model.safetensors", b"half an upload")
     dead = {"owner": "gone", "host": "dead-host", "pid": 999, "expires": time.time() - 5}
     assert conditional.create(fs, f"{entries}/{keys[0]}/lease.json", json.dumps(dead).encode())
+    good, bad = b"w" * 4096, b"w" * 4032 + bytes(64)  # same size, other content: only the sha256 tells
     weights = f"{entries}/{keys[1]}/output/model.safetensors"
-    good = fs.cat_file(weights)
-    bad = good[:-64] + bytes(64)  # same size, other content: only the sha256 tells
     fs.pipe_file(weights, bad)
+    manifest = {
+        "key": keys[1],
+        "pass_name": "merge",
+        "kind": "hf",
+        "files": {"model.safetensors": {"size": len(good), "sha256": hashlib.sha256(good).hexdigest()}},
+    }
+    fs.pipe_file(f"{entries}/{keys[1]}/entry.json", json.dumps(manifest).encode())
 
-    second = Run(config, tmp_path / "home-2", env)
-    assert second.finish() == 0, second.output()
-    text = second.output()
+    run = Run(config, tmp_path / "home", env)
+    assert run.finish() == 0, run.output()
+    text = run.output()
     assert f"took over the expired lease of pid 999 on dead-host on cache entry {keys[0][:12]}" in text
     assert f"remote cache entry {keys[1][:12]}.. at {url}/cache/entries/{keys[1]} does not match" in text
     assert "output/model.safetensors: content differs (sha256)" in text
     record = json.loads((tmp_path / "out/run.json").read_text())
     assert [p["cache_hit"] for p in record["passes"]] == [False, False]
-    manifests = check_remote_cache(fs, f"{base}/cache", keys)  # complete again, the bad file replaced
+    check_remote_cache(fs, f"{base}/cache", keys)  # complete now, each file as its new manifest says
     final = (tmp_path / "out/model/model.safetensors").read_bytes()
-    assert final != bad and final == fs.cat_file(weights)
-    assert (
-        manifests[keys[1]]["files"]["model.safetensors"]["sha256"]
-        != __import__("hashlib").sha256(bad).hexdigest()
-    )
+    assert final == fs.cat_file(weights) and len(final) > len(bad)
+    assert fs.cat_file(f"{entries}/{keys[0]}/output/adapter_model.safetensors") != b"half an upload"
 
 
 def test_two_runs_share_an_azure_blob_cache(azurite, tiny, tmp_path, in_env):
