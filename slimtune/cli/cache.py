@@ -13,7 +13,11 @@ from slimtune.units import fmt_bytes
 
 def register(sub) -> None:
     p = sub.add_parser("cache", help="inspect or clean the pass cache")
-    p.add_argument("--cache-dir", default=".slimtune-cache", help="cache folder (default .slimtune-cache)")
+    p.add_argument(
+        "--cache-dir",
+        default=".slimtune-cache",
+        help="cache folder, or a shared cache URL (its local mirror); default .slimtune-cache",
+    )
     verbs = p.add_subparsers(dest="cache_verb", metavar="VERB")
     ls = verbs.add_parser("ls", help="list cache entries")
     ls.add_argument("--json", action="store_true", help="a JSON list: key, pass_type, size_bytes, ...")
@@ -31,9 +35,9 @@ def register(sub) -> None:
 
 
 def _ls(args) -> int:
-    from slimtune.engine.cache import Cache
+    from slimtune.engine.shared_cache import open_cache
 
-    cache = Cache(args.cache_dir)
+    cache = open_cache(args.cache_dir)  # a shared cache: its local mirror
     rows = [
         {
             "key": e.key,
@@ -64,9 +68,10 @@ def _ls(args) -> int:
 def _verify(args) -> int:
     """Compare every entry's files with its manifest (sizes and sha256) and list the changed ones, with the
     files and their paths, and the entries runs set aside; with --remove, delete them."""
-    from slimtune.engine.cache import Cache, Entry
+    from slimtune.engine.cache import Entry
+    from slimtune.engine.shared_cache import open_cache
 
-    cache = Cache(args.cache_dir)
+    cache = open_cache(args.cache_dir)  # a shared cache: its local mirror
     broken = 0
     folders = sorted((cache.root / "entries").glob("*"))
     for folder in folders:
@@ -98,10 +103,10 @@ def _verify(args) -> int:
 def _clean(args) -> int:
     """Remove leftovers of interrupted passes and changed entries set aside (and, without --partial, the
     entries), then say what went: count and bytes, or that there was nothing to remove."""
-    from slimtune.engine.cache import Cache
+    from slimtune.engine.shared_cache import open_cache
     from slimtune.files import folder_size
 
-    cache = Cache(args.cache_dir)
+    cache = open_cache(args.cache_dir)  # a shared cache: its local mirror
     doomed = [*cache.leftovers(), *cache.set_aside()]
     if not args.partial:
         doomed += [

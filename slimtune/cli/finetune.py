@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from slimtune.config.resolve import resolve_folder
 from slimtune.errors import UserError
 
 EPILOG = """\
@@ -217,7 +218,7 @@ def build_config(args: Any, data: Path, pre: dict[str, Any], out: Path) -> dict[
         },
         "host": "trainer",
         "target": "runtime",
-        "cache_dir": str(Path(args.cache_dir).expanduser().resolve()),
+        "cache_dir": resolve_folder(args.cache_dir),  # a folder, or a shared cache's URL
         "output_dir": str(out),
     }
     if getattr(args, "no_memory_check", False):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from slimtune.config.resolve import resolve_folder
 from slimtune.errors import UserError
 
 PRIORITIES = {
@@ -146,7 +147,7 @@ def build_config(args) -> dict[str, Any]:
         "evaluators": {"optimize": {"metrics": metrics(args, answer is not None)}},
         "evaluator": "optimize",
         "evaluate_input_model": True,
-        "cache_dir": str(Path(args.cache_dir).resolve()),
+        "cache_dir": resolve_folder(args.cache_dir),  # a folder, or a shared cache's URL
         "output_dir": str(Path(args.output_dir).resolve()),
     }
 

@@ -25,15 +25,19 @@ def add_overrides(p) -> None:
 
 def load_with_overrides(args):
     """The config of `args.config` with the command line's overrides applied."""
-    from pathlib import Path
-
     from slimtune.config.load import load_config
+    from slimtune.config.resolve import resolve_folder
+    from slimtune.config.schema import folder_problem
+    from slimtune.errors import UserError
 
     loaded = load_config(args.config)
-    if args.output_dir:
-        loaded.config.output_dir = str(Path(args.output_dir).resolve())
-    if args.cache_dir:
-        loaded.config.cache_dir = str(Path(args.cache_dir).resolve())
+    for key in ("output_dir", "cache_dir"):  # a folder or a storage URL, checked as the config's are
+        value = getattr(args, key)
+        if value:
+            problem = folder_problem(value)
+            if problem:
+                raise UserError(f"--{key.replace('_', '-')} {value}: {problem}")
+            setattr(loaded.config, key, resolve_folder(value))
     if args.no_memory_check:
         loaded.config.skip_memory_check = True
     return loaded

@@ -31,6 +31,15 @@ def resolve_path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def resolve_folder(value: str, base: Path | None = None) -> str:
+    """A cache_dir or output_dir: a storage URL as written (the schema checked its scheme), a local path made
+    absolute against `base` (the config's folder; the working folder for command-line options)."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else ((base or Path.cwd()) / path).resolve())
+
+
 def resolve_model_path(value: str, base: Path) -> tuple[str, str | None]:
     """(resolved path or name, warning). Known model names and hub names stay names."""
     from slimtune.models.known import KNOWN_MODELS
@@ -88,8 +97,8 @@ def resolve_paths(config: Any, plans: list, base: Path) -> list[str]:
             load.data_files = _files(load.data_files, base, warnings, config.azureml_client)
         elif load.data_name not in ("json", "csv", "parquet", "text") and Path(base, load.data_name).exists():
             load.data_name = resolve_path(load.data_name, base)
-    config.cache_dir = resolve_path(config.cache_dir, base)
-    config.output_dir = resolve_path(config.output_dir, base)
+    config.cache_dir = resolve_folder(config.cache_dir, base)
+    config.output_dir = resolve_folder(config.output_dir, base)
     for system in config.systems.values():
         docker = system.aml_docker_config
         if docker and docker.conda_file_path:

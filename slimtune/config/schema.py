@@ -483,6 +483,18 @@ class PassEntry(Strict):
     host: str | None = None
 
 
+FOLDER_SCHEMES = ("s3", "az", "abfs", "abfss")  # object stores cache_dir and output_dir may name
+
+
+def folder_problem(value: str) -> str | None:
+    """Why `value` cannot be a cache_dir or output_dir (None: it can)."""
+    scheme = value.split("://", 1)[0].lower() if "://" in value else None
+    if scheme is None or scheme in FOLDER_SCHEMES:
+        return None
+    schemes = ", ".join(f"{s}://" for s in FOLDER_SCHEMES)
+    return f"{scheme}:// is not a place to keep results; give a local folder or an {schemes} URL"
+
+
 class RunConfig(Strict):
     workflow_id: str | None = None
     input_model: InputModel
@@ -499,8 +511,13 @@ class RunConfig(Strict):
     search_strategy: Literal[False] | SearchStrategy | None = None
     evaluator: str | None = Field(None, description="name of an evaluator in `evaluators`")
     evaluate_input_model: bool = True
-    cache_dir: str = Field(".slimtune-cache", description="pass outputs, keyed by content")
-    output_dir: str = Field("slimtune-output", description="final model/ and run.json")
+    cache_dir: str = Field(
+        ".slimtune-cache",
+        description="pass outputs, keyed by content; a folder, or an s3:// az:// abfs:// URL (a shared cache)",
+    )
+    output_dir: str = Field(
+        "slimtune-output", description="final model/ and run.json; a folder, or an s3:// az:// abfs:// URL"
+    )
     log_severity_level: int = Field(1, ge=0, le=4, description="0 verbose ... 4 fatal")
     skip_memory_check: bool = Field(
         False, description="run even when a pass's memory estimate exceeds the memory available"
@@ -512,6 +529,14 @@ class RunConfig(Strict):
         description="earlier stages (pass names) to publish beside the final model, into output_dir/stages/NAME "
         "(run.json always points to every stage's folder in the cache)",
     )
+
+    @field_validator("cache_dir", "output_dir")
+    @classmethod
+    def _folder_or_bucket(cls, value: str) -> str:
+        problem = folder_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("search_strategy", mode="before")
     @classmethod

@@ -95,6 +95,10 @@ class Cache:
             shutil.rmtree(work, ignore_errors=True)
         return entry
 
+    def has(self, key: str) -> bool:
+        """Whether `lookup(key)` would find the entry (a shared cache answers without downloading it)."""
+        return self.lookup(key) is not None
+
     def problems(self, entry: Entry, contents: bool = True) -> list[str]:
         """How the entry's output differs from its manifest, each with the file's path (entries written before
         manifests: none). Without `contents`, only files whose modification time moved are read."""
@@ -147,6 +151,10 @@ class Cache:
             "size_bytes": sum(f["size"] for f in files.values()),
             "files": files,
         }
+        return self._place(key, attempt, info)
+
+    def _place(self, key: str, attempt: Path, info: dict[str, Any]) -> Entry:
+        """Write `info` as the attempt's entry.json and rename the attempt into entries/<key>."""
         (attempt / "entry.json").write_text(json.dumps(info, indent=2, default=str))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,14 @@ from slimtune.engine.cache import Cache
 from slimtune.engine.fingerprint import cache_key, hash_sidecar, library_versions
 from slimtune.engine.monitor import PeakMemory, Stopwatch
 from slimtune.engine.resources import PassGuard
+from slimtune.engine.shared_cache import open_cache
 from slimtune.files import fingerprint, folder_size
 from slimtune.models.hub import origin
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
 from slimtune.redact import mask_secret_keys, redact
+from slimtune.storage.fs import is_remote_url
 
 
 @dataclass
@@ -82,7 +84,7 @@ def open_session(loaded: LoadedConfig, read_only: bool = False) -> Session:
 
     device, ep = preflight.device_for(loaded)
     ref = input_model(loaded)
-    cache = Cache(loaded.config.cache_dir)
+    cache = open_cache(loaded.config.cache_dir)
     meta = ModelMeta.load(ref.path) or ModelMeta(base_model=_base_name(loaded))
     stage = Stage("input", ref, _input_key(ref, cache, read_only), meta)
     return Session(loaded, cache, library_versions(), device, ep, stage, read_only=read_only)
@@ -150,7 +152,7 @@ def chain_keys(session: Session, plans: list[PassPlan]) -> list[str]:
 def cached_passes(session: Session, plans: list[PassPlan]) -> set[str]:
     """Names of the passes whose output the cache already holds (they need no memory this run)."""
     keys = chain_keys(session, plans)
-    return {plan.name for plan, key in zip(plans, keys, strict=True) if session.cache.lookup(key) is not None}
+    return {plan.name for plan, key in zip(plans, keys, strict=True) if session.cache.has(key)}
 
 
 def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str) -> str:
@@ -263,7 +265,8 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         advice = spec.memory_advice(
             memory_query(plan, session.loaded, Path(previous.model.path), session.device)
         )
-    watched = [cache.root, Path(session.loaded.config.output_dir)]
+    output_dir = session.loaded.config.output_dir
+    watched = [cache.root] if is_remote_url(output_dir) else [cache.root, Path(output_dir)]
     guard = PassGuard(
         f"passes.{plan.name} ({plan.type})", advice, attempt, watched, folder_size(previous.model.path)
     )

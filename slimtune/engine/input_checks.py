@@ -36,6 +36,7 @@ def check_before_run(loaded: LoadedConfig) -> Any:
     from slimtune.engine.memory_check import check_memory
 
     check_plan(loaded)
+    check_storage_folders(loaded)
     preflight.check_systems(loaded)  # what this version cannot run (Azure, remote stores) is said first
     preflight.check_remote_inputs(loaded)
     check_data(loaded)
@@ -47,11 +48,34 @@ def check_before_run(loaded: LoadedConfig) -> Any:
     return preflight.Ready(model, device, ep)
 
 
+def check_storage_folders(loaded: LoadedConfig) -> None:
+    """A cache_dir or output_dir on object storage: its bucket or container exists and these credentials may read
+    it (found now, not when the first entry is uploaded after the training)."""
+    from slimtune.storage.errors import check_reachable, storage_error
+    from slimtune.storage.fs import StorageError, connect, filesystem
+
+    for key in ("cache_dir", "output_dir"):
+        url = getattr(loaded.config, key)
+        if "://" not in url:
+            continue
+        connection = connect(url)
+        check_reachable(connection, url)  # an unknown host or a refused connection at once
+        root = connection.path.split("?", 1)[0].strip("/").split("/", 1)[0]
+        try:
+            filesystem(connection, url).info(root)
+        except FileNotFoundError:
+            problem = f"the bucket or container {root!r} does not exist; create it"
+            raise StorageError(url, f"{key}: {problem}") from None
+        except Exception as err:
+            raise storage_error(err, url, connection) from None
+
+
 def _cached_passes(loaded: LoadedConfig) -> set[str]:
     """Passes whose output the cache holds (they need no memory). Nothing, without computing keys, when the
     cache has no entries (so that a check of a first run writes nothing)."""
     entries = Path(loaded.config.cache_dir) / "entries"
-    if not entries.is_dir() or not any(entries.iterdir()):
+    remote = "://" in loaded.config.cache_dir  # a shared cache: its mirror, then the remote manifests
+    if not remote and (not entries.is_dir() or not any(entries.iterdir())):
         return set()
     from slimtune.engine.chain import cached_passes, open_session
 
@@ -123,6 +147,8 @@ PUBLISHED = ("model", "stages")  # folders of output_dir that a run replaces (en
 def _directory_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
     cfg = loaded.config
     issues = []
+    if "://" in cfg.output_dir or "://" in cfg.cache_dir:
+        return _url_issues(loaded)
     for key in ("output_dir", "cache_dir"):
         path = Path(getattr(cfg, key))
         blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
@@ -166,6 +192,40 @@ def _directory_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
             )
         ]
     return []
+
+
+def _url_issues(loaded: LoadedConfig) -> list[ConfigIssue]:
+    """output_dir and cache_dir where one is a storage URL: the same placement rules as for folders (a local
+    folder and a URL never overlap)."""
+    from pathlib import PurePosixPath
+
+    cfg = loaded.config
+    if "://" not in cfg.output_dir or "://" not in cfg.cache_dir:
+        return []
+
+    def place(url: str) -> PurePosixPath:
+        scheme, rest = url.split("?", 1)[0].split("://", 1)
+        return PurePosixPath("/", scheme.lower(), *rest.strip("/").split("/"))
+
+    output, cache = place(cfg.output_dir), place(cfg.cache_dir)
+    if output == cache:
+        problem, key = (
+            f"output_dir and cache_dir are the same place ({cfg.output_dir}); give them different ones",
+            "output_dir",
+        )
+    elif cache in output.parents:
+        problem, key = (
+            f"output_dir {cfg.output_dir} is inside cache_dir {cfg.cache_dir}; give it a place outside",
+            "output_dir",
+        )
+    elif any(output / name in (cache, *cache.parents) for name in PUBLISHED):
+        problem = (
+            f"cache_dir {cfg.cache_dir} is inside output_dir's model/ or stages/, which every run replaces"
+        )
+        key = "cache_dir"
+    else:
+        return []
+    return [ConfigIssue(_original(loaded, (key,)), problem)]
 
 
 def _provider_issues(loaded: LoadedConfig) -> list[ConfigIssue]:

@@ -15,11 +15,13 @@ from slimtune.config.load import LoadedConfig
 from slimtune.engine.chain import Outcome, Session, cached_passes, open_session, run_chain
 from slimtune.engine.evaluation import evaluate_chain, plan_evaluation, print_stage_table
 from slimtune.engine.memory_check import check_memory
+from slimtune.engine.remote_output import staging_dir, upload_output, url_of
 from slimtune.engine.resources import named_error
 from slimtune.errors import EXIT_GOALS, EXIT_OK
 from slimtune.files import folder_size, write_json_atomic
 from slimtune.models.ref import ModelRef
 from slimtune.report.view import model_label
+from slimtune.storage.fs import is_remote_url
 from slimtune.units import fmt_bytes
 
 
@@ -63,7 +65,12 @@ def finish(session: Session, outcome: Outcome) -> int:
     loaded, cfg = session.loaded, session.loaded.config
     records, current = outcome.chain.records, outcome.chain.final
     goals_met = all(g["met"] for g in outcome.goals) if outcome.goals else None  # None: no goal was set
-    output_dir = Path(cfg.output_dir)
+    remote = is_remote_url(cfg.output_dir)  # published into a staging folder, uploaded at the end
+    output_dir = staging_dir(cfg.output_dir) if remote else Path(cfg.output_dir)
+
+    def shown(path: Path) -> str:  # where the user finds it
+        return url_of(path, output_dir, cfg.output_dir) if remote else str(path)
+
     final = publish_model(current, output_dir / "model")
     stages = [
         {
@@ -77,9 +84,10 @@ def finish(session: Session, outcome: Outcome) -> int:
     ]
     for stage in stages:
         if stage["name"] in cfg.publish:
-            stage["published"] = str(
-                publish_model(ModelRef(stage["path"], stage["kind"]), _stage_dir(cfg, stage))
+            published = publish_model(
+                ModelRef(stage["path"], stage["kind"]), output_dir / "stages" / stage["name"]
             )
+            stage["published"] = shown(published)
     from slimtune.engine.advice import diagnose_run, format_diagnosis
 
     diagnosis = diagnose_run(loaded, records, outcome.evaluation)  # a fine-tune that did not learn: why
@@ -114,14 +122,20 @@ def finish(session: Session, outcome: Outcome) -> int:
         "diagnosis": diagnosis,
         "stages": stages,
         **outcome.extra,
-        "final_model": {"path": str(final), "kind": current.kind, "size_bytes": folder_size(final)},
+        "final_model": {"path": shown(final), "kind": current.kind, "size_bytes": folder_size(final)},
+        "cache": {
+            "dir": cfg.cache_dir,
+            "local": str(session.cache.root),
+        },  # local: the mirror of a shared cache
     }
     from slimtune.redact import redact as redact_secrets
 
     record = redact_secrets(record, loaded.secrets)  # tokens and ${ENV} values: not in run.json or reports
     write_json_atomic(output_dir / "run.json", record)
     _write_reports(output_dir, record)
-    print_summary(records, final, record["input_model"])
+    if remote:
+        upload_output(output_dir, cfg.output_dir)
+    print_summary(records, shown(final), record["input_model"])
     if outcome.evaluation:
         print_stage_table(outcome.evaluation["stages"], outcome.goals, outcome.evaluation["data"]["source"])
     if diagnosis:
@@ -134,10 +148,6 @@ def finish(session: Session, outcome: Outcome) -> int:
         print(f"\n{len(missed)} goal{'s' if len(missed) > 1 else ''} not met: exit code {EXIT_GOALS}")
         return EXIT_GOALS
     return EXIT_OK
-
-
-def _stage_dir(cfg: Any, stage: dict[str, Any]) -> Path:
-    return Path(cfg.output_dir) / "stages" / stage["name"]
 
 
 def _default_goal_missed(goal: dict[str, Any], stages: list[dict[str, Any]], published: list[str]) -> str:
@@ -252,7 +262,7 @@ def model_name(loaded: LoadedConfig) -> str:
 
 
 def print_summary(
-    records: list[dict[str, Any]], final: Path, input_model: dict[str, Any] | None = None
+    records: list[dict[str, Any]], final: Path | str, input_model: dict[str, Any] | None = None
 ) -> None:
     print()
     print(f"{'pass':24} {'type':20} {'cache':6} {'time':>8} {'peak mem':>10} {'size':>10}")
