@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from slimtune.errors import EXIT_GOALS
 from slimtune.systems.azureml.job import PLACEHOLDER
 
-CACHE_ROOT_FILE = "cache_root.txt"  # the job's cache path, so run.json's stage paths can be rewritten on download
+PATHS_FILE = "job_paths.json"  # the job's cache and output paths, so run.json's paths can be rewritten on download
+EXIT_CODE_FILE = "exit_code.txt"  # slimtune's exit code in the job: goals not met (3) is a result, not a failure
 
 
 def fill_inputs(text: str, inputs: dict[str, str]) -> str:
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         remember([token])
         os.environ["HF_TOKEN"] = token
     output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="slimtune-cache-"))
     from slimtune.cli.main import main as slimtune
 
@@ -84,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         for entry in entries.iterdir():
             if (entry / "entry.json").is_file():
                 shutil.copytree(entry, target / entry.name, dirs_exist_ok=True)
-        (output / "cache" / CACHE_ROOT_FILE).write_text(str(cache.resolve()))
+    paths = {"cache": str(cache.resolve()), "output": str((output / "output").resolve())}
+    (output / PATHS_FILE).write_text(json.dumps(paths))
+    (output / EXIT_CODE_FILE).write_text(str(code))
     sys.stdout.flush()
-    return code
+    return 0 if code == EXIT_GOALS else code
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Pa
             raise UserError(f"systems.{system_name}.requirements_file: {requirements} does not exist")
         shutil.copy2(requirements, code_dir / "requirements.txt")
     environment = _environment(system_name, system, code_dir)
-    client = system.azureml_client or loaded.config.azureml_client
+    client = system.azureml_client or loaded.config.azureml_client or _datastore_client(loaded.config)
     env_vars = {"SLIMTUNE_REMOTE_SYSTEM": system_name}
     env_vars.update(_env_references(loaded))
     if system.hf_token and client is not None and client.keyvault_name:
@@ -255,6 +255,15 @@ def _inside(path: Path, base: Path) -> Path:
         return path.resolve().relative_to(base.resolve())
     except ValueError:  # outside the config's folder: by name
         return Path(path.name)
+
+
+def _datastore_client(config: Any) -> Any:
+    """The source document names its workspace only in its datastore resources: the job goes to that one."""
+    for data in config.data_configs:
+        files = data.load_dataset_config.data_files
+        if getattr(files, "azureml_client", None) is not None:
+            return files.azureml_client
+    return None
 
 
 def _local_systems(cfg: dict[str, Any]) -> None:
