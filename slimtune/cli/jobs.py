@@ -8,7 +8,9 @@ def register(sub) -> None:
     p.add_argument("action", choices=["status", "logs", "cancel", "download"])
     p.add_argument("name", help="the job's name, as `slimtune run` printed it")
     p.add_argument("--config", help="the run's config: its AzureML system names the workspace")
-    p.add_argument("--output-dir", help="download: where the run's output goes (default: the config's output_dir)")
+    p.add_argument(
+        "--output-dir", help="download: where the run's output goes (default: the config's output_dir)"
+    )
     p.add_argument("--cache-dir", help="download: the local cache (default: the config's cache_dir)")
     p.set_defaults(func=_jobs)
 

@@ -20,15 +20,21 @@ from pathlib import Path
 from slimtune.errors import EXIT_GOALS
 from slimtune.systems.azureml.job import PLACEHOLDER
 
-PATHS_FILE = "job_paths.json"  # the job's cache and output paths, so run.json's paths can be rewritten on download
-EXIT_CODE_FILE = "exit_code.txt"  # slimtune's exit code in the job: goals not met (3) is a result, not a failure
+PATHS_FILE = (
+    "job_paths.json"  # the job's cache and output paths, so run.json's paths can be rewritten on download
+)
+EXIT_CODE_FILE = (
+    "exit_code.txt"  # slimtune's exit code in the job: goals not met (3) is a result, not a failure
+)
 
 
 def fill_inputs(text: str, inputs: dict[str, str]) -> str:
     def value(match) -> str:
         name = match.group(1)
         if name not in inputs:
-            raise SystemExit(f"slimtune job: the config names input `{name}`, which the command does not give")
+            raise SystemExit(
+                f"slimtune job: the config names input `{name}`, which the command does not give"
+            )
         return json.dumps(inputs[name])[1:-1]  # a JSON string's content
 
     return PLACEHOLDER.sub(value, text)

@@ -323,7 +323,7 @@ def default_conda_file() -> str:
         declared = requires("slimtune") or []
     except PackageNotFoundError:
         declared = []
-    pipeline = [r.split(";")[0].strip() for r in declared if "extra == \"pipeline\"" in r]
+    pipeline = [r.split(";")[0].strip() for r in declared if 'extra == "pipeline"' in r]
     pip = "\n".join(f"      - {p}" for p in [*pipeline, *JOB_PACKAGES])
     return (
         "name: slimtune\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
@@ -336,7 +336,9 @@ def _command(inputs: list[JobInput], wheel: str, requirements: bool, hf_token: b
     if requirements:
         steps.append("python -m pip install --quiet -r requirements.txt")
     steps.append(f"python -m pip install --quiet --no-deps --no-index --target {LIB_DIR} {wheel}")
-    run = [f"PYTHONPATH={LIB_DIR}:$PYTHONPATH python -m slimtune.systems.azureml.entry --config {CONFIG_NAME}"]
+    run = [
+        f"PYTHONPATH={LIB_DIR}:$PYTHONPATH python -m slimtune.systems.azureml.entry --config {CONFIG_NAME}"
+    ]
     run += [f"--input {i.name}=${{{{inputs.{i.name}}}}}" for i in inputs]
     run.append(f"--output ${{{{outputs.{OUTPUT}}}}}")
     if hf_token:

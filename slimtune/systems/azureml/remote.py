@@ -79,7 +79,9 @@ def submit_or_attach(ml: Any, job: Any, plan: JobPlan) -> str:
             print(f"submitted Azure ML job {created.name}: {created.studio_url}")
             return created.name
         if existing.status in RUNNING or existing.status == "Completed":
-            print(f"attached to Azure ML job {name} ({existing.status}), started earlier by the same workflow")
+            print(
+                f"attached to Azure ML job {name} ({existing.status}), started earlier by the same workflow"
+            )
             return name
     raise UserError(f"job {plan.name}: 99 earlier attempts failed; look at them in the studio")
 
@@ -153,7 +155,9 @@ def download(ml: Any, name: str, output_dir: Path, cache_dir: Path) -> int:
         ml.jobs.download(name, download_path=tmp, output_name=OUTPUT)
         found = [p for p in Path(tmp).rglob(EXIT_CODE_FILE)]
         if not found:
-            raise UserError(f"Azure ML job {name}: its output holds no slimtune run ({EXIT_CODE_FILE} missing)")
+            raise UserError(
+                f"Azure ML job {name}: its output holds no slimtune run ({EXIT_CODE_FILE} missing)"
+            )
         root = found[0].parent
         place_outputs(root, output_dir, cache_dir)
         code = int((root / EXIT_CODE_FILE).read_text().strip() or 1)

@@ -102,6 +102,9 @@ def print_job(plan: JobPlan, folder: Path) -> Path:
 
     written = yaml.safe_load(path.read_text())
     written["code"] = Path(plan.code_dir).relative_to(folder).as_posix()  # the folder can move as a whole
+    for item in plan.inputs:  # the SDK dumps a local path as `azureml:/path`, which would name an asset
+        if item.local:
+            written["inputs"][item.name]["path"] = item.path
     path.write_text(yaml.safe_dump(written, sort_keys=False))
     return path
 

@@ -29,7 +29,10 @@ def write_wheel(folder: Path) -> Path:
     info = f"slimtune-{slimtune.__version__}.dist-info"
     entries = [(f"slimtune/{p.relative_to(package).as_posix()}", p.read_bytes()) for p in files]
     entries += [
-        (f"{info}/METADATA", f"Metadata-Version: 2.1\nName: slimtune\nVersion: {slimtune.__version__}\n".encode()),
+        (
+            f"{info}/METADATA",
+            f"Metadata-Version: 2.1\nName: slimtune\nVersion: {slimtune.__version__}\n".encode(),
+        ),
         (
             f"{info}/WHEEL",
             b"Wheel-Version: 1.0\nGenerator: slimtune\nRoot-Is-Purelib: true\nTag: py3-none-any\n",

@@ -1,0 +1,259 @@
+"""The Azure ML job of a workflow, built with the real `azure-ai-ml` SDK (no subscription is reachable from here:
+the SDK's own validation and serialisation are the boundary), and its command replayed on this machine with the
+inputs laid out as Azure ML mounts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from workflows import emotion_data_config
+
+from slimtune.cli.main import main
+from slimtune.config.load import load_config
+from slimtune.systems.azureml import remote_system
+from slimtune.systems.azureml.job import build_plan
+
+pytest.importorskip("azure.ai.ml", reason="the azureml extra is not installed")  # `make test` installs it
+
+CONFIGS = Path(__file__).parent / "configs"
+CONDA = "name: project_environment\ndependencies:\n  - python=3.11\n  - pip:\n      - peft\n"
+
+
+@pytest.fixture
+def seed_config(tmp_path):
+    """The source document's Azure config, beside the conda.yaml it names."""
+    shutil.copy(CONFIGS / "seed_azure.json", tmp_path / "olive-config.json")
+    (tmp_path / "conda.yaml").write_text(CONDA)
+    return tmp_path / "olive-config.json"
+
+
+def plan_of(path: Path, code: Path):
+    loaded = load_config(path)
+    name, system = remote_system(loaded.config)
+    return build_plan(loaded, name, system, code)
+
+
+def test_seed_azure_config_is_a_command_job_the_sdk_validates(seed_config, tmp_path, monkeypatch):
+    from azure.ai.ml.entities import CommandJob
+
+    from slimtune.systems.azureml.sdk import command_job, validate
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    plan = plan_of(seed_config, tmp_path / "job" / "code")
+    job = command_job(plan)
+    assert isinstance(job, CommandJob)
+    validate(job)  # the SDK's checks: command, environment, every ${{inputs.X}} given
+    rest = job._to_rest_object()  # what create_or_update sends
+    body = json.dumps(rest.as_dict(), default=str)
+    props = rest.properties
+    assert props.compute_id == "Your Azure AI Studio / Azure Machine Learning Service Compute Name"
+    inputs = {name: value.uri for name, value in props.inputs.items()}
+    assert (
+        inputs["model"]
+        == "azureml://registries/azureml-msr/models/microsoft/Phi-3-mini-4k-instruct/versions/11"
+    )
+    assert inputs["data_0"].endswith(
+        "/datastores/workspaceblobstore/paths/Your train_data.json Azure ML Location"
+    )
+    assert "workspaces/Your Azure ML Workspaces name" in inputs["data_0"]  # the datastore's own workspace
+    assert job.environment.image == "Your Azure AI Studio / Azure Machine Learning Service docker"
+    assert job.environment.conda_file["dependencies"][0] == "python=3.11"
+    assert "--hf-token" in props.command and "hf_secret_value_123" not in body
+    assert props.distribution is None and job.resources.instance_count == 1
+    assert props.tags["slimtune_workflow_key"] == plan.key and plan.name == f"slimtune-{plan.key[:32]}"
+    config = json.loads((plan.code_dir / "config.json").read_text())
+    assert config["input_model"]["model_path"] == "{{input:model}}"
+    assert config["data_configs"][0]["load_dataset_config"]["data_files"] == "{{input:data_0}}"
+    assert config["systems"]["aml"]["type"] == "LocalSystem"  # inside the job the run is local
+    assert "host" in config and "cache_dir" not in config and "output_dir" not in config
+    assert (plan.code_dir / "slimtune-0.1.0-py3-none-any.whl").is_file()
+    # the same workflow, built again: the same job (a re-run attaches instead of submitting twice)
+    assert plan_of(seed_config, tmp_path / "again" / "code").name == plan.name
+
+
+def test_print_job_writes_a_folder_load_job_reads(seed_config, tmp_path):
+    from azure.ai.ml import load_job
+
+    folder = tmp_path / "printed"
+    assert main(["run", "--config", str(seed_config), "--print-job", str(folder)]) == 0
+    job = load_job(folder / "job.yml")
+    assert job.code == "code" and (folder / job.code / "config.json").is_file()
+    assert set(job.inputs) == {"model", "data_0"} and "output" in job.outputs
+    assert "slimtune.systems.azureml.entry" in job.command
+    written = yaml.safe_load((folder / "job.yml").read_text())
+    assert written["code"] == "code"  # relative: the folder can move
+    assert written["inputs"]["model"]["path"].startswith("azureml://registries/")
+
+
+def write_azure_config(folder: Path, model: Path, system: dict, **extra) -> Path:
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "data_configs": [emotion_data_config(40)],
+        "systems": {"aml": {"type": "AzureML", "aml_compute": "gpu-cluster", **system}},
+        "host": "aml",
+        "target": "aml",
+        "passes": {
+            "lora": {
+                "type": "LoRA",
+                "r": 4,
+                "alpha": 8,
+                "train_data_config": "emotion",
+                "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
+            },
+            "merge": {"type": "MergeAdapterWeights"},
+        },
+        "evaluate_input_model": False,
+        "cache_dir": "cache",
+        "output_dir": "out",
+        **extra,
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_models import make_tiny_model
+
+    return make_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def test_system_keys_reach_the_job(tiny, tmp_path):
+    from azure.ai.ml import PyTorchDistribution
+
+    from slimtune.systems.azureml.sdk import command_job, validate
+
+    context = tmp_path / "docker"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM python:3.11\n")
+    (tmp_path / "requirements.txt").write_text("peft\n")
+    system = {
+        "accelerators": ["gpu"],
+        "instance_count": 2,
+        "resources": {"shm_size": "16g"},
+        "tags": {"team": "nlp"},
+        "aml_docker_config": {
+            "build_context_path": "docker",
+            "dockerfile": "Dockerfile",
+            "name": "st",
+            "version": 3,
+        },
+        "requirements_file": "requirements.txt",
+    }
+    plan = plan_of(write_azure_config(tmp_path, tiny, system), tmp_path / "job" / "code")
+    job = command_job(plan)
+    validate(job)
+    assert isinstance(job.distribution, PyTorchDistribution) and job.resources.instance_count == 2
+    assert job.resources.shm_size == "16g" and job.tags["team"] == "nlp"
+    assert job.environment.build.path == str(context) and job.environment.version == "3"
+    assert job.command.startswith("python -m pip install --quiet -r requirements.txt")
+    assert (plan.code_dir / "requirements.txt").read_text() == "peft\n"
+    inputs = {i.name: i for i in plan.inputs}
+    assert inputs["model"].path == str(tiny) and inputs["model"].type == "uri_folder"
+    assert inputs["data_0"].type == "uri_file"
+
+
+def test_environment_config_and_default_environment(tiny, tmp_path):
+    from slimtune.systems.azureml.job import DEFAULT_IMAGE
+    from slimtune.systems.azureml.sdk import command_job
+
+    existing = {"aml_environment_config": {"name": "slimtune-gpu", "label": "latest"}}
+    job = command_job(plan_of(write_azure_config(tmp_path, tiny, existing), tmp_path / "a" / "code"))
+    assert job.environment == "azureml:slimtune-gpu@latest"
+    job = command_job(plan_of(write_azure_config(tmp_path, tiny, {}), tmp_path / "b" / "code"))
+    assert job.environment.image == DEFAULT_IMAGE
+    pip = job.environment.conda_file["dependencies"][-1]["pip"]
+    assert any(p.startswith("transformers") for p in pip) and "azure-keyvault-secrets" in pip
+
+
+def test_bad_azure_keys_fail_at_load(tiny, tmp_path, capsys):
+    both = {"aml_docker_config": {"base_image": "x"}, "aml_environment_config": {"name": "e", "version": 1}}
+    path = write_azure_config(tmp_path, tiny, both)
+    assert main(["run", "--config", str(path), "--print-job", str(tmp_path / "j")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "j").exists()
+
+
+def replay(job_yml: Path, mounts: Path) -> subprocess.CompletedProcess:
+    """Run the job's command the way Azure ML does: in a copy of the code folder, each input mounted at a path of
+    its own (a uri_file input is the file itself), `${{inputs.X}}` and `${{outputs.X}}` replaced by those paths,
+    the job's environment variables set, a fresh Python environment with the image's packages (this venv)."""
+    job = yaml.safe_load(job_yml.read_text())
+    work = mounts / "wd"
+    shutil.copytree(job_yml.parent / job["code"], work)
+    command = job["command"]
+    for name, spec in job["inputs"].items():
+        source = Path(spec["path"])
+        mount = mounts / f"INPUT_{name}"
+        if spec["type"] == "uri_file":
+            mount.mkdir(parents=True)
+            mount = mount / source.name
+            shutil.copy(source, mount)
+        else:
+            shutil.copytree(source, mount)
+        command = command.replace(f"${{{{inputs.{name}}}}}", str(mount))
+    output = mounts / "OUTPUT_output"
+    output.mkdir()
+    command = command.replace("${{outputs.output}}", str(output))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # slimtune comes from the job's wheel
+    env.update(job.get("environment_variables") or {})
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
+
+
+def test_job_command_replayed_locally_produces_the_model_and_fills_the_local_cache(tiny, tmp_path):
+    from azure.ai.ml import load_job
+
+    from slimtune.systems.azureml.remote import place_outputs
+
+    path = write_azure_config(tmp_path, tiny, {"accelerators": ["cpu"]})
+    folder = tmp_path / "printed"
+    assert main(["run", "--config", str(path), "--print-job", str(folder)]) == 0
+    assert load_job(folder / "job.yml").inputs["model"].path == str(tiny)  # a local folder the SDK uploads
+    done = replay(folder / "job.yml", tmp_path / "mnt")
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = tmp_path / "mnt" / "OUTPUT_output"
+    assert (output / "exit_code.txt").read_text() == "0"
+    model = output / "output" / "model"
+    assert (model / "config.json").is_file() and list(model.glob("*.safetensors"))
+    record = json.loads((output / "output" / "run.json").read_text())
+    assert [p["name"] for p in record["passes"]] == ["lora", "merge"]
+    # the job ran the wheel in its code folder, not this checkout
+    lib = tmp_path / "mnt" / "wd" / ".slimtune-lib" / "slimtune" / "systems" / "azureml" / "entry.py"
+    assert lib.is_file()
+
+    # brought home: the model into output_dir, the pass outputs into the local cache under the job's keys ...
+    place_outputs(output, tmp_path / "out", tmp_path / "cache")
+    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    local = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert all(s["path"].startswith(str(tmp_path / "cache")) for s in local["stages"][1:])
+    # ... so the same workflow run here finds every pass in the cache
+    config = yaml.safe_load(path.read_text())
+    config["systems"]["aml"] = {"type": "LocalSystem", "accelerators": ["cpu"]}
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(path)]) == 0
+    rerun = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert [p["cache_hit"] for p in rerun["passes"]] == [True, True]
+
+
+def test_data_at_another_path_has_the_same_fingerprint(tmp_path):
+    """The job reads the rows from its mount: the same content must give the same pass keys as here."""
+    from slimtune.data.fingerprint import data_fingerprint
+
+    here, mounted = tmp_path / "here" / "train.jsonl", tmp_path / "mnt" / "INPUT_data_0" / "other.jsonl"
+    for path in (here, mounted):
+        path.parent.mkdir(parents=True)
+        path.write_text('{"text": "a"}\n')
+    config = {"name": "d", "load_dataset_config": {"data_files": str(here)}}
+    moved = {"name": "d", "load_dataset_config": {"data_files": str(mounted)}}
+    assert data_fingerprint(config) == data_fingerprint(moved)
+    mounted.write_text('{"text": "b"}\n')
+    assert data_fingerprint(config) != data_fingerprint(moved)
