@@ -44,7 +44,7 @@ def print_job(loaded: LoadedConfig, system_name: str, system: Any, folder: Path)
     path = write_job(plan, folder)
     print(f"wrote {path} and {plan.code_dir}/ (job {plan.name})")
     print(f"submit it with: az ml job create --file {path}")
-    for name, value in plan.environment_variables.items():
+    for name in plan.environment_variables:
         if name not in ("SLIMTUNE_REMOTE_SYSTEM", "SLIMTUNE_KEYVAULT"):
             print(f"note: ${{{name}}} of the config travels as the job's environment variable {name}")
     return EXIT_OK
