@@ -51,14 +51,16 @@ def print_job(loaded: LoadedConfig, system_name: str, system: Any, folder: Path)
 
 
 def run_remote(loaded: LoadedConfig, system_name: str, system: Any) -> int:
-    from slimtune.systems.azureml.sdk import command_job, validate
+    """The job submitted is the one `--print-job` writes: job.yml read back by the SDK's `load_job`."""
+    from azure.ai.ml import load_job
+
+    from slimtune.systems.azureml.sdk import print_job as write_job
     from slimtune.systems.azureml.workspace import connect
 
     check_remote_config(loaded, system_name, system)
     with tempfile.TemporaryDirectory(prefix="slimtune-job-") as tmp:
         plan = build_plan(loaded, system_name, system, Path(tmp) / "code")
-        job = command_job(plan)
-        validate(job)
+        job = load_job(write_job(plan, Path(tmp)))
         ml = connect(plan.client, plan.compute)  # credentials, workspace, compute: before any upload
         name = submit_or_attach(ml, job, plan)
     return follow(ml, name, loaded)

@@ -65,7 +65,6 @@ def credential() -> Any:
     """Azure's default chain: environment variables, workload and managed identity, the Azure CLI's login ..."""
     from azure.identity import DefaultAzureCredential
 
-    quiet_azure_logs()
     return DefaultAzureCredential()
 
 
@@ -101,6 +100,7 @@ def connect(client: Any, compute: str | None = None) -> Any:
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     subscription, group, workspace = workspace_ids(client)
+    quiet_azure_logs()
     cred = credential()
     check_credential(cred)
     ml = MLClient(cred, subscription, group, workspace)
