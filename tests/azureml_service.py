@@ -78,9 +78,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +142,9 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.service.requests.append((self.command, host, url.path))
-        status, headers, payload = route(self.service, self.command, host, url.path, parse_qs(url.query), body, self.headers)
+        status, headers, payload = route(
+            self.service, self.command, host, url.path, parse_qs(url.query), body, self.headers
+        )
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -156,7 +156,9 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _any
 
 
-ARM = f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{WS}"
+ARM = (
+    f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{WS}"
+)
 JSON = {"Content-Type": "application/json"}
 
 
@@ -196,7 +198,10 @@ def compute(name: str) -> dict[str, Any]:
             "computeType": "AmlCompute",
             "computeLocation": REGION,
             "provisioningState": "Succeeded",
-            "properties": {"vmSize": "Standard_NC24ads_A100_v4", "scaleSettings": {"maxNodeCount": 2, "minNodeCount": 0}},
+            "properties": {
+                "vmSize": "Standard_NC24ads_A100_v4",
+                "scaleSettings": {"maxNodeCount": 2, "minNodeCount": 0},
+            },
         },
     }
 
@@ -209,7 +214,7 @@ def datastore(name: str = "workspaceblobstore") -> dict[str, Any]:
         "properties": {
             "datastoreType": "AzureBlob",
             "accountName": ACCOUNT,
-            "containerName": "azureml-blobstore",
+            "containerName": "azureml" if name == "workspaceartifactstore" else "azureml-blobstore",
             "endpoint": "core.windows.net",
             "protocol": "https",
             "isDefault": True,
@@ -226,7 +231,11 @@ def route(service: Service, method: str, host: str, path: str, query: dict, body
     if host == f"{REGION}.api.azureml.ms":
         return regional(service, method, path, query, body)
     service.unknown.append((method, host, path))
-    return 404, JSON, json.dumps({"error": {"code": "NotFound", "message": f"{method} {host}{path}"}}).encode()
+    return (
+        404,
+        JSON,
+        json.dumps({"error": {"code": "NotFound", "message": f"{method} {host}{path}"}}).encode(),
+    )
 
 
 def arm(service: Service, method: str, path: str, query: dict, body: bytes):
@@ -258,13 +267,18 @@ def arm(service: Service, method: str, path: str, query: dict, body: bytes):
                 "pendingUploadType": "TemporaryBlobReference",
             }
         )
-    found = re.fullmatch(re.escape(ARM) + r"/(codes|environments|data|models)/([^/]+)(/versions/([^/]+))?", path)
+    found = re.fullmatch(
+        re.escape(ARM) + r"/(codes|environments|data|models)/([^/]+)(/versions/([^/]+))?", path
+    )
     if found:
         if method == "PUT":  # an asset (the code snapshot, an environment): kept as given
             data = json.loads(body or b"{}")
             data.update(id=path, name=found.group(4) or found.group(2))
             props = data.get("properties") or {}
-            service.assets[path] = {"body": data, "hash": (props.get("properties") or {}).get("hash") or props.get("hash")}
+            service.assets[path] = {
+                "body": data,
+                "hash": (props.get("properties") or {}).get("hash") or props.get("hash"),
+            }
             return _json(data, 201)
         if path in service.assets:
             return _json(service.assets[path]["body"])
@@ -284,7 +298,9 @@ def arm(service: Service, method: str, path: str, query: dict, body: bytes):
         data = json.loads(body)
         data.update(id=path, name=name)
         data["properties"]["status"] = "Running"
-        data["properties"]["services"] = {"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}", "jobServiceType": "Studio"}}
+        data["properties"]["services"] = {
+            "Studio": {"endpoint": f"https://ml.azure.com/runs/{name}", "jobServiceType": "Studio"}
+        }
         service.jobs[name] = Job(name, data)
         for rel, content in service.outputs.items():
             service.blobs[f"azureml-blobstore/azureml/{name}/output/{rel}"] = content
@@ -298,29 +314,61 @@ def regional(service: Service, method: str, path: str, query: dict, body: bytes)
     """The region's endpoints: discovery (where run history is), run history (a run's details and logs)."""
     base = f"https://{REGION}.api.azureml.ms"
     if path == "/discovery":
-        return _json({"api": base, "catalog": base, "experimentation": base, "gallery": base, "history": base,
-                      "hyperdrive": base, "labeling": base, "modelmanagement": base, "pipelines": base, "studio": "https://ml.azure.com"})
+        return _json(
+            {
+                "api": base,
+                "catalog": base,
+                "experimentation": base,
+                "gallery": base,
+                "history": base,
+                "hyperdrive": base,
+                "labeling": base,
+                "modelmanagement": base,
+                "pipelines": base,
+                "studio": "https://ml.azure.com",
+            }
+        )
     found = re.fullmatch(r"/history/v1\.0" + re.escape(ARM) + r"/runs/([^/]+)/details", path)
     if found and found.group(1) in service.jobs:  # what `jobs.stream` polls: status, log files, error
         job = service.jobs[found.group(1)]
         job_view(service, job)
         log = f"https://{ACCOUNT}.blob.core.windows.net/azureml/ExperimentRun/dcid.{job.name}/user_logs/std_log.txt"
-        details = {"runId": job.name, "status": job.status, "logFiles": {"user_logs/std_log.txt": f"{log}?sv=x"},
-                   "warnings": [], "target": "gpu-cluster", "runDefinition": {}}
+        details = {
+            "runId": job.name,
+            "status": job.status,
+            "logFiles": {"user_logs/std_log.txt": f"{log}?sv=x"},
+            "warnings": [],
+            "target": "gpu-cluster",
+            "runDefinition": {},
+        }
         if job.status == "Failed":
             details["error"] = {"error": {"code": "UserError", "message": service.fail}}
         return _json(details)
     if path == f"/history/v1.0{ARM}/rundata" and method == "POST":  # a run's outputs, as data asset ids
         name = json.loads(body)["runId"]
-        asset = f"azureml://locations/{REGION}/workspaces/ws/data/azureml_{name}_output_data_output/versions/1"
-        outputs = {"output": {"assetId": asset, "type": "uri_folder"}} if name in service.jobs else {}
+        asset = (
+            f"azureml://locations/{REGION}/workspaces/ws/data/azureml_{name}_output_data_output/versions/1"
+        )
+        logs = asset.replace("_output_data_output", "_output_data_default")
+        outputs = {
+            "output": {"assetId": asset, "type": "uri_folder"},
+            "default": {"assetId": logs, "type": "uri_folder"},
+        }
+        outputs = outputs if name in service.jobs else {}
         return _json({"runMetadata": {"runId": name, "outputs": outputs}})
     if path == f"/data/v1.0{ARM}/dataversion/batchGetResolvedUris" and method == "POST":  # asset id -> path
         ids = json.loads(body)["values"]
         uris = {}
         for asset in ids:
-            name = asset.split("/data/azureml_")[1].rsplit("_output_data_", 1)[0]
-            uris[asset] = {"uri": f"azureml://datastores/workspaceblobstore/paths/azureml/{name}/output/", "type": "uri_folder"}
+            name, _, which = (
+                asset.split("/data/azureml_")[1].rsplit("/versions/")[0].rpartition("_output_data_")
+            )
+            uri = (
+                f"azureml://datastores/workspaceblobstore/paths/azureml/{name}/output/"
+                if which == "output"  # the job's output folder; "default": its artifacts (logs)
+                else f"azureml://datastores/workspaceartifactstore/paths/ExperimentRun/dcid.{name}/"
+            )
+            uris[asset] = {"uri": uri, "type": "uri_folder"}
         return _json({"values": uris})
     service.unknown.append((method, f"{REGION}.api.azureml.ms", path))
     return _not_found(path)
@@ -336,8 +384,11 @@ def job_view(service: Service, job: Job) -> dict[str, Any]:
         job.body["properties"]["error"] = {"code": "UserError", "message": service.fail}
     if job.status == "Completed":
         job.body["properties"]["outputs"] = {
-            "output": {"jobOutputType": "uri_folder", "mode": "ReadWriteMount",
-                       "uri": f"azureml://datastores/workspaceblobstore/paths/azureml/{job.name}/output/"}
+            "output": {
+                "jobOutputType": "uri_folder",
+                "mode": "ReadWriteMount",
+                "uri": f"azureml://datastores/workspaceblobstore/paths/azureml/{job.name}/output/",
+            }
         }
     return job.body
 
@@ -376,11 +427,20 @@ def blob(service: Service, method: str, path: str, query: dict, body: bytes, hea
         return 200, xml, listing.encode()
     if method in ("GET", "HEAD"):
         if key not in service.blobs:
-            return 404, {**xml, "x-ms-error-code": "BlobNotFound"}, b'<?xml version="1.0"?><Error><Code>BlobNotFound</Code></Error>'
+            return (
+                404,
+                {**xml, "x-ms-error-code": "BlobNotFound"},
+                b'<?xml version="1.0"?><Error><Code>BlobNotFound</Code></Error>',
+            )
         data = service.blobs[key]
         meta = {f"x-ms-meta-{k}": v for k, v in service.metadata.get(key, {}).items()}
-        head = {"Content-Type": "application/octet-stream", "x-ms-blob-type": "BlockBlob", "ETag": '"1"',
-                "Last-Modified": "Sun, 29 Nov 2026 10:00:00 GMT", **meta}
+        head = {
+            "Content-Type": "application/octet-stream",
+            "x-ms-blob-type": "BlockBlob",
+            "ETag": '"1"',
+            "Last-Modified": "Sun, 29 Nov 2026 10:00:00 GMT",
+            **meta,
+        }
         wanted = headers.get("x-ms-range") or headers.get("Range")
         if wanted and method == "GET":
             start, _, end = wanted.split("=")[1].partition("-")
@@ -410,8 +470,16 @@ class Server:
 
     def env(self) -> dict[str, str]:
         proxy = f"http://127.0.0.1:{self.port}"
-        return {"HTTPS_PROXY": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "http_proxy": proxy,
-                "REQUESTS_CA_BUNDLE": str(self.ca), "SSL_CERT_FILE": str(self.ca), "NO_PROXY": "", "no_proxy": ""}
+        return {
+            "HTTPS_PROXY": proxy,
+            "https_proxy": proxy,
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "REQUESTS_CA_BUNDLE": str(self.ca),
+            "SSL_CERT_FILE": str(self.ca),
+            "NO_PROXY": "",
+            "no_proxy": "",
+        }
 
     def __enter__(self) -> Server:
         self.thread.start()

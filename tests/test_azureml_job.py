@@ -209,37 +209,57 @@ def replay(job_yml: Path, mounts: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
 
 
-def test_job_command_replayed_locally_produces_the_model_and_fills_the_local_cache(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def replayed(tiny, tmp_path_factory):
+    """A workflow printed as a job and its command replayed: (config, job output folder, replay result)."""
+    folder = tmp_path_factory.mktemp("replayed")
+    path = write_azure_config(folder, tiny, {"accelerators": ["cpu"], "azureml_client": WORKSPACE})
+    assert main(["run", "--config", str(path), "--print-job", str(folder / "printed")]) == 0
+    done = replay(folder / "printed" / "job.yml", folder / "mnt")
+    return path, folder / "mnt" / "OUTPUT_output", done
+
+
+WORKSPACE = {
+    "subscription_id": "00000000-0000-0000-0000-000000000001",
+    "resource_group": "rg",
+    "workspace_name": "ws",
+}
+
+
+def test_job_command_replayed_locally_produces_the_model_and_fills_the_local_cache(replayed, tmp_path):
     from azure.ai.ml import load_job
 
     from slimtune.systems.azureml.remote import place_outputs
 
-    path = write_azure_config(tmp_path, tiny, {"accelerators": ["cpu"]})
-    folder = tmp_path / "printed"
-    assert main(["run", "--config", str(path), "--print-job", str(folder)]) == 0
-    assert load_job(folder / "job.yml").inputs["model"].path == str(tiny)  # a local folder the SDK uploads
-    done = replay(folder / "job.yml", tmp_path / "mnt")
+    path, output, done = replayed
+    printed = path.parent / "printed" / "job.yml"
+    assert (
+        load_job(printed).inputs["model"].path
+        == yaml.safe_load(path.read_text())["input_model"]["model_path"]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    output = tmp_path / "mnt" / "OUTPUT_output"
     assert (output / "exit_code.txt").read_text() == "0"
     model = output / "output" / "model"
     assert (model / "config.json").is_file() and list(model.glob("*.safetensors"))
     record = json.loads((output / "output" / "run.json").read_text())
     assert [p["name"] for p in record["passes"]] == ["lora", "merge"]
     # the job ran the wheel in its code folder, not this checkout
-    lib = tmp_path / "mnt" / "wd" / ".slimtune-lib" / "slimtune" / "systems" / "azureml" / "entry.py"
-    assert lib.is_file()
+    assert (
+        path.parent / "mnt" / "wd" / ".slimtune-lib" / "slimtune" / "systems" / "azureml" / "entry.py"
+    ).is_file()
 
     # brought home: the model into output_dir, the pass outputs into the local cache under the job's keys ...
+    config = yaml.safe_load(path.read_text())
+    config.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
     place_outputs(output, tmp_path / "out", tmp_path / "cache")
     assert (tmp_path / "out" / "model" / "config.json").is_file()
     local = json.loads((tmp_path / "out" / "run.json").read_text())
     assert all(s["path"].startswith(str(tmp_path / "cache")) for s in local["stages"][1:])
     # ... so the same workflow run here finds every pass in the cache
-    config = yaml.safe_load(path.read_text())
     config["systems"]["aml"] = {"type": "LocalSystem", "accelerators": ["cpu"]}
-    path.write_text(yaml.safe_dump(config))
-    assert main(["run", "--config", str(path)]) == 0
+    local_config = tmp_path / "config.yaml"
+    local_config.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(local_config)]) == 0
     rerun = json.loads((tmp_path / "out" / "run.json").read_text())
     assert [p["cache_hit"] for p in rerun["passes"]] == [True, True]
 
@@ -257,3 +277,129 @@ def test_data_at_another_path_has_the_same_fingerprint(tmp_path):
     assert data_fingerprint(config) == data_fingerprint(moved)
     mounted.write_text('{"text": "b"}\n')
     assert data_fingerprint(config) != data_fingerprint(moved)
+
+
+# ---------------------------------------------------------------- submit, stream, download through the real SDK
+
+
+class StaticToken:
+    """A bearer token for the stand-in service (which checks none): the one part of Azure's sign-in skipped."""
+
+    def get_token(self, *scopes, **kwargs):
+        import time
+
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("test-token", int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes, **kwargs):
+        import time
+
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo("test-token", int(time.time()) + 3600)
+
+
+@pytest.fixture
+def azure(tmp_path, monkeypatch):
+    """The stand-in Azure ML service (tests/azureml_service.py) on loopback, reached as the SDK's HTTPS proxy."""
+    from azureml_service import Server
+
+    from slimtune.systems.azureml import workspace
+
+    with Server(tmp_path / "certs") as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(workspace, "credential", StaticToken)
+        yield server.service
+
+
+def local_copy(config: Path, folder: Path) -> Path:
+    data = yaml.safe_load(config.read_text())
+    data.update(output_dir=str(folder / "out"), cache_dir=str(folder / "cache"))
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def job_puts(service) -> list[str]:
+    return [p for m, h, p in service.requests if m == "PUT" and "/jobs/" in p]
+
+
+def test_submit_stream_and_download_through_the_sdk(replayed, azure, tmp_path, capsys):
+    config, output, _ = replayed
+    azure.outputs = {
+        p.relative_to(output).as_posix(): p.read_bytes() for p in output.rglob("*") if p.is_file()
+    }
+    azure.log = "[1/2] lora (LoRA)\nslimtune job log: the run is done\n"
+    path = local_copy(config, tmp_path)
+    assert main(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    (name,) = {p.rsplit("/", 1)[1] for p in job_puts(azure)}
+    assert f"submitted Azure ML job {name}: https://ml.azure.com/runs/{name}" in out
+    assert "slimtune job log: the run is done" in out  # streamed from the job's log
+    assert azure.unknown == []  # every request the SDK made is one the stand-in answers
+    # uploaded: the code snapshot (config, wheel), the model and the data as inputs
+    uploaded = "\n".join(azure.blobs)
+    for name_part in (
+        "config.json",
+        "slimtune-0.1.0-py3-none-any.whl",
+        "LocalUpload/",
+        "data.jsonl",
+        "model.safetensors",
+    ):
+        assert name_part in uploaded
+    body = azure.jobs[name].body["properties"]
+    assert body["computeId"].endswith("/computes/gpu-cluster")
+    assert body["inputs"]["model"]["uri"].startswith(
+        "azureml://datastores/workspaceblobstore/paths/LocalUpload/"
+    )
+    # downloaded: the model into output_dir, the job's cache entries into the local cache
+    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    keys = {p.name for p in (output / "cache" / "entries").iterdir()}
+    assert keys and keys == {p.name for p in (tmp_path / "cache" / "entries").iterdir()}
+    # the same workflow again: attached to (and downloaded from) the job it started, not submitted twice
+    assert main(["run", "--config", str(path)]) == 0
+    assert f"attached to Azure ML job {name} (Completed)" in capsys.readouterr().out
+    assert len(job_puts(azure)) == 1
+
+
+def test_failed_job_exits_non_zero_with_the_remote_error(replayed, azure, tmp_path, capsys):
+    config, _, _ = replayed
+    azure.fail = "Execution failed. User process 'python' exited with status code 1."
+    azure.log = "".join(f"line {i}\n" for i in range(40)) + "torch.OutOfMemoryError: CUDA out of memory.\n"
+    path = local_copy(config, tmp_path)
+    assert main(["run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "ended Failed" in err and "exited with status code 1" in err
+    assert "CUDA out of memory" in err and "line 39" in err and "line 5\n" not in err  # the last lines only
+    (name,) = {p.rsplit("/", 1)[1] for p in job_puts(azure)}
+    assert main(["jobs", "status", name, "--config", str(path)]) == 0
+    assert f"{name}: Failed" in capsys.readouterr().out
+
+
+def test_unknown_compute_exits_2_before_any_upload(replayed, azure, tmp_path, capsys):
+    config, _, _ = replayed
+    azure.computes = ["cpu-small", "a100-cluster"]
+    assert main(["run", "--config", str(local_copy(config, tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert "compute 'gpu-cluster' not found" in err and "a100-cluster, cpu-small" in err
+    assert not azure.blobs and not [r for r in azure.requests if r[0] in ("PUT", "POST")]
+
+
+def test_no_credentials_exit_2_before_any_upload(replayed, tmp_path, monkeypatch):
+    """The real credential chain, with nothing to find: the environment and HOME emptied, no Azure CLI."""
+    config, _, _ = replayed
+    path = local_copy(config, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MSI_", "IDENTITY_"))}
+    env.update(HOME=str(tmp_path), PATH=str(Path(sys.executable).parent) + ":/usr/bin:/bin")
+    done = subprocess.run(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no Azure credentials: tried EnvironmentCredential" in done.stderr and "az login" in done.stderr
+    assert "AzureCliCredential" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

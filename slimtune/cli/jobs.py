@@ -20,7 +20,7 @@ def _jobs(args) -> int:
 
     from slimtune.errors import EXIT_OK, UserError
     from slimtune.systems.azureml import remote_system
-    from slimtune.systems.azureml.remote import download, failure_lines, follow, studio
+    from slimtune.systems.azureml.remote import download, failure_lines, follow, status, studio
     from slimtune.systems.azureml.sdk import import_sdk
     from slimtune.systems.azureml.workspace import connect
 
@@ -42,8 +42,8 @@ def _jobs(args) -> int:
     except ResourceNotFoundError:
         raise UserError(f"no Azure ML job {args.name!r} in workspace {ml.workspace_name}") from None
     if args.action == "status":
-        print(f"{job.name}: {job.status} {studio(job)}")
-        for line in failure_lines(ml, job) if job.status in ("Failed", "Canceled") else []:
+        print(f"{job.name}: {status(job)} {studio(job)}")
+        for line in failure_lines(ml, job) if status(job) in ("Failed", "Canceled") else []:
             print(f"  {line}")
         return EXIT_OK
     if args.action == "cancel":

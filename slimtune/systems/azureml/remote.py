@@ -55,12 +55,13 @@ def run_remote(loaded: LoadedConfig, system_name: str, system: Any) -> int:
     from azure.ai.ml import load_job
 
     from slimtune.systems.azureml.sdk import print_job as write_job
-    from slimtune.systems.azureml.workspace import connect
+    from slimtune.systems.azureml.workspace import connect, quiet_azure_logs
 
     check_remote_config(loaded, system_name, system)
     with tempfile.TemporaryDirectory(prefix="slimtune-job-") as tmp:
         plan = build_plan(loaded, system_name, system, Path(tmp) / "code")
         job = load_job(write_job(plan, Path(tmp)))
+        quiet_azure_logs()
         ml = connect(plan.client, plan.compute)  # credentials, workspace, compute: before any upload
         name = submit_or_attach(ml, job, plan)
     return follow(ml, name, loaded)
@@ -80,9 +81,9 @@ def submit_or_attach(ml: Any, job: Any, plan: JobPlan) -> str:
             created = ml.jobs.create_or_update(job)
             print(f"submitted Azure ML job {created.name}: {created.studio_url}")
             return created.name
-        if existing.status in RUNNING or existing.status == "Completed":
+        if status(existing) in RUNNING or status(existing) == "Completed":
             print(
-                f"attached to Azure ML job {name} ({existing.status}), started earlier by the same workflow"
+                f"attached to Azure ML job {name} ({status(existing)}), started earlier by the same workflow"
             )
             return name
     raise UserError(f"job {plan.name}: 99 earlier attempts failed; look at them in the studio")
@@ -91,7 +92,7 @@ def submit_or_attach(ml: Any, job: Any, plan: JobPlan) -> str:
 def follow(ml: Any, name: str, loaded: LoadedConfig | None) -> int:
     """Stream the logs until the job ends (Ctrl-C asks whether to cancel it), then download its outputs."""
     try:
-        stream(ml, name)
+        error = stream(ml, name)
     except KeyboardInterrupt:
         if ask(f"\ncancel Azure ML job {name}? [y/N] "):
             ml.jobs.begin_cancel(name)
@@ -100,9 +101,9 @@ def follow(ml: Any, name: str, loaded: LoadedConfig | None) -> int:
             print(f"job {name} keeps running; `slimtune jobs logs {name}` follows it again")
         return 130
     job = ml.jobs.get(name)
-    if job.status != "Completed":
-        print(f"error: Azure ML job {name} ended {job.status}: {studio(job)}", file=sys.stderr)
-        for line in failure_lines(ml, job):
+    if status(job) != "Completed":
+        print(f"error: Azure ML job {name} ended {status(job)}: {studio(job)}", file=sys.stderr)
+        for line in failure_lines(ml, job, error):
             print(f"  {line}", file=sys.stderr)
         return EXIT_INTERNAL
     if loaded is None:
@@ -111,13 +112,17 @@ def follow(ml: Any, name: str, loaded: LoadedConfig | None) -> int:
     return download(ml, name, Path(cfg.output_dir), Path(cfg.cache_dir))
 
 
-def stream(ml: Any, name: str) -> None:
+def stream(ml: Any, name: str) -> str | None:
+    """Print the job's log as it grows, until the job ends; the error of a failed job."""
     from azure.ai.ml.exceptions import JobException
 
     try:
         ml.jobs.stream(name)
-    except JobException:
-        pass  # a failed job: said by `follow` with the error's last lines
+    except JobException as err:
+        if "streaming for the run interrupted" in err.message:  # the SDK's word for Ctrl-C
+            raise KeyboardInterrupt from None
+        return err.message  # a failed job: `follow` says it with the log's last lines
+    return None
 
 
 def ask(question: str) -> bool:
@@ -129,16 +134,18 @@ def ask(question: str) -> bool:
         return False
 
 
+def status(job: Any) -> str:
+    """The job's status as the studio shows it (the SDK gives an enum or a string)."""
+    return str(getattr(job.status, "value", job.status))
+
+
 def studio(job: Any) -> str:
     return getattr(job, "studio_url", None) or ""
 
 
-def failure_lines(ml: Any, job: Any) -> list[str]:
-    """The job's error, and the last lines of its user log when it can be read."""
-    lines = []
-    error = getattr(job, "error", None) or (job.properties or {}).get("error")
-    if error:
-        lines += str(error).splitlines()
+def failure_lines(ml: Any, job: Any, error: str | None = None) -> list[str]:
+    """The job's error (its messages), and the last lines of its user log when it can be read."""
+    lines = _messages(error) if error else []
     with tempfile.TemporaryDirectory() as tmp:
         try:
             ml.jobs.download(job.name, download_path=tmp, all=False)
@@ -148,6 +155,28 @@ def failure_lines(ml: Any, job: Any) -> list[str]:
         for log in logs[:1]:
             lines += log.read_text(errors="replace").splitlines()[-LAST_LINES:]
     return lines[-2 * LAST_LINES :]
+
+
+def _messages(error: str) -> list[str]:
+    """The `message` fields of the error the SDK reports (JSON after a prefix), else its text."""
+    import json
+
+    try:
+        data = json.loads(error[error.index("{") :])
+    except ValueError:
+        return error.strip().splitlines()
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "message" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+
+    walk(data)
+    return found or error.strip().splitlines()
 
 
 def download(ml: Any, name: str, output_dir: Path, cache_dir: Path) -> int:

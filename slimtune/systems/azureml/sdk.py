@@ -20,6 +20,9 @@ def import_sdk() -> Any:
         raise UserError(
             f"running on Azure ML needs the Azure ML SDK: pip install 'slimtune[azureml]' ({AZURE_PACKAGES})"
         ) from None
+    from slimtune.systems.azureml.workspace import quiet_azure_logs
+
+    quiet_azure_logs()
     return sdk
 
 
@@ -28,6 +31,10 @@ def command_job(plan: JobPlan) -> Any:
     folder, environment, compute, nodes (PyTorch distribution beyond one) and tags."""
     sdk = import_sdk()
     from azure.ai.ml.entities import CommandJob, JobResourceConfiguration
+
+    from slimtune.systems.azureml.workspace import quiet_azure_logs
+
+    quiet_azure_logs()  # the loggers the entities made
 
     inputs = {i.name: sdk.Input(type=i.type, path=i.path, mode=_mode(i)) for i in plan.inputs}
     resources = JobResourceConfiguration(instance_count=plan.instance_count, **_resources(plan.resources))

@@ -72,8 +72,10 @@ def quiet_azure_logs() -> None:
     """The Azure SDK logs every HTTP request at INFO; slimtune's own lines say what happens."""
     import logging
 
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("azure").setLevel(logging.ERROR + 1)  # their failures are ours to say
+    if logging.getLogger().level > logging.DEBUG:  # --debug shows them
+        names = [n for n in logging.root.manager.loggerDict if n.startswith("azure.")]
+        for name in ["azure", *names]:  # some set their own level: each is quieted
+            logging.getLogger(name).setLevel(logging.ERROR + 1)  # their failures are ours to say
 
 
 def check_credential(cred: Any) -> None:
@@ -104,6 +106,7 @@ def connect(client: Any, compute: str | None = None) -> Any:
     cred = credential()
     check_credential(cred)
     ml = MLClient(cred, subscription, group, workspace)
+    quiet_azure_logs()  # the loggers the client made
     try:
         ml.workspaces.get(workspace)
     except ResourceNotFoundError:
