@@ -30,6 +30,7 @@ VERBS = [
     "optimize",
     "report",
     "jobs",
+    "runs",
 ]
 
 
