@@ -20,8 +20,6 @@ from slimtune.config.load import load_config
 from slimtune.systems.azureml import remote_system
 from slimtune.systems.azureml.job import build_plan
 
-pytest.importorskip("azure.ai.ml", reason="the azureml extra is not installed")  # `make test` installs it
-
 CONFIGS = Path(__file__).parent / "configs"
 CONDA = "name: project_environment\ndependencies:\n  - python=3.11\n  - pip:\n      - peft\n"
 

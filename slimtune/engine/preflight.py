@@ -23,10 +23,10 @@ def check_systems(loaded: LoadedConfig) -> None:
         if name is None:
             continue
         system = cfg.systems[name]
-        if system.type == "AzureML":
+        if system.type == "AzureML":  # `slimtune run` sends these to a job (slimtune.systems.azureml)
             raise UserError(
-                f"{role} system `{name}` is AzureML, which {_NOT_YET}: running there needs the azure-ai-ml "
-                f"package, Azure credentials and the workspace named in azureml_client. Point `{role}` at a "
+                f"{role} system `{name}` is AzureML: the run goes to an Azure ML job, not this machine "
+                f"(`slimtune run` submits it; `slimtune run --print-job DIR` writes it). Point `{role}` at a "
                 "LocalSystem to run here."
             )
         if system.type in ("Docker", "PythonEnvironment"):

@@ -34,6 +34,17 @@ def check_remote_config(loaded: LoadedConfig, system_name: str, system: Any) -> 
         )
 
 
+def check_job(loaded: LoadedConfig, system_name: str, system: Any) -> None:
+    """`slimtune validate`: the job built and validated by the SDK, in a folder thrown away (no Azure call)."""
+    from slimtune.systems.azureml.sdk import command_job, validate
+
+    check_remote_config(loaded, system_name, system)
+    with tempfile.TemporaryDirectory(prefix="slimtune-job-") as tmp:
+        plan = build_plan(loaded, system_name, system, Path(tmp) / "code")
+        validate(command_job(plan))
+    print(f"Azure ML job {plan.name} on compute {plan.compute}: validated by azure-ai-ml (not submitted)")
+
+
 def print_job(loaded: LoadedConfig, system_name: str, system: Any, folder: Path) -> int:
     from slimtune.systems.azureml.sdk import print_job as write_job
     from slimtune.systems.azureml.sdk import reset_folder
