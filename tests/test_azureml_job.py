@@ -401,3 +401,14 @@ def test_no_credentials_exit_2_before_any_upload(replayed, tmp_path, monkeypatch
     assert "no Azure credentials: tried EnvironmentCredential" in done.stderr and "az login" in done.stderr
     assert "AzureCliCredential" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_one_pass_hosted_on_azure_is_refused(tiny, tmp_path, capsys):
+    path = write_azure_config(tmp_path, tiny, {"accelerators": ["cpu"]})
+    config = yaml.safe_load(path.read_text())
+    config.update(host=None, target=None)
+    config["passes"]["lora"]["host"] = "aml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(path)]) == 2
+    assert "passes.lora.host: `aml` is AzureML" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()

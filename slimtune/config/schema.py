@@ -310,6 +310,11 @@ class Accelerator(Strict):
         return value.lower() if isinstance(value, str) else value
 
 
+def _text(value: Any) -> Any:
+    """A version written as a number (`version: 3`) is the text Azure ML expects."""
+    return str(value) if isinstance(value, int) else value
+
+
 class DockerConfig(Strict):
     base_image: str | None = Field(None, description="docker image the environment starts from")
     conda_file_path: str | None = Field(None, description="conda file installed on the image (relative path)")
@@ -318,10 +323,7 @@ class DockerConfig(Strict):
     name: str | None = Field(None, description="name the Azure ML environment is registered under")
     version: str | None = Field(None, description="version of that environment")
 
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+    _version = field_validator("version", mode="before")(classmethod(lambda cls, v: _text(v)))
 
     @model_validator(mode="after")
     def _image_or_build(self) -> DockerConfig:
@@ -339,10 +341,7 @@ class EnvironmentConfig(Strict):
     version: str | None = Field(None, description="environment version (or give label)")
     label: str | None = Field(None, description="e.g. latest")
 
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+    _version = field_validator("version", mode="before")(classmethod(lambda cls, v: _text(v)))
 
     @model_validator(mode="after")
     def _one_of(self) -> EnvironmentConfig:

@@ -31,6 +31,14 @@ def check_systems(loaded: LoadedConfig) -> None:
             )
         if system.type in ("Docker", "PythonEnvironment"):
             raise UserError(f"{role} system `{name}` is {system.type}, which {_NOT_YET}; use a LocalSystem")
+    for pass_name, entry in (loaded.migrated.get("passes") or {}).items():
+        for alternative in entry if isinstance(entry, list) else [entry]:
+            host = alternative.get("host") if isinstance(alternative, dict) else None
+            if host and cfg.systems[host].type == "AzureML":
+                raise UserError(
+                    f"passes.{pass_name}.host: `{host}` is AzureML, and one pass alone cannot go to Azure ML in "
+                    f"this version: set `host: {host}` for the whole workflow (it runs as one Azure ML job)"
+                )
 
 
 def check_remote_inputs(loaded: LoadedConfig) -> None:
