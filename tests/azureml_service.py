@@ -34,6 +34,7 @@ HOSTS = [
     f"{ACCOUNT}.blob.core.windows.net",
     f"{REGION}.api.azureml.ms",
     "ml.azure.com",
+    "kv.vault.azure.net",
     "localhost",
 ]
 
@@ -112,6 +113,7 @@ class Service:
     fail: str | None = None  # the job fails with this error message
     unknown: list[tuple[str, str, str]] = field(default_factory=list)
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # the key vault's
     blocks: dict[tuple[str, str], bytes] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -230,6 +232,8 @@ def route(service: Service, method: str, host: str, path: str, query: dict, body
         return blob(service, method, unquote(path), query, body, headers)
     if host == f"{REGION}.api.azureml.ms":
         return regional(service, method, path, query, body)
+    if host == "kv.vault.azure.net":
+        return key_vault(service, method, path, headers)
     service.unknown.append((method, host, path))
     return (
         404,
@@ -372,6 +376,25 @@ def regional(service: Service, method: str, path: str, query: dict, body: bytes)
         return _json({"values": uris})
     service.unknown.append((method, f"{REGION}.api.azureml.ms", path))
     return _not_found(path)
+
+
+def key_vault(service: Service, method: str, path: str, headers: Any):
+    """The workspace's key vault: a first request without a token gets the challenge that names the token's
+    audience (how the key vault client starts), then the secret."""
+    if not (headers.get("Authorization") or "").startswith("Bearer "):
+        challenge = 'Bearer authorization="https://login.microsoftonline.com/tenant", resource="https://vault.azure.net"'
+        return 401, {**JSON, "WWW-Authenticate": challenge}, b'{"error": {"code": "Unauthorized"}}'
+    found = re.fullmatch(r"/secrets/([^/]+)/?", path)
+    if found and method == "GET" and found.group(1) in service.secrets:
+        name = found.group(1)
+        return _json(
+            {
+                "value": service.secrets[name],
+                "id": f"https://kv.vault.azure.net/secrets/{name}/1",
+                "attributes": {"enabled": True},
+            }
+        )
+    return _json({"error": {"code": "SecretNotFound", "message": f"secret {path} not found"}}, 404)
 
 
 def job_view(service: Service, job: Job) -> dict[str, Any]:

@@ -217,8 +217,9 @@ def replayed(tiny, tmp_path_factory):
     return path, folder / "mnt" / "OUTPUT_output", done
 
 
+SUB = "00000000-0000-0000-0000-000000000001"
 WORKSPACE = {
-    "subscription_id": "00000000-0000-0000-0000-000000000001",
+    "subscription_id": SUB,
     "resource_group": "rg",
     "workspace_name": "ws",
 }
@@ -412,3 +413,23 @@ def test_one_pass_hosted_on_azure_is_refused(tiny, tmp_path, capsys):
     assert main(["run", "--config", str(path)]) == 2
     assert "passes.lora.host: `aml` is AzureML" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+def test_hf_token_comes_from_the_workspace_key_vault_and_is_masked(azure, monkeypatch, capsys):
+    """hf_token: true in the job: the key vault of the job's workspace (found through the workspace, as Azure ML
+    names it to the job), its secret `hf-token` as HF_TOKEN, masked in what slimtune prints."""
+    from slimtune.redact import RedactingStream, remember
+    from slimtune.systems.azureml.entry import hf_token_from_key_vault
+
+    azure.secrets["hf-token"] = "hf_workspace_secret_4711"
+    monkeypatch.delenv("SLIMTUNE_KEYVAULT", raising=False)
+    for key, value in zip(
+        ("SUBSCRIPTION", "RESOURCEGROUP", "WORKSPACE_NAME"), (SUB, "rg", "ws"), strict=True
+    ):
+        monkeypatch.setenv(f"AZUREML_ARM_{key}", value)
+    token = hf_token_from_key_vault()
+    assert token == "hf_workspace_secret_4711"
+    assert any(h == "kv.vault.azure.net" for _, h, _ in azure.requests)  # the vault the workspace names
+    remember([token])  # as the entry does before the run starts
+    print(f"loading with token {token}", file=RedactingStream(sys.stdout))
+    assert token not in capsys.readouterr().out

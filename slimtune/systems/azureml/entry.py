@@ -42,10 +42,11 @@ def fill_inputs(text: str, inputs: dict[str, str]) -> str:
 
 def hf_token_from_key_vault() -> str:
     """The secret `hf-token` of the key vault of the workspace this job runs in (as Olive reads it)."""
-    from azure.identity import DefaultAzureCredential
     from azure.keyvault.secrets import SecretClient
 
-    credential = DefaultAzureCredential()
+    from slimtune.systems.azureml.workspace import credential as azure_credential
+
+    credential = azure_credential()  # in a job: its managed identity
     vault = os.environ.get("SLIMTUNE_KEYVAULT")
     if not vault:
         from azure.ai.ml import MLClient
