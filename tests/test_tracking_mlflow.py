@@ -60,7 +60,7 @@ def mlflow_server(tmp_path_factory):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
         try:
-            server.wait(30)
+            server.wait(10)
         except subprocess.TimeoutExpired:
             pass
         try:
