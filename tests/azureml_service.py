@@ -293,6 +293,11 @@ def arm(service: Service, method: str, path: str, query: dict, body: bytes):
         return _json(compute(name)) if name in service.computes else _not_found(f"compute {name}")
     if path == f"{ARM}/computes" and method == "GET":
         return _json({"value": [compute(n) for n in service.computes]})
+    found = re.fullmatch(re.escape(ARM) + r"/jobs/([^/]+)/cancel", path)
+    if found and method == "POST" and found.group(1) in service.jobs:  # done at once: no operation to poll
+        job = service.jobs[found.group(1)]
+        job.status = job.status if job.status in ("Completed", "Failed") else "Canceled"
+        return 200, JSON, b""
     found = re.fullmatch(re.escape(ARM) + r"/jobs/([^/]+)", path)
     if found and method == "GET":
         job = service.jobs.get(found.group(1))

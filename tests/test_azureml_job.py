@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from azureml_service import ARM
 from workflows import emotion_data_config
 
 from slimtune.cli.main import main
@@ -361,6 +362,17 @@ def test_submit_stream_and_download_through_the_sdk(replayed, azure, tmp_path, c
     assert main(["run", "--config", str(path)]) == 0
     assert f"attached to Azure ML job {name} (Completed)" in capsys.readouterr().out
     assert len(job_puts(azure)) == 1
+    # `slimtune jobs` on that job: its status, its log again, its outputs elsewhere, a cancel request
+    args = [name, "--config", str(path)]
+    assert main(["jobs", "status", *args]) == 0
+    assert f"{name}: Completed https://ml.azure.com/runs/{name}" in capsys.readouterr().out
+    assert main(["jobs", "logs", *args]) == 0
+    assert "slimtune job log: the run is done" in capsys.readouterr().out
+    assert main(["jobs", "download", *args, "--output-dir", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "model" / "config.json").is_file()
+    assert main(["jobs", "cancel", *args]) == 0
+    assert ("POST", "management.azure.com", f"{ARM}/jobs/{name}/cancel") in azure.requests
+    assert azure.unknown == []
 
 
 def test_failed_job_exits_non_zero_with_the_remote_error(replayed, azure, tmp_path, capsys):

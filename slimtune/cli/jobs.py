@@ -20,7 +20,15 @@ def _jobs(args) -> int:
 
     from slimtune.errors import EXIT_OK, UserError
     from slimtune.systems.azureml import remote_system
-    from slimtune.systems.azureml.remote import download, failure_lines, follow, status, studio
+    from slimtune.systems.azureml.remote import (
+        RUNNING,
+        download,
+        failure_lines,
+        follow,
+        log_lines,
+        status,
+        studio,
+    )
     from slimtune.systems.azureml.sdk import import_sdk
     from slimtune.systems.azureml.workspace import connect
 
@@ -51,7 +59,10 @@ def _jobs(args) -> int:
         print(f"asked Azure ML to cancel job {args.name}")
         return EXIT_OK
     if args.action == "logs":
-        return follow(ml, args.name, None)
+        if status(job) in RUNNING:
+            return follow(ml, args.name, None)
+        print("\n".join(log_lines(ml, args.name)))
+        return EXIT_OK
     if not output_dir:
         raise UserError("jobs download: give --output-dir (or --config)")
     return download(ml, args.name, Path(output_dir), Path(cache_dir or ".slimtune-cache"))

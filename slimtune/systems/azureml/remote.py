@@ -157,15 +157,18 @@ def studio(job: Any) -> str:
 def failure_lines(ml: Any, job: Any, error: str | None = None) -> list[str]:
     """The job's error (its messages), and the last lines of its user log when it can be read."""
     lines = _messages(error) if error else []
+    return lines + log_lines(ml, job.name)[-LAST_LINES:]
+
+
+def log_lines(ml: Any, name: str) -> list[str]:
+    """The user log of a job that ended (the SDK streams only a running job's); [] when it cannot be read."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            ml.jobs.download(job.name, download_path=tmp, all=False)
-        except Exception:  # the logs are a courtesy; the status already says it failed
-            return lines[-LAST_LINES:]
+            ml.jobs.download(name, download_path=tmp, all=False)
+        except Exception:  # the logs are a courtesy; the status already says how the job ended
+            return []
         logs = sorted(Path(tmp).rglob("std_log*.txt")) or sorted(Path(tmp).rglob("*.txt"))
-        for log in logs[:1]:
-            lines += log.read_text(errors="replace").splitlines()[-LAST_LINES:]
-    return lines[-2 * LAST_LINES :]
+        return logs[0].read_text(errors="replace").splitlines() if logs else []
 
 
 def _messages(error: str) -> list[str]:
