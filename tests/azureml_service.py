@@ -114,6 +114,8 @@ class Service:
     unknown: list[tuple[str, str, str]] = field(default_factory=list)
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)  # the key vault's
+    hold: bool = False  # jobs keep running
+    interrupt: bool = False  # the first poll of a run's details interrupts the client's main thread (Ctrl-C)
     blocks: dict[tuple[str, str], bytes] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -339,6 +341,11 @@ def regional(service: Service, method: str, path: str, query: dict, body: bytes)
         )
     found = re.fullmatch(r"/history/v1\.0" + re.escape(ARM) + r"/runs/([^/]+)/details", path)
     if found and found.group(1) in service.jobs:  # what `jobs.stream` polls: status, log files, error
+        if service.interrupt:  # as if the user pressed Ctrl-C while the client streams
+            service.interrupt = False
+            import _thread
+
+            _thread.interrupt_main()
         job = service.jobs[found.group(1)]
         job_view(service, job)
         log = f"https://{ACCOUNT}.blob.core.windows.net/azureml/ExperimentRun/dcid.{job.name}/user_logs/std_log.txt"
@@ -405,7 +412,7 @@ def key_vault(service: Service, method: str, path: str, headers: Any):
 def job_view(service: Service, job: Job) -> dict[str, Any]:
     """Running on the first look after creation, then Completed (or Failed with the test's error)."""
     job.polls += 1
-    if job.polls > 2 and job.status == "Running":
+    if job.polls > 2 and job.status == "Running" and not service.hold:
         job.status = "Failed" if service.fail else "Completed"
     job.body["properties"]["status"] = job.status
     if job.status == "Failed":

@@ -389,6 +389,21 @@ def test_failed_job_exits_non_zero_with_the_remote_error(replayed, azure, tmp_pa
     assert f"{name}: Failed" in capsys.readouterr().out
 
 
+def test_ctrl_c_while_streaming_asks_and_cancels_the_job(replayed, azure, tmp_path, monkeypatch, capsys):
+    from slimtune.systems.azureml import remote
+
+    config, _, _ = replayed
+    azure.hold, azure.interrupt = True, True
+    questions = []
+    monkeypatch.setattr(remote, "ask", lambda question: questions.append(question) or True)  # the user's "y"
+    assert main(["run", "--config", str(local_copy(config, tmp_path))]) == 130
+    (name,) = {p.rsplit("/", 1)[1] for p in job_puts(azure)}
+    assert questions == [f"\ncancel Azure ML job {name}? [y/N] "]
+    assert f"asked Azure ML to cancel job {name}" in capsys.readouterr().out
+    assert azure.jobs[name].status == "Canceled"
+    assert not (tmp_path / "out").exists()  # nothing downloaded from a job that did not finish
+
+
 def test_unknown_compute_exits_2_before_any_upload(replayed, azure, tmp_path, capsys):
     config, _, _ = replayed
     azure.computes = ["cpu-small", "a100-cluster"]
