@@ -35,6 +35,7 @@ HOSTS = [
     f"{REGION}.api.azureml.ms",
     "ml.azure.com",
     "kv.vault.azure.net",
+    "login.microsoftonline.com",
     "localhost",
 ]
 
@@ -114,6 +115,7 @@ class Service:
     unknown: list[tuple[str, str, str]] = field(default_factory=list)
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)  # the key vault's
+    sign_ins: list[tuple[str, str, str]] = field(default_factory=list)  # (tenant, client id, grant)
     hold: bool = False  # jobs keep running
     interrupt: bool = False  # the first poll of a run's details interrupts the client's main thread (Ctrl-C)
     blocks: dict[tuple[str, str], bytes] = field(default_factory=dict)
@@ -236,6 +238,8 @@ def route(service: Service, method: str, host: str, path: str, query: dict, body
         return regional(service, method, path, query, body)
     if host == "kv.vault.azure.net":
         return key_vault(service, method, path, headers)
+    if host == "login.microsoftonline.com":
+        return sign_in(service, method, path, body)
     service.unknown.append((method, host, path))
     return (
         404,
@@ -387,6 +391,29 @@ def regional(service: Service, method: str, path: str, query: dict, body: bytes)
             uris[asset] = {"uri": uri, "type": "uri_folder"}
         return _json({"values": uris})
     service.unknown.append((method, f"{REGION}.api.azureml.ms", path))
+    return _not_found(path)
+
+
+def sign_in(service: Service, method: str, path: str, body: bytes):
+    """Microsoft Entra ID for a service principal (AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET): the
+    tenant's OpenID configuration, then a token for the client-credentials grant (the secret is not checked;
+    which client asked is recorded in `service.sign_ins`)."""
+    tenant = path.strip("/").split("/")[0]
+    base = f"https://login.microsoftonline.com/{tenant}"
+    if path.endswith("/v2.0/.well-known/openid-configuration"):
+        return _json(
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "issuer": f"{base}/v2.0",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            }
+        )
+    if path.endswith("/oauth2/v2.0/token") and method == "POST":
+        form = parse_qs(body.decode())
+        service.sign_ins.append((tenant, form.get("client_id", [""])[0], form.get("grant_type", [""])[0]))
+        return _json({"token_type": "Bearer", "expires_in": 3600, "access_token": "signed-in-token"})
+    service.unknown.append((method, "login.microsoftonline.com", path))
     return _not_found(path)
 
 

@@ -404,6 +404,45 @@ def test_ctrl_c_while_streaming_asks_and_cancels_the_job(replayed, azure, tmp_pa
     assert not (tmp_path / "out").exists()  # nothing downloaded from a job that did not finish
 
 
+def test_service_principal_sign_in_and_a_real_ctrl_c_in_a_separate_process(replayed, tmp_path):
+    """No test double at all on the client side: `slimtune run` in its own process signs in with a service
+    principal (AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET, through Entra ID's stand-in), submits,
+    streams; a SIGINT there, without a terminal to ask on, leaves the job running and says how to reattach."""
+    import signal
+    import time
+
+    from azureml_service import Server
+
+    config, _, _ = replayed
+    with Server(tmp_path / "certs") as server:
+        server.service.hold = True
+        env = {**os.environ, **server.env(), "HOME": str(tmp_path)}
+        env.update(AZURE_TENANT_ID="72f988bf-0000-0000-0000-000000000001", AZURE_CLIENT_ID="client-1")
+        env["AZURE_CLIENT_SECRET"] = "not-a-real-secret"
+        command = [sys.executable, "-m", "slimtune", "run", "--config", str(local_copy(config, tmp_path))]
+        run = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while not any("/runs/" in p and p.endswith("/details") for _, _, p in server.service.requests):
+            assert run.poll() is None and time.time() < deadline, run.communicate()
+            time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+        service = server.service
+    assert run.returncode == 130, err
+    (name,) = service.jobs
+    assert f"job {name} keeps running; `slimtune jobs logs {name}` follows it again" in out
+    assert service.jobs[name].status == "Running"  # not cancelled: nobody said so
+    assert ("72f988bf-0000-0000-0000-000000000001", "client-1", "client_credentials") in service.sign_ins
+    assert "not-a-real-secret" not in out + err
+
+
 def test_unknown_compute_exits_2_before_any_upload(replayed, azure, tmp_path, capsys):
     config, _, _ = replayed
     azure.computes = ["cpu-small", "a100-cluster"]
