@@ -499,3 +499,13 @@ def test_hf_token_comes_from_the_workspace_key_vault_and_is_masked(azure, monkey
     remember([token])  # as the entry does before the run starts
     print(f"loading with token {token}", file=RedactingStream(sys.stdout))
     assert token not in capsys.readouterr().out
+
+
+def test_a_missing_data_file_is_named_before_any_job_is_written(tiny, tmp_path, capsys):
+    path = write_azure_config(tmp_path, tiny, {})
+    config = yaml.safe_load(path.read_text())
+    config["data_configs"][0]["load_dataset_config"]["data_files"] = "gone.jsonl"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(path), "--print-job", str(tmp_path / "job")]) == 2
+    assert f"data file not found: {tmp_path / 'gone.jsonl'}" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists() and not list(tmp_path.glob(".job.*"))

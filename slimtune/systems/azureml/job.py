@@ -100,6 +100,8 @@ def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Pa
     _local_systems(cfg)
     for key in ("cache_dir", "output_dir"):  # the job's entry places both
         cfg.pop(key, None)
+    if loaded.config.skip_memory_check:  # `--no-memory-check` given here holds there too
+        cfg["skip_memory_check"] = True
     (code_dir / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
     wheel = write_wheel(code_dir)
     requirements = None
@@ -195,6 +197,8 @@ def _files(value: Any, name: str, inputs: list[JobInput], config: Any) -> Any:
             return placeholder(name)
         if is_remote(value):
             return value  # http(s) and hub stores: read by the job as a local run would
+        if not Path(value).exists():
+            raise UserError(f"data file not found: {value} (it would be uploaded as job input `{name}`)")
         inputs.append(JobInput(name, "uri_folder" if Path(value).is_dir() else "uri_file", value))
         return placeholder(name)
     # an azureml_datastore resource

@@ -50,10 +50,16 @@ def print_job(loaded: LoadedConfig, system_name: str, system: Any, folder: Path)
     from slimtune.systems.azureml.sdk import reset_folder
 
     check_remote_config(loaded, system_name, system)
-    reset_folder(folder)
-    plan = build_plan(loaded, system_name, system, folder / "code")
-    path = write_job(plan, folder)
-    print(f"wrote {path} and {plan.code_dir}/ (job {plan.name})")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # built beside DIR and moved in when complete: a failure leaves DIR as it was
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        plan = build_plan(loaded, system_name, system, Path(tmp) / "code")
+        write_job(plan, Path(tmp))
+        reset_folder(folder)
+        for item in Path(tmp).iterdir():
+            item.rename(folder / item.name)
+    path = folder / "job.yml"
+    print(f"wrote {path} and {folder / 'code'}/ (job {plan.name})")
     print(f"submit it with: az ml job create --file {path}")
     for name in plan.environment_variables:
         if name not in ("SLIMTUNE_REMOTE_SYSTEM", "SLIMTUNE_KEYVAULT"):
