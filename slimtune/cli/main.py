@@ -29,6 +29,8 @@ VERBS = [
     "evaluate",
     "optimize",
     "report",
+    "jobs",
+    "runs",
 ]
 
 

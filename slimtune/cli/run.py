@@ -9,6 +9,11 @@ def register(sub) -> None:
         "--config", required=True, help="config file (.json or .yaml), old or current Olive schema"
     )
     add_overrides(p)
+    p.add_argument(
+        "--print-job",
+        metavar="DIR",
+        help="AzureML host: write DIR/job.yml and DIR/code (for `az ml job create --file`) instead of submitting",
+    )
     p.set_defaults(func=_run)
 
 
@@ -44,6 +49,22 @@ def load_with_overrides(args):
 
 
 def _run(args) -> int:
+    from slimtune.systems.azureml import remote_system
+
+    loaded = load_with_overrides(args)
+    remote = remote_system(loaded.config)
+    if remote or args.print_job:  # the whole run goes to an Azure ML job
+        from slimtune.systems.azureml.remote import print_job, run_remote
+
+        if remote is None:
+            from slimtune.errors import UserError
+
+            raise UserError("--print-job: the config's host (or target) is not an AzureML system")
+        if args.print_job:
+            from pathlib import Path
+
+            return print_job(loaded, *remote, Path(args.print_job))
+        return run_remote(loaded, *remote)
     from slimtune.engine.runner import run_workflow
 
-    return run_workflow(load_with_overrides(args), verbose=args.verbose)
+    return run_workflow(loaded, verbose=args.verbose)

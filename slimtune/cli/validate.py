@@ -31,10 +31,16 @@ def _run(args) -> int:
     from slimtune.engine.advice import config_advice, fix_snippet
     from slimtune.engine.input_checks import check_before_run, check_plan
     from slimtune.errors import EXIT_USER
+    from slimtune.systems.azureml import remote_system
 
     loaded = load_with_overrides(args)
+    remote = remote_system(loaded.config)
     if args.config_only:
         check_plan(loaded)
+    elif remote:  # the run goes to an Azure ML job: the job is checked here, the machine there
+        from slimtune.systems.azureml.remote import check_job
+
+        check_job(loaded, *remote)
     else:
         check_before_run(loaded)
     from slimtune.engine.evaluation import describe_evaluation

@@ -122,6 +122,9 @@ def _engine(cfg: dict, m: Migration) -> Any:
 def _system(system: dict, path: Path_, m: Migration) -> None:
     if "config" in system:
         _flatten(system, "config", path, m)
+    from slimtune.config.schema import System
+
+    rename_keys(system, System.renamed, path, m)  # Olive's azureml_client_config
     accelerators = system.get("accelerators")
     if isinstance(accelerators, list) and any(isinstance(a, str) for a in accelerators):
         # current Olive rejects bare device names: write the entry form so `config upgrade` output is current

@@ -99,12 +99,21 @@ def resolve_paths(config: Any, plans: list, base: Path) -> list[str]:
             load.data_name = resolve_path(load.data_name, base)
     config.cache_dir = resolve_folder(config.cache_dir, base)
     config.output_dir = resolve_folder(config.output_dir, base)
+    clients = [config.azureml_client]
     for system in config.systems.values():
         docker = system.aml_docker_config
         if docker and docker.conda_file_path:
             docker.conda_file_path = resolve_path(docker.conda_file_path, base)
+        if docker and docker.build_context_path:
+            docker.build_context_path = resolve_path(docker.build_context_path, base)
+        if system.requirements_file:
+            system.requirements_file = resolve_path(system.requirements_file, base)
+        clients.append(system.azureml_client)
         if system.python_environment_path:
             system.python_environment_path = resolve_path(system.python_environment_path, base)
+    for client in clients:
+        if client is not None and client.aml_config_path:
+            client.aml_config_path = resolve_path(client.aml_config_path, base)
     for plan in plans:
         resolve_pass_params(plan.params, base)
     return warnings

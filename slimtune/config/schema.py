@@ -18,6 +18,11 @@ from slimtune.errors import UserError
 
 
 class AzureMLClient(Strict):
+    aml_config_path: str | None = Field(
+        None,
+        description="the workspace's config.json as Azure ML writes it (subscription_id, resource_group, "
+        "workspace_name); relative to the config's folder",
+    )
     subscription_id: str | None = Field(None, description="Azure subscription id")
     resource_group: str | None = Field(None, description="Azure resource group")
     workspace_name: str | None = Field(None, description="Azure ML workspace name")
@@ -318,30 +323,76 @@ class Accelerator(Strict):
         return value.lower() if isinstance(value, str) else value
 
 
+def _text(value: Any) -> Any:
+    """A version written as a number (`version: 3`) is the text Azure ML expects."""
+    return str(value) if isinstance(value, int) else value
+
+
 class DockerConfig(Strict):
-    base_image: str | None = None
-    conda_file_path: str | None = None
-    dockerfile: str | None = None
-    build_context_path: str | None = None
+    base_image: str | None = Field(None, description="docker image the environment starts from")
+    conda_file_path: str | None = Field(None, description="conda file installed on the image (relative path)")
+    dockerfile: str | None = Field(None, description="Dockerfile inside build_context_path")
+    build_context_path: str | None = Field(None, description="folder built into the image (relative path)")
+    name: str | None = Field(None, description="name the Azure ML environment is registered under")
+    version: str | None = Field(None, description="version of that environment")
+
+    _version = field_validator("version", mode="before")(classmethod(lambda cls, v: _text(v)))
+
+    @model_validator(mode="after")
+    def _image_or_build(self) -> DockerConfig:
+        if self.dockerfile and not self.build_context_path:
+            raise ValueError("dockerfile needs build_context_path (the folder it is built in)")
+        if self.build_context_path and self.base_image:
+            raise ValueError("give base_image (with conda_file_path) or build_context_path, not both")
+        return self
+
+
+class EnvironmentConfig(Strict):
+    """An Azure ML environment that exists already in the workspace."""
+
+    name: str = Field(description="environment name")
+    version: str | None = Field(None, description="environment version (or give label)")
+    label: str | None = Field(None, description="e.g. latest")
+
+    _version = field_validator("version", mode="before")(classmethod(lambda cls, v: _text(v)))
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EnvironmentConfig:
+        if self.version and self.label:
+            raise ValueError("give version or label, not both")
+        return self
 
 
 class System(Strict):
+    renamed = {"azureml_client_config": "azureml_client"}
     type: Literal["LocalSystem", "AzureML", "PythonEnvironment", "Docker"] = "LocalSystem"
     accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()])
     # AzureML
     aml_compute: str | None = Field(None, description="Azure ML compute cluster name")
-    aml_docker_config: DockerConfig | None = None
-    aml_environment_config: dict[str, Any] | None = None
-    azureml_client: AzureMLClient | None = None
-    hf_token: bool | None = Field(None, description="fetch the HF token from the workspace key vault")
-    instance_count: int | None = None
-    tags: dict[str, str] | None = None
+    aml_docker_config: DockerConfig | None = Field(None, description="environment built from an image")
+    aml_environment_config: EnvironmentConfig | None = Field(
+        None, description="an environment of the workspace, by name and version or label"
+    )
+    azureml_client: AzureMLClient | None = Field(
+        None, description="the workspace (default: the config's top-level azureml_client)"
+    )
+    hf_token: bool | None = Field(
+        None, description="the workspace key vault's secret `hf-token` as HF_TOKEN in the job (never logged)"
+    )
+    instance_count: int | None = Field(None, gt=0, description="nodes; more than 1: PyTorch distribution")
+    resources: dict[str, Any] | None = Field(
+        None, description="job resources: instance_type, shm_size, docker_args, properties ..."
+    )
+    tags: dict[str, str] | None = Field(None, description="tags of the Azure ML job")
+    datastores: str | None = Field(None, description="Olive key, not used: outputs go to the job's output")
     is_dev: bool | None = None
     # PythonEnvironment
     python_environment_path: str | None = None
     prepend_to_path: list[str] | None = None
     olive_managed_env: bool | None = None
-    requirements_file: str | None = None
+    requirements_file: str | None = Field(
+        None, description="pip requirements installed before the run (AzureML: in the job; relative path)"
+    )
     # Docker
     local_docker_config: DockerConfig | None = None
 
@@ -351,6 +402,24 @@ class System(Strict):
         if isinstance(value, list):
             return [{"device": v} if isinstance(v, str) else v for v in value]
         return value
+
+    @model_validator(mode="after")
+    def _one_environment(self) -> System:
+        if self.aml_docker_config and self.aml_environment_config:
+            raise ValueError("give aml_docker_config or aml_environment_config, not both")
+        return self
+
+
+class MLflowTracking(Strict):
+    tracking_uri: str | None = Field(
+        None, description="MLflow server (default: MLFLOW_TRACKING_URI, or the workspace's on Azure ML)"
+    )
+    experiment: str = Field("slimtune", description="experiment the run is logged under")
+    run_name: str | None = Field(None, description="default: the workflow_id or the config file's name")
+
+
+class Tracking(Strict):
+    mlflow: MLflowTracking | None = Field(None, description="log the run to MLflow")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -505,6 +574,7 @@ class RunConfig(Strict):
     )
     evaluators: dict[str, Evaluator] = Field(default_factory=dict)
     azureml_client: AzureMLClient | None = None
+    tracking: Tracking | None = Field(None, description="experiment tracking (MLflow)")
     # engine settings (top level in the current form; under `engine` in the old one)
     host: str | None = Field(None, description="system that runs the passes")
     target: str | None = Field(None, description="system the model is optimized for and evaluated on")

@@ -1,6 +1,6 @@
 """A content fingerprint of a data config: part of the cache key of every pass that reads it.
 
-The config (as resolved: absolute paths) and the whole content of each local data file go into one sha256.
+The config (as resolved), with each local file named by its whole content instead of its path, into one sha256.
 A file is read once per (path, size, mtime) in a process, and once across runs when a sidecar is given (the
 engine passes the cache's).
 """
@@ -19,23 +19,45 @@ from slimtune.hub import commit_of, parse_name
 
 
 def data_fingerprint(data_config: Any, sidecar: str | Path | None = None) -> str:
-    """sha256 hex of the resolved data config and its local files' contents (their hashes remembered in
-    `sidecar`, see `slimtune.files.sha256_remembered`)."""
+    """sha256 hex of the resolved data config with each local file (data files, user_script, script_dir) named by
+    its content, not its path: the same rows read from another folder (an Azure ML job's mount, a moved checkout)
+    give the same key, so pass outputs made there are cache hits here. Hashes are remembered in `sidecar` (see
+    `slimtune.files.sha256_remembered`)."""
     config = data_config.model_dump(mode="json") if hasattr(data_config, "model_dump") else data_config
-    load = config.get("load_dataset_config", {})
-    digest = hashlib.sha256()
-    digest.update(json.dumps(_without_credentials(config), sort_keys=True, default=str).encode())
+    config = json.loads(json.dumps(config, default=str))
+    load = config.get("load_dataset_config") or {}
+    files = load.get("data_files")
+    remote = remote_contents(files, load.get("storage_options"))
+    if files is not None:
+        load["data_files"] = _by_content(files, sidecar)
+    for key in ("user_script", "script_dir"):  # their functions shape the rows and answers
+        if config.get(key):
+            config[key] = f"content:{file_digest(config[key], sidecar)}"
+    digest = hashlib.sha256(json.dumps(_without_credentials(config), sort_keys=True).encode())
     hub_name = parse_name(load.get("data_name") or "")
     if hub_name:  # a hub data set: the commit its revision points at (a moved branch is new data)
         digest.update(f"\0hub\0{commit_of(hub_name[0], hub_name[1], 'dataset')}".encode())
-    files = load.get("data_files")
-    for path in local_files(files):
-        digest.update(f"\0{path}\0{file_digest(path, sidecar)}".encode())
-    for url, sha256 in remote_contents(files, load.get("storage_options")):
+    for url, sha256 in remote:  # a remote file by its content, like a local one
         digest.update(f"\0{url}\0{sha256}".encode())
-    if config.get("user_script"):  # its pre/post-processing functions shape the rows and answers
-        digest.update(f"\0user_script\0{file_digest(config['user_script'], sidecar)}".encode())
     return digest.hexdigest()
+
+
+def _by_content(value: Any, sidecar: str | Path | None) -> Any:
+    if isinstance(value, list):
+        return [_by_content(v, sidecar) for v in value]
+    if isinstance(value, dict):
+        if "type" in value:  # a remote resource: its config is all we can hash
+            return value
+        return {k: _by_content(v, sidecar) for k, v in value.items()}
+    if not isinstance(value, str) or is_remote(value):
+        return value
+    if any(ch in value for ch in "*?["):
+        matched = local_files(value)
+        return {
+            "pattern": Path(value).name,
+            "files": [[Path(f).name, file_digest(f, sidecar)] for f in matched],
+        }
+    return f"content:{file_digest(value, sidecar)}"
 
 
 def _without_credentials(config: dict[str, Any]) -> dict[str, Any]:

@@ -23,14 +23,22 @@ def check_systems(loaded: LoadedConfig) -> None:
         if name is None:
             continue
         system = cfg.systems[name]
-        if system.type == "AzureML":
+        if system.type == "AzureML":  # `slimtune run` sends these to a job (slimtune.systems.azureml)
             raise UserError(
-                f"{role} system `{name}` is AzureML, which {_NOT_YET}: running there needs the azure-ai-ml "
-                f"package, Azure credentials and the workspace named in azureml_client. Point `{role}` at a "
+                f"{role} system `{name}` is AzureML: the run goes to an Azure ML job, not this machine "
+                f"(`slimtune run` submits it; `slimtune run --print-job DIR` writes it). Point `{role}` at a "
                 "LocalSystem to run here."
             )
         if system.type in ("Docker", "PythonEnvironment"):
             raise UserError(f"{role} system `{name}` is {system.type}, which {_NOT_YET}; use a LocalSystem")
+    for pass_name, entry in (loaded.migrated.get("passes") or {}).items():
+        for alternative in entry if isinstance(entry, list) else [entry]:
+            host = alternative.get("host") if isinstance(alternative, dict) else None
+            if host and cfg.systems[host].type == "AzureML":
+                raise UserError(
+                    f"passes.{pass_name}.host: `{host}` is AzureML, and one pass alone cannot go to Azure ML in "
+                    f"this version: set `host: {host}` for the whole workflow (it runs as one Azure ML job)"
+                )
 
 
 def check_remote_inputs(loaded: LoadedConfig) -> None:

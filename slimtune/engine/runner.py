@@ -27,17 +27,28 @@ from slimtune.units import fmt_bytes
 
 def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
     session = prepare(loaded, verbose)
-    if any(plan.searched for plan in loaded.passes):
-        from slimtune.engine.search import run_search
+    from slimtune.tracking import start_tracking
 
-        outcome = run_search(session)
-    else:
-        chain = run_chain(session, loaded.passes)
-        evaluation, goals = None, []
-        if session.eval_plan is not None:
-            evaluation, goals = evaluate_chain(session, chain)
-        outcome = Outcome(chain, evaluation, goals)
-    return finish(session, outcome)
+    tracker = start_tracking(loaded)  # tracking.mlflow: the run opens before the first pass
+    try:
+        if any(plan.searched for plan in loaded.passes):
+            from slimtune.engine.search import run_search
+
+            outcome = run_search(session)
+        else:
+            chain = run_chain(session, loaded.passes)
+            evaluation, goals = None, []
+            if session.eval_plan is not None:
+                evaluation, goals = evaluate_chain(session, chain)
+            outcome = Outcome(chain, evaluation, goals)
+        code = finish(session, outcome)
+    except BaseException:
+        if tracker is not None:
+            tracker.close("FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(Path(loaded.config.output_dir), code)
+    return code
 
 
 def prepare(loaded: LoadedConfig, verbose: bool = False) -> Session:

@@ -301,6 +301,13 @@ def eval_curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"step": step, "eval_loss": loss} for step, loss in by_step.items()]
 
 
+def _report_to(given: Any) -> list[str]:
+    """`report_to: mlflow` logs the Trainer to MLflow (the run's `tracking.mlflow` sets where, through the MLFLOW_*
+    variables); every other integration stays off, so a run never sends anything elsewhere unasked."""
+    names = [given] if isinstance(given, str) else list(given or [])
+    return ["mlflow"] if "mlflow" in names else []
+
+
 def _dtype(name: str, device: str):
     import torch
 
@@ -335,7 +342,7 @@ def training_arguments_for(
         args["save_steps"] = args.get("eval_steps", args["save_steps"])
     args.update(
         output_dir=str(output_dir),
-        report_to=[],
+        report_to=_report_to(given.get("report_to")),
         disable_tqdm=True,  # ProgressCallback shows one bar with tokens/s
         remove_unused_columns=False,
         use_cpu=device == "cpu",
