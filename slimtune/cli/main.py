@@ -29,6 +29,7 @@ VERBS = [
     "evaluate",
     "optimize",
     "report",
+    "serve",
 ]
 
 

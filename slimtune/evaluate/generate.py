@@ -130,6 +130,13 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
             f"--input needs the template the model was trained with, but {folder} has no {MODEL_META} "
             "(it is written by `slimtune run`); use --prompt with the full prompt text instead"
         )
+    check_row(folder, row, meta)
+    return row, meta
+
+
+def check_row(folder: Path, row: dict[str, Any], meta: ModelMeta) -> None:
+    """The row has every column the recorded prompt needs (the server's predict route checks rows so too)."""
+    row_text = json.dumps(row, ensure_ascii=False)
     if meta.messages_col:
         messages = row.get(meta.messages_col)
         if (
@@ -141,7 +148,7 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
                 f'--input for this chat model is {{"{meta.messages_col}": [{{"role": "user", "content": '
                 f'"..."}}, ...]}}; got {row_text!r}'
             )
-        return row, meta
+        return
     if not meta.template or not meta.answer_column:
         raise UserError(
             f"{folder / MODEL_META} records no text template with an answer column; --input cannot "
@@ -163,4 +170,3 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
             f"--input lacks column(s) {', '.join(missing)}; the template {head!r} needs "
             f"{', '.join(fields)} (got {', '.join(row) or 'none'})"
         )
-    return row, meta
