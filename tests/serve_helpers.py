@@ -25,6 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tiny_long_context(folder: Path) -> Path:
+    """tests/tiny_models.py's Llama with an 8192-token context: long enough that a request can run for
+    seconds (~1 ms a token here), which the tests of queueing, disconnects and shutdown need."""
+    import json
+
+    from tests.tiny_models import make_tiny_model
+
+    make_tiny_model("llama", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 8192
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def build_int4(hf: Path, out: Path) -> Path:
     """The tiny model as an int4 ONNX Runtime GenAI folder (the ModelBuilder pass), with a slimtune.json."""
     from slimtune.passes.model_builder import ModelBuilderParams
@@ -50,8 +64,8 @@ class Server:
     def __init__(self, model: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-        full_env.pop("SLIMTUNE_API_KEY", None) if "SLIMTUNE_API_KEY" not in (env or {}) else None
+        full_env = {k: v for k, v in os.environ.items() if k != "SLIMTUNE_API_KEY"}
+        full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
         command = [sys.executable, "-m", "slimtune", "serve", "--model", str(model), "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*command, *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
