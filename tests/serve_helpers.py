@@ -73,7 +73,9 @@ class Server:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
-                raise RuntimeError(f"slimtune serve exited {self.process.returncode}:\n{self.process.stdout.read()}")
+                raise RuntimeError(
+                    f"slimtune serve exited {self.process.returncode}:\n{self.process.stdout.read()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
                     if response.status == 200:

@@ -42,8 +42,9 @@ def server(model):
 @pytest.fixture(scope="module")
 def narrow(model):
     """One request at a time, none waiting, three seconds each."""
-    started = Server(model, "--parallel", "1", "--queue-size", "0", "--request-timeout", "3",
-                     "--max-tokens-cap", "8000")
+    started = Server(
+        model, "--parallel", "1", "--queue-size", "0", "--request-timeout", "3", "--max-tokens-cap", "8000"
+    )
     yield started
     started.stop()
 
@@ -58,7 +59,9 @@ def no_eos(model: Path) -> dict[str, int]:
     return {str(load_tokenizer(model).eos_token_id): -100}
 
 
-def post(server: Server, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+def post(
+    server: Server, path: str, body: bytes | dict, headers: dict | None = None
+) -> tuple[int, dict, dict]:
     """(status, JSON body, headers) of a POST, errors included."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
@@ -76,8 +79,9 @@ def health(server: Server) -> dict:
 
 def open_stream(server: Server, body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    connection.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
-                       {"Content-Type": "application/json"})
+    connection.request(
+        "POST", "/v1/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"}
+    )
     return connection, connection.getresponse()
 
 
@@ -99,14 +103,19 @@ def test_models_and_health(server):
 
 
 def test_chat_streamed_equals_unstreamed(server, model):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "I am so happy today!"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "I am so happy today!"},
+    ]
     args = dict(model=NAME, messages=messages, max_tokens=24, temperature=0, logit_bias=no_eos(model))
     whole = client(server).chat.completions.create(**args)
     assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
     assert whole.choices[0].finish_reason == "length"
     assert whole.usage.completion_tokens == 24 and whole.usage.prompt_tokens > 5
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + 24
-    chunks = list(client(server).chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client(server).chat.completions.create(**args, stream=True, stream_options={"include_usage": True})
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.id == chunks[0].id and c.object == "chat.completion.chunk" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -116,7 +125,9 @@ def test_chat_streamed_equals_unstreamed(server, model):
 
 
 def test_completions_seed_and_sampling(server):
-    args = dict(model=NAME, prompt="### Text: I miss my old friends.", max_tokens=16, temperature=1.0, top_p=0.9)
+    args = dict(
+        model=NAME, prompt="### Text: I miss my old friends.", max_tokens=16, temperature=1.0, top_p=0.9
+    )
     first = client(server).completions.create(**args, seed=7)
     again = client(server).completions.create(**args, seed=7)
     other = client(server).completions.create(**args, seed=8)
@@ -125,13 +136,17 @@ def test_completions_seed_and_sampling(server):
     streamed = client(server).completions.create(**args, seed=7, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == first.choices[0].text
     # top_k=1 is greedy whatever the temperature
-    greedy = client(server).completions.create(model=NAME, prompt=args["prompt"], max_tokens=16, temperature=0)
+    greedy = client(server).completions.create(
+        model=NAME, prompt=args["prompt"], max_tokens=16, temperature=0
+    )
     top1 = client(server).completions.create(**args, seed=3, extra_body={"top_k": 1})
     assert top1.choices[0].text == greedy.choices[0].text
 
 
 def test_stop_sequence_cuts_the_answer(server, model):
-    args = dict(model=NAME, prompt="The quick brown fox", max_tokens=40, temperature=0, logit_bias=no_eos(model))
+    args = dict(
+        model=NAME, prompt="The quick brown fox", max_tokens=40, temperature=0, logit_bias=no_eos(model)
+    )
     full = client(server).completions.create(**args).choices[0].text
     stop = next(full[i : i + 3] for i in range(6, len(full) - 3) if full[i : i + 3].strip())
     cut = client(server).completions.create(**args, stop=[stop, "never-there"])
@@ -176,9 +191,18 @@ BAD = [
     ("/v1/chat/completions", b"[1, 2]", 400, None),
     ("/v1/chat/completions", {"model": NAME}, 400, "messages"),
     ("/v1/chat/completions", {"model": NAME, "messages": "hi"}, 400, "messages"),
-    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
-     400, "temperature"),
-    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
+    (
+        "/v1/chat/completions",
+        {"model": NAME, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+        400,
+        "temperature",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": NAME, "messages": [{"role": "user", "content": "x"}], "n": 2},
+        400,
+        "n",
+    ),
     ("/v1/completions", {"model": NAME, "prompt": "x", "max_tokens": 9000}, 400, "max_tokens"),
     ("/v1/completions", {"model": NAME, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ("/v1/completions", {"model": NAME, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),

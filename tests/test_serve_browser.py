@@ -54,8 +54,12 @@ def test_chat_page_streams_an_answer(tmp_path):
             time.sleep(0.05)
             state = browser.run(STATE)
         assert state["done"] and state["cls"] == "assistant", state
-        expected = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
-            model="int4", messages=[{"role": "user", "content": "I am so happy today!"}], max_tokens=2000,
+        expected = openai.OpenAI(
+            base_url=server.url + "/v1", api_key="x", max_retries=0
+        ).chat.completions.create(
+            model="int4",
+            messages=[{"role": "user", "content": "I am so happy today!"}],
+            max_tokens=2000,
             temperature=0,
         )
         assert state["text"] == expected.choices[0].message.content and state["text"]

@@ -21,7 +21,9 @@ def register(sub) -> None:
         "(repeatable)",
     )
     p.add_argument("--name", help="the model's id in the API (default: the folder's name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--api-key",
@@ -31,11 +33,16 @@ def register(sub) -> None:
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a slot (then 429)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds a request may take in all")
     p.add_argument("--max-tokens-cap", type=int, default=512, help="largest max_tokens a request may ask")
-    p.add_argument("--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the context length)")
+    p.add_argument(
+        "--max-prompt-tokens", type=int, help="longest prompt in tokens (default: the context length)"
+    )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: one per core)")
     p.add_argument(
-        "--drain-timeout", type=float, default=60.0, help="on SIGTERM, seconds to let requests in flight finish"
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="on SIGTERM, seconds to let requests in flight finish",
     )
     p.set_defaults(func=_run)
 

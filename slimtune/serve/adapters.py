@@ -20,7 +20,9 @@ def parse_adapter_args(values: list[str] | None) -> dict[str, Path]:
     for value in values or []:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
-            raise UserError(f"--adapter {value!r}: write NAME=PATH, e.g. --adapter tone=adapters/tone.onnx_adapter")
+            raise UserError(
+                f"--adapter {value!r}: write NAME=PATH, e.g. --adapter tone=adapters/tone.onnx_adapter"
+            )
         if ":" in name or "/" in name:
             raise UserError(f"--adapter {value!r}: the name may not hold ':' or '/'")
         if name in out:

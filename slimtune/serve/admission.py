@@ -44,15 +44,19 @@ class Admission:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ApiError(
-                        504, "the request waited for a slot past its time limit (--request-timeout)",
-                        type="server_error", code="timeout",
+                        504,
+                        "the request waited for a slot past its time limit (--request-timeout)",
+                        type="server_error",
+                        code="timeout",
                     )
                 try:
                     await asyncio.wait_for(self._slots.acquire(), min(left, 0.5))
                     break
                 except TimeoutError:
                     if await gone():
-                        raise ApiError(499, "the client closed the connection", code="client_closed") from None
+                        raise ApiError(
+                            499, "the client closed the connection", code="client_closed"
+                        ) from None
         finally:
             self.waiting -= 1
         self.running += 1

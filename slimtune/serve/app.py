@@ -58,8 +58,10 @@ class Gate:
             error = p.ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
         elif self.state.api_key and not open_route and not _key_ok(scope, self.state.api_key):
             error = p.ApiError(
-                401, "a valid API key is required (Authorization: Bearer KEY)",
-                type="authentication_error", code="invalid_api_key",
+                401,
+                "a valid API key is required (Authorization: Bearer KEY)",
+                type="authentication_error",
+                code="invalid_api_key",
             )
         if error is None:
             return await self.app(scope, receive, send)
@@ -108,13 +110,15 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
         if base in (name, "base") and adapter in served.adapter_names:
             return adapter
         known = ", ".join([name] + [f"{name}:{a}" for a in served.adapter_names])
-        raise p.ApiError(404, f"the model {model!r} does not exist; served: {known}", param="model",
-                         code="model_not_found")
+        raise p.ApiError(
+            404, f"the model {model!r} does not exist; served: {known}", param="model", code="model_not_found"
+        )
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         too_big = p.ApiError(
-            400, f"the request body is larger than the limit of {limits.max_body_bytes} bytes (--max-body-bytes)",
+            400,
+            f"the request body is larger than the limit of {limits.max_body_bytes} bytes (--max-body-bytes)",
             code="body_too_large",
         )
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
@@ -129,20 +133,28 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
     def sampling_of(req: Any, prompt_tokens: int) -> Sampling:
         if prompt_tokens > max_prompt:
             raise p.ApiError(
-                400, f"the prompt has {prompt_tokens} tokens; the limit is {max_prompt} (--max-prompt-tokens / "
-                "the model's context length)", param="messages", code="prompt_too_long",
+                400,
+                f"the prompt has {prompt_tokens} tokens; the limit is {max_prompt} (--max-prompt-tokens / "
+                "the model's context length)",
+                param="messages",
+                code="prompt_too_long",
             )
         room = served.context_length - prompt_tokens
         asked = req.max_completion_tokens or req.max_tokens
         if asked is not None and asked > limits.max_tokens_cap:
             raise p.ApiError(
-                400, f"max_tokens {asked} is above this server's cap of {limits.max_tokens_cap} "
-                "(--max-tokens-cap)", param="max_tokens", code="max_tokens_too_large",
+                400,
+                f"max_tokens {asked} is above this server's cap of {limits.max_tokens_cap} "
+                "(--max-tokens-cap)",
+                param="max_tokens",
+                code="max_tokens_too_large",
             )
         if (asked or 1) > room:
             raise p.ApiError(
-                400, f"the prompt ({prompt_tokens} tokens) and max_tokens ({asked or 1}) exceed the model's "
-                f"context length of {served.context_length} tokens", param="max_tokens",
+                400,
+                f"the prompt ({prompt_tokens} tokens) and max_tokens ({asked or 1}) exceed the model's "
+                f"context length of {served.context_length} tokens",
+                param="max_tokens",
                 code="context_length_exceeded",
             )
         vocab = len(served.tokenizer)
@@ -152,7 +164,11 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
         return Sampling(
             logit_bias=bias,
             max_tokens=asked or min(limits.max_tokens_cap, room),
-            temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed, stop=req.stops(),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=req.stops(),
         )
 
     async def start(request: Request, work: Any) -> Job:
@@ -166,14 +182,25 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
         deadline = request.state.deadline
 
         def work(emit, cancel) -> Outcome:
-            return generate(served, prompt_ids, sampling, adapter=adapter, emit=emit if req.stream else None,
-                            cancel=cancel, deadline=deadline, stop_text=stop_text)
+            return generate(
+                served,
+                prompt_ids,
+                sampling,
+                adapter=adapter,
+                emit=emit if req.stream else None,
+                cancel=cancel,
+                deadline=deadline,
+                stop_text=stop_text,
+            )
 
         job = await start(request, work)
         rid = p.new_id("chatcmpl" if chat else "cmpl")
         if req.stream:
-            return StreamingResponse(_events(job, rid, req, len(prompt_ids), chat), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _events(job, rid, req, len(prompt_ids), chat),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         outcome = await job.result(request.is_disconnected)
         if outcome.finish_reason == "timeout":
             raise _timeout()
@@ -198,7 +225,9 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
                     continue
                 if kind == "error":
                     log.error("generation failed: %r", value)
-                    yield p.sse(p.ApiError(500, f"internal error: {type(value).__name__}", type="server_error").body())
+                    yield p.sse(
+                        p.ApiError(500, f"internal error: {type(value).__name__}", type="server_error").body()
+                    )
                     return
                 break
             if value.finish_reason == "timeout":
@@ -206,7 +235,11 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
                 return
             yield chunk(None, value.finish_reason)
             if req.include_usage():
-                tail = p.chat_chunk(rid, req.model, {}, None) if chat else p.completion_chunk(rid, req.model, "", None)
+                tail = (
+                    p.chat_chunk(rid, req.model, {}, None)
+                    if chat
+                    else p.completion_chunk(rid, req.model, "", None)
+                )
                 tail["choices"] = []
                 tail["usage"] = p.usage(prompt_tokens, value.completion_tokens)
                 yield p.sse(tail)
@@ -215,8 +248,12 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
             job.cancel.set()
 
     def _timeout() -> p.ApiError:
-        return p.ApiError(504, f"the request ran past its time limit of {limits.request_timeout_s:g} s "
-                          "(--request-timeout)", type="server_error", code="timeout")
+        return p.ApiError(
+            504,
+            f"the request ran past its time limit of {limits.request_timeout_s:g} s (--request-timeout)",
+            type="server_error",
+            code="timeout",
+        )
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -233,8 +270,10 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
     async def models() -> dict[str, Any]:
         ids = [name] + [f"{name}:{a}" for a in served.adapter_names]
         created = int(served.folder.stat().st_mtime)
-        return {"object": "list", "data": [{"id": i, "object": "model", "created": created,
-                                             "owned_by": "slimtune"} for i in ids]}
+        return {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "created": created, "owned_by": "slimtune"} for i in ids],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -242,22 +281,31 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
         adapter_of(req.model)
         tokenizer = served.tokenizer
         if not getattr(tokenizer, "chat_template", None):
-            raise p.ApiError(400, f"the model {name!r} has no chat template; use /v1/completions", param="messages")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
+            raise p.ApiError(
+                400, f"the model {name!r} has no chat template; use /v1/completions", param="messages"
+            )
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+        ]
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as err:  # a template may refuse an order of roles (jinja raises its own errors)
-            raise p.ApiError(400, f"the chat template refused these messages: {err}", param="messages") from None
+            raise p.ApiError(
+                400, f"the chat template refused these messages: {err}", param="messages"
+            ) from None
         from slimtune.data.chat import turn_end
 
-        return await complete(request, req, served.encode(text, add_special_tokens=False), turn_end(tokenizer), True)
+        return await complete(
+            request, req, served.encode(text, add_special_tokens=False), turn_end(tokenizer), True
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = p.parse(p.CompletionRequest, await read_body(request))
         adapter_of(req.model)
-        prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
+        prompt = (
+            req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
+        )
         if isinstance(prompt, str):
             ids = served.encode(prompt)
         else:
@@ -274,8 +322,12 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
         req = p.parse(p.PredictRequest, await read_body(request))
         adapter = adapter_of(req.model)
         if meta is None or not meta.labels:
-            raise p.ApiError(400, f"{served.folder} records no label set (slimtune.json); predict needs a model "
-                             "trained by slimtune on a labelled task", code="no_labels")
+            raise p.ApiError(
+                400,
+                f"{served.folder} records no label set (slimtune.json); predict needs a model "
+                "trained by slimtune on a labelled task",
+                code="no_labels",
+            )
         from slimtune.evaluate.generate import check_row, encode_row
 
         try:
@@ -284,18 +336,30 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
         except UserError as err:
             raise p.ApiError(400, str(err).replace("--input", "input"), param="input") from None
         if len(prompt_ids) > max_prompt:
-            raise p.ApiError(400, f"the input makes {len(prompt_ids)} tokens; the limit is {max_prompt}",
-                             param="input", code="prompt_too_long")
-        job = await start(request, lambda emit, cancel: label_scores(served, prompt_ids, meta.labels, adapter))
+            raise p.ApiError(
+                400,
+                f"the input makes {len(prompt_ids)} tokens; the limit is {max_prompt}",
+                param="input",
+                code="prompt_too_long",
+            )
+        job = await start(
+            request, lambda emit, cancel: label_scores(served, prompt_ids, meta.labels, adapter)
+        )
         scores = await job.result(request.is_disconnected)
         label = max(scores, key=scores.get)
-        return {"model": req.model or name, "label": label,
-                "scores": {k: round(v, 6) if math.isfinite(v) else None for k, v in scores.items()}}
+        return {
+            "model": req.model or name,
+            "label": label,
+            "scores": {k: round(v, 6) if math.isfinite(v) else None for k, v in scores.items()},
+        }
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text().replace("__MODELS__", json.dumps(
-            [name] + [f"{name}:{a}" for a in served.adapter_names])))
+        return HTMLResponse(
+            PAGE.read_text().replace(
+                "__MODELS__", json.dumps([name] + [f"{name}:{a}" for a in served.adapter_names])
+            )
+        )
 
     app.add_middleware(Gate, state=app.state, timeout_s=limits.request_timeout_s)
     return app

@@ -50,7 +50,9 @@ class Outcome:
 class ServedModel:
     """A model folder opened for serving: its tokenizer, context length, EOS ids and adapters by name."""
 
-    def __init__(self, folder: str | Path, adapters: dict[str, Path] | None = None, threads: int | None = None):
+    def __init__(
+        self, folder: str | Path, adapters: dict[str, Path] | None = None, threads: int | None = None
+    ):
         self.folder = Path(folder)
         self.kind = model_kind(self.folder)
         adapters = adapters or {}
@@ -92,7 +94,9 @@ class ServedModel:
             try:
                 loaded.load(str(path), name)
             except Exception as err:  # onnxruntime_genai raises RuntimeError for every load problem
-                raise UserError(f"--adapter {name}={path}: onnxruntime_genai could not load it: {err}") from err
+                raise UserError(
+                    f"--adapter {name}={path}: onnxruntime_genai could not load it: {err}"
+                ) from err
         return loaded
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -190,7 +194,10 @@ def generate(
     session = served.session(prompt_ids, len(prompt_ids) + sampling.max_tokens, adapter)
     new: list[int] = []
     text, shown = "", 0  # the answer's text so far; how much of it went to `emit`
-    prefix, read = 0, 0  # incremental decoding: new[prefix:read] gives context, new[read:] is not in `text` yet
+    prefix, read = (
+        0,
+        0,
+    )  # incremental decoding: new[prefix:read] gives context, new[read:] is not in `text` yet
     reason = "length"
     while True:
         if cancel is not None and cancel.is_set():
@@ -276,7 +283,9 @@ def check_model_folder(folder: Path) -> None:
         raise UserError(f"--model {folder}: no such folder")
     kind = model_kind(folder)
     if kind == "adapter":
-        raise UserError(f"--model {folder} is a PEFT adapter; serve the merged model or an ONNX base with --adapter")
+        raise UserError(
+            f"--model {folder} is a PEFT adapter; serve the merged model or an ONNX base with --adapter"
+        )
     if kind not in ("onnx", "hf"):
         raise ModelError(
             f"--model {folder}: neither an ONNX Runtime GenAI folder (genai_config.json) nor a Hugging Face "

@@ -119,7 +119,9 @@ class CompletionRequest(_Request):
     def _single(cls, value: Any) -> Any:
         if isinstance(value, list) and value and isinstance(value[0], str):
             if len(value) != 1:
-                raise ValueError("one prompt per request (a list of several prompts is a batch: send them apart)")
+                raise ValueError(
+                    "one prompt per request (a list of several prompts is a batch: send them apart)"
+                )
         if isinstance(value, list) and not value:
             raise ValueError("the prompt is empty")
         return value
