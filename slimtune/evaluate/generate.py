@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.kind import model_kind
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef
 
 
@@ -45,17 +44,9 @@ def generate_command(args) -> int:
                     else f"{folder} was not trained on chat (its {MODEL_META} says so)"
                 )
             )
-    kind = model_kind(folder)
-    if kind == "adapter":
-        raise UserError(
-            f"{folder} is a PEFT adapter; generate from the merged model (MergeAdapterWeights output)"
-        )
-    if kind not in ("onnx", "hf"):
-        raise ModelError(
-            f"{folder} is neither an ONNX GenAI folder (genai_config.json) nor a Hugging Face folder "
-            "(config.json)"
-        )
-    from slimtune.models.runtime import open_model
+    from slimtune.models.runtime import open_model, runnable_kind
+
+    kind = runnable_kind(folder, "generate from the merged model (MergeAdapterWeights output)")
 
     model = open_model(ModelRef(str(folder), kind))
     stop_text = None

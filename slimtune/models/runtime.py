@@ -8,10 +8,12 @@ every folder, so `slimtune generate` and the evaluator hand the same ids to ever
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from slimtune.errors import ModelError, UserError
 from slimtune.models.decoding import StopFn, Timing
+from slimtune.models.kind import model_kind
 from slimtune.models.ref import ModelRef
 
 
@@ -48,6 +50,20 @@ class OpenedModel(Protocol):
     def threads(self) -> int:
         """Intra-op threads the model runs with."""
         ...
+
+
+def runnable_kind(folder: Path, adapter_advice: str) -> str:
+    """onnx or hf for a folder that can be run as it is; a clear error for a PEFT adapter (with
+    `adapter_advice`: what to do instead) and for anything else."""
+    kind = model_kind(folder)
+    if kind == "adapter":
+        raise UserError(f"{folder} is a PEFT adapter; {adapter_advice}")
+    if kind not in ("onnx", "hf"):
+        raise ModelError(
+            f"{folder} is neither an ONNX GenAI folder (genai_config.json) nor a Hugging Face folder "
+            "(config.json)"
+        )
+    return kind
 
 
 def open_model(ref: ModelRef, *, threads: int | None = None) -> OpenedModel:

@@ -40,6 +40,16 @@ def lora_inputs(base: Path) -> list[str]:
     return [i.name for i in graph.input if "lora" in i.name.lower()]
 
 
+def check_adapters(base: Path, kind: str | None, adapters: dict[str, Path]) -> None:
+    if kind != "onnx":
+        raise UserError(
+            f"--adapter: adapters are served on an ONNX Runtime GenAI base; {base} is not one (merge the "
+            "adapter into the model, or export the base with ModelBuilder)"
+        )
+    for path in adapters.values():
+        check_adapter(base, path)
+
+
 def check_adapter(base: Path, adapter: Path) -> None:
     if not adapter.is_file():
         raise UserError(f"--adapter {adapter}: no such file")

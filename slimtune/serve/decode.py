@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from slimtune.errors import ModelError, UserError
+from slimtune.errors import UserError
 from slimtune.models.kind import model_kind
 
 
@@ -56,6 +56,10 @@ class ServedModel:
         self.folder = Path(folder)
         self.kind = model_kind(self.folder)
         adapters = adapters or {}
+        if adapters:  # before the model loads: a wrong adapter is reported in a second, not after a minute
+            from slimtune.serve.adapters import check_adapters
+
+            check_adapters(self.folder, self.kind, adapters)
         if self.kind == "onnx":
             from slimtune.models.onnx_genai import OnnxGenaiModel
 
@@ -64,11 +68,6 @@ class ServedModel:
             self.context_length = opened.context_length
             self._adapters = self._load_adapters(adapters) if adapters else None
         elif self.kind == "hf":
-            if adapters:
-                raise UserError(
-                    f"--adapter: adapters are served on an ONNX Runtime GenAI base; {self.folder} is a Hugging "
-                    "Face folder (merge the adapter, or export the base with ModelBuilder)"
-                )
             from slimtune.models.hf import HfModel
 
             opened = HfModel(self.folder, threads=threads)
@@ -86,11 +85,8 @@ class ServedModel:
         self._lock = threading.Lock()  # the tokenizer is shared by request threads
 
     def _load_adapters(self, adapters: dict[str, Path]) -> Any:
-        from slimtune.serve.adapters import check_adapter
-
         loaded = self._og.Adapters(self._model)
         for name, path in adapters.items():
-            check_adapter(self.folder, Path(path))
             try:
                 loaded.load(str(path), name)
             except Exception as err:  # onnxruntime_genai raises RuntimeError for every load problem
@@ -279,15 +275,8 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 def check_model_folder(folder: Path) -> None:
     """A clear error before anything loads: the folder exists and is a kind that can be served."""
+    from slimtune.models.runtime import runnable_kind
+
     if not folder.is_dir():
         raise UserError(f"--model {folder}: no such folder")
-    kind = model_kind(folder)
-    if kind == "adapter":
-        raise UserError(
-            f"--model {folder} is a PEFT adapter; serve the merged model or an ONNX base with --adapter"
-        )
-    if kind not in ("onnx", "hf"):
-        raise ModelError(
-            f"--model {folder}: neither an ONNX Runtime GenAI folder (genai_config.json) nor a Hugging Face "
-            "folder (config.json)"
-        )
+    runnable_kind(folder, "serve the merged model, or an ONNX base with --adapter NAME=FILE.onnx_adapter")
