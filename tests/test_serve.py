@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_helpers import LABELS, Server, build_int4, tiny_long_context
+from slimtune.models.ref import ModelMeta
+from tests.serve_helpers import LABELS, TEMPLATE, Server, build_int4, tiny_long_context
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("onnxruntime_genai")
@@ -238,6 +239,24 @@ def test_limits_are_named(server):
         client(server).completions.create(model="other", prompt="x", max_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client(server).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "x"}], n=3)
+
+
+def test_hugging_face_folder(model):
+    hf = model.parent / "hf"  # the folder the int4 model was exported from
+    ModelMeta(template=TEMPLATE, answer_column="tone", labels=LABELS).save(hf)
+    served = Server(hf)
+    try:
+        args = dict(model="hf", messages=[{"role": "user", "content": "hi"}], max_tokens=12, temperature=0)
+        whole = client(served).chat.completions.create(**args, logit_bias=no_eos(model))
+        streamed = client(served).chat.completions.create(**args, logit_bias=no_eos(model), stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == whole.choices[0].message.content
+        assert whole.usage.completion_tokens == 12
+        status, body, _ = post(
+            served, "/v1/slimtune/predict", {"input": {"phrase": "I miss my old friends."}}
+        )
+        assert status == 200 and body["label"] in LABELS
+    finally:
+        assert served.stop()[0] == 0
 
 
 def test_api_key(model):
