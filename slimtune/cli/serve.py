@@ -18,7 +18,7 @@ def register(sub) -> None:
         action="append",
         metavar="NAME=PATH",
         help="an ONNX Runtime adapter (.onnx_adapter) on the ONNX base, asked for as model BASE:NAME "
-        "(repeatable)",
+        "(repeatable; default: every adapters/NAME.onnx_adapter the ExtractAdapters pass wrote beside the base)",
     )
     p.add_argument("--name", help="the model's id in the API (default: the folder's name)")
     p.add_argument(
@@ -50,7 +50,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
-    from slimtune.serve.adapters import parse_adapter_args
+    from slimtune.serve.adapters import found_adapters, parse_adapter_args
     from slimtune.serve.decode import check_model_folder
 
     for flag, value in [
@@ -68,7 +68,7 @@ def _run(args) -> int:
     folder = Path(args.model)
     check_model_folder(folder)
     _check_port(args.host, args.port)
-    adapters = parse_adapter_args(args.adapter)
+    adapters = parse_adapter_args(args.adapter) or found_adapters(folder)
     api_key = args.api_key or os.environ.get("SLIMTUNE_API_KEY") or None
     from slimtune.serve.app import Limits, create_app
     from slimtune.serve.decode import ServedModel

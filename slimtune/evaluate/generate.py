@@ -48,7 +48,9 @@ def generate_command(args) -> int:
 
     kind = runnable_kind(folder, "generate from the merged model (MergeAdapterWeights output)")
 
-    model = open_model(ModelRef(str(folder), kind))
+    model = open_model(
+        ModelRef(str(folder), kind), adapter=_adapter_file(folder, getattr(args, "adapter", None))
+    )
     stop_text = None
     if args.input is not None:
         prompt, one_line = encode_row(row, meta, model.tokenizer), bool(meta.labels)
@@ -70,6 +72,16 @@ def generate_command(args) -> int:
     )
     write("\n")
     return 0
+
+
+def _adapter_file(folder: Path, adapter: str | None) -> Path | None:
+    """--adapter: a file, or the name of one the ExtractAdapters pass wrote beside the base."""
+    if adapter is None:
+        return None
+    from slimtune.models.onnx_adapters import ADAPTERS_DIR
+
+    named = folder / ADAPTERS_DIR / f"{adapter}.onnx_adapter"
+    return named if not Path(adapter).is_file() and named.is_file() else Path(adapter)
 
 
 def prompt_is_chat(meta: ModelMeta | None, args: Any) -> bool:

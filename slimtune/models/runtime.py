@@ -66,13 +66,19 @@ def runnable_kind(folder: Path, adapter_advice: str) -> str:
     return kind
 
 
-def open_model(ref: ModelRef, *, threads: int | None = None) -> OpenedModel:
+def open_model(
+    ref: ModelRef, *, threads: int | None = None, adapter: str | Path | None = None
+) -> OpenedModel:
     """The opened model for a model reference. `threads`: intra-op threads (None: ONNX Runtime uses one per
-    physical core, torch keeps its current setting)."""
+    physical core, torch keeps its current setting). `adapter`: an .onnx_adapter file on an ONNX base."""
     if ref.kind == "onnx":
         from slimtune.models.onnx_genai import OnnxGenaiModel
 
-        return OnnxGenaiModel(ref.path, threads=threads)
+        return OnnxGenaiModel(ref.path, threads=threads, adapter=adapter)
+    if adapter is not None:
+        raise UserError(
+            f"--adapter {adapter}: adapters (.onnx_adapter) apply to an ONNX base; {ref.path} is not one"
+        )
     from slimtune.models.hf import HfModel
 
     if ref.kind == "adapter":

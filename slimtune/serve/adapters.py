@@ -1,17 +1,13 @@
-"""Checks an ONNX Runtime adapter file against the base it is served on, before onnxruntime_genai loads it.
-
-A base can take adapters only when it was exported with LoRA inputs (graph inputs whose names hold `lora`);
-otherwise onnxruntime_genai fails at the first request with an obscure message. Checked here: the file exists
-and is an `.onnx_adapter`, and the base's decoder graph has LoRA inputs.
-"""
+"""The adapters `slimtune serve` loads: `--adapter NAME=PATH` pairs, or those the ExtractAdapters pass wrote
+beside the base; each checked against the base before onnxruntime_genai loads it (models/onnx_adapters.py),
+since onnxruntime_genai itself fails only at the first request, with an obscure message."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slimtune.errors import UserError
-from slimtune.models.kind import GENAI_CONFIG
+from slimtune.models.onnx_adapters import ADAPTERS_DIR, check_adapter_file
 
 
 def parse_adapter_args(values: list[str] | None) -> dict[str, Path]:
@@ -31,35 +27,19 @@ def parse_adapter_args(values: list[str] | None) -> dict[str, Path]:
     return out
 
 
-def lora_inputs(base: Path) -> list[str]:
-    """Names of the decoder graph's LoRA inputs (read from the graph, without its weights)."""
-    import onnx
-
-    genai = json.loads((base / GENAI_CONFIG).read_text())
-    graph = onnx.load(str(base / genai["model"]["decoder"]["filename"]), load_external_data=False).graph
-    return [i.name for i in graph.input if "lora" in i.name.lower()]
-
-
 def check_adapters(base: Path, kind: str | None, adapters: dict[str, Path]) -> None:
     if kind != "onnx":
         raise UserError(
             f"--adapter: adapters are served on an ONNX Runtime GenAI base; {base} is not one (merge the "
-            "adapter into the model, or export the base with ModelBuilder)"
+            "adapter into the model, or export the base with the ExtractAdapters pass)"
         )
-    for path in adapters.values():
-        check_adapter(base, path)
+    for name, path in adapters.items():
+        try:
+            check_adapter_file(base, path)
+        except UserError as err:
+            raise UserError(f"--adapter {name}: {err}") from None
 
 
-def check_adapter(base: Path, adapter: Path) -> None:
-    if not adapter.is_file():
-        raise UserError(f"--adapter {adapter}: no such file")
-    if adapter.suffix != ".onnx_adapter":
-        raise UserError(
-            f"--adapter {adapter}: not an ONNX Runtime adapter file (.onnx_adapter); a PEFT adapter folder is "
-            "merged (MergeAdapterWeights) or exported to .onnx_adapter first"
-        )
-    if not lora_inputs(base):
-        raise UserError(
-            f"--adapter {adapter}: the base {base} was exported without LoRA inputs, so no adapter can be "
-            "applied to it; export the base with its adapter kept separate"
-        )
+def found_adapters(base: Path) -> dict[str, Path]:
+    """The adapters the ExtractAdapters pass wrote beside the base (adapters/NAME.onnx_adapter), by name."""
+    return {p.stem: p for p in sorted((base / ADAPTERS_DIR).glob("*.onnx_adapter"))}
