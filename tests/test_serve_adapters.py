@@ -131,29 +131,13 @@ def test_server_picks_the_adapter_per_request(built):
             client.completions.create(model="tiny:third", prompt="x", max_tokens=2)
     finally:
         assert server.stop()[0] == 0
-    # generate --adapter gives the same text as the server's greedy answer
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slimtune",
-            "generate",
-            "--model",
-            str(built["base"]),
-            "--adapter",
-            "second",
-            "--prompt",
-            "The quick brown fox",
-            "--max-new-tokens",
-            "12",
-            "--raw",
-        ],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        check=True,
-    )
-    assert out.stdout.rstrip("\n") == answers["base:second"]
+    # generate --adapter gives the same text as the server's greedy answer; without it, the base's own adapter
+    for flag, model in [(["--adapter", "second"], "base:second"), ([], "tiny:first")]:
+        command = [sys.executable, "-m", "slimtune", "generate", "--model", str(built["base"]), *flag]
+        command += ["--prompt", "The quick brown fox", "--max-new-tokens", "12", "--raw"]
+        env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.rstrip("\n") == answers[model]
 
 
 def test_an_adapter_that_does_not_fit_is_refused(built, tmp_path, capsys):
@@ -188,3 +172,45 @@ def test_an_adapter_that_does_not_fit_is_refused(built, tmp_path, capsys):
     plain = built["hf"]  # a Hugging Face folder takes no .onnx_adapter
     assert main(["serve", "--model", str(plain), "--adapter", f"x={foreign}"]) == 2
     assert "ONNX Runtime GenAI base" in capsys.readouterr().err
+
+
+def test_a_config_builds_the_base_and_the_server_answers_with_a_label(tmp_path):
+    """LoRA -> ExtractAdapters from one config: the run's model is the int4 base with the trained adapter
+    beside it; the server streams through the adapter and predicts a recorded label."""
+    from tests.tiny_models import make_tiny_model
+    from tests.workflows import EMOTION_TEMPLATE, emotion_data_config, run_config
+
+    tiny = make_tiny_model("llama", tmp_path / "tiny")
+    lora = {"type": "LoRA", "train_data_config": "emotion", "r": 4, "training_args": {"max_steps": 2}}
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(tiny)},
+        "data_configs": [emotion_data_config(40)],
+        "passes": {"lora": lora, "extract": {"type": "ExtractAdapters", "adapter_name": "tone"}},
+        "cache_dir": "cache",
+        "output_dir": "out",
+    }
+    record = run_config(tmp_path, config)
+    model = tmp_path / "out" / "model"
+    assert (model / "adapters" / "tone.onnx_adapter").is_file()
+    labels = ModelMeta.load(model).labels
+    server = Server(model)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        prompt = EMOTION_TEMPLATE.split("{tone}")[0].format(phrase="I am so happy today!")
+        stream = client.completions.create(
+            model="model:tone", prompt=prompt, max_tokens=4, temperature=0, stream=True
+        )
+        assert [c.choices[0].finish_reason for c in stream][-1] in ("stop", "length")
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(
+            server.url + "/v1/slimtune/predict",
+            data=json.dumps({"model": "model:tone", "input": {"phrase": "I am so happy today!"}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["label"] in labels
+    finally:
+        assert server.stop()[0] == 0
+    assert [s["kind"] for s in record["stages"]] == ["hf", "adapter", "onnx"]

@@ -63,7 +63,17 @@ def lora_weights_of(model: Any) -> dict[str, Any]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if is_lora_weight(i.name)}
 
 
-def write_manifest(base: Path, values: dict[str, Any]) -> str:
+def default_adapter(base: Path) -> Path | None:
+    """The adapter the base was exported with (ExtractAdapters' input adapter), which evaluation and `slimtune
+    generate` apply unless told otherwise: the run's model is the fine-tuned one. None for a plain base."""
+    manifest = base / MANIFEST
+    if not manifest.is_file():
+        return None
+    name = json.loads(manifest.read_text()).get("default")
+    return base / ADAPTERS_DIR / f"{name}.onnx_adapter" if name else None
+
+
+def write_manifest(base: Path, values: dict[str, Any], default: str | None = None) -> str:
     """adapters.json: the LoRA inputs (shape with the rank free, dtype) and the base's fingerprint, a hash of
     its graph and weight files. Returns the fingerprint."""
     digest = hashlib.sha256()
@@ -76,7 +86,8 @@ def write_manifest(base: Path, values: dict[str, Any]) -> str:
         for name, v in sorted(values.items())
     }
     fingerprint = digest.hexdigest()
-    (base / MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "inputs": inputs}, indent=2) + "\n")
+    manifest = {"fingerprint": fingerprint, "default": default, "inputs": inputs}
+    (base / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return fingerprint
 
 

@@ -48,10 +48,14 @@ class OnnxGenaiModel(GreedyDecoding):
             self.model = og.Model(config)
         except Exception as err:  # onnxruntime_genai raises plain RuntimeError for every load problem
             raise ModelError(f"onnxruntime_genai could not load {folder}: {err}") from err
-        self._adapters = None  # an .onnx_adapter applied to every generation (checked against the base first)
-        if adapter is not None:
-            from slimtune.models.onnx_adapters import check_adapter_file
+        # an .onnx_adapter applied to every generation (checked against the base first); a base exported with
+        # its adapter apart (ExtractAdapters) gets that adapter unless another is named: it is the trained model
+        self._adapters = None
+        from slimtune.models.onnx_adapters import check_adapter_file, default_adapter
 
+        adapter = adapter if adapter is not None else default_adapter(folder)
+        self.adapter = Path(adapter) if adapter is not None else None
+        if adapter is not None:
             check_adapter_file(folder, Path(adapter))
             self._adapters = og.Adapters(self.model)
             self._adapters.load(str(adapter), "adapter")

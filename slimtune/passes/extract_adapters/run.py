@@ -66,7 +66,7 @@ def run(ctx: PassContext, params: ExtractAdaptersParams) -> ModelRef:
     for file in float_dir.iterdir():
         if not file.name.startswith("model.onnx") and file.is_file():
             shutil.copyfile(file, out / file.name)
-    fingerprint = write_manifest(out, values)
+    fingerprint = write_manifest(out, values, default=params.adapter_name)
     write_adapter(out / ADAPTERS_DIR / f"{params.adapter_name}.onnx_adapter", values, fingerprint)
     for name, folder in params.adapters.items():
         ctx.log(f"ExtractAdapters: adapter {name} from {folder}")
