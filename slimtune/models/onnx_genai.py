@@ -26,7 +26,14 @@ class OnnxGenaiModel(GreedyDecoding):
     """An ONNX Runtime GenAI folder. Scoring appends a context once and each continuation after it, reading
     the logits of the appended tokens, then rewinds to the context (one prompt pass for all labels)."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, adapter: str | Path | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        adapter: str | Path | None = None,
+        default_adapter: bool = True,
+    ):
         folder = Path(path)
         if not is_onnx_genai_folder(folder):
             raise ModelError(f"{folder} is not an ONNX Runtime GenAI model folder (no {GENAI_CONFIG})")
@@ -51,9 +58,11 @@ class OnnxGenaiModel(GreedyDecoding):
         # an .onnx_adapter applied to every generation (checked against the base first); a base exported with
         # its adapter apart (ExtractAdapters) gets that adapter unless another is named: it is the trained model
         self._adapters = None
-        from slimtune.models.onnx_adapters import check_adapter_file, default_adapter
+        from slimtune.models.onnx_adapters import check_adapter_file
+        from slimtune.models.onnx_adapters import default_adapter as own_adapter
 
-        adapter = adapter if adapter is not None else default_adapter(folder)
+        if adapter is None and default_adapter:
+            adapter = own_adapter(folder)
         self.adapter = Path(adapter) if adapter is not None else None
         if adapter is not None:
             check_adapter_file(folder, Path(adapter))

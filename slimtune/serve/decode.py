@@ -63,7 +63,7 @@ class ServedModel:
         if self.kind == "onnx":
             from slimtune.models.onnx_genai import OnnxGenaiModel
 
-            opened = OnnxGenaiModel(self.folder, threads=threads)
+            opened = OnnxGenaiModel(self.folder, threads=threads, default_adapter=False)
             self._og, self._model = opened._og, opened.model
             self.context_length = opened.context_length
             self._adapters = self._load_adapters(adapters) if adapters else None
