@@ -13,6 +13,7 @@ onnxruntime-genai on the CPU, median of --repeats. Prints a table and appends it
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    load_start = f"{os.getloadavg()[0]:.1f}"  # other programs' load makes every number here slower
 
     from slimtune.models.ref import ModelRef
     from slimtune.models.store import prepared_path
@@ -145,6 +147,7 @@ def main() -> int:
         for name, rank, rate, ttft in rows
     ]
     table = "\n".join(lines)
+    load_end = f"{os.getloadavg()[0]:.1f}"
     print(table)
     if not args.no_write:
         body = (
@@ -152,7 +155,7 @@ def main() -> int:
             f"--repeats {args.repeats}`: SmolLM2-135M-Instruct, LoRA on every decoder linear layer (random "
             "weights), greedy decoding through onnxruntime-genai on the CPU (2 threads), median of the repeats; "
             "decode tok/s counts the tokens after the first.\n\n"
-            f"- machine: {machine()} (shared with other jobs: numbers are noisy)\n"
+            f"- machine: {machine()} (load average at start / end: {load_start} / {load_end} on {os.cpu_count()} CPUs)\n"
             f"- versions: {versions(['onnxruntime', 'onnxruntime-genai', 'torch', 'transformers', 'peft'])}\n\n"
             f"{table}\n"
         )

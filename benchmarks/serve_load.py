@@ -15,6 +15,7 @@ p50/p99 (to the first chunk with text), errors. Servers that are not installed g
 from __future__ import annotations
 
 import argparse
+import os
 import importlib.util
 import json
 import shutil
@@ -149,7 +150,9 @@ def run_server(name: str, command: list[str], port: int, model: str, args, eos) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="int4 ONNX GenAI folder (default: built from the default model)")
+    parser.add_argument(
+        "--model", type=Path, help="int4 ONNX GenAI folder (default: built from the default model)"
+    )
     parser.add_argument("--gguf", type=Path, help="the same model as GGUF Q4, for llama.cpp's server")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -157,6 +160,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1, help="slimtune serve --parallel")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    load_start = f"{os.getloadavg()[0]:.1f}"  # other programs' load makes every number here slower
 
     from slimtune.models.hf import load_tokenizer
     from slimtune.models.store import prepared_path
@@ -174,12 +178,28 @@ def main() -> int:
 
             out = Path(tmp) / "int4"
             ctx = PassContext(
-                input=ModelRef(str(hf), "hf"), meta=ModelMeta(), output_dir=out, work_dir=Path(tmp) / "work",
-                device="cpu", execution_provider="cpu", log=lambda _: None,
+                input=ModelRef(str(hf), "hf"),
+                meta=ModelMeta(),
+                output_dir=out,
+                work_dir=Path(tmp) / "work",
+                device="cpu",
+                execution_provider="cpu",
+                log=lambda _: None,
             )
             model = Path(build(ctx, ModelBuilderParams(precision="int4")).path)
         port = free_port()
-        serve = [sys.executable, "-m", "slimtune", "serve", "--model", str(model), "--name", "m", "--port", str(port)]
+        serve = [
+            sys.executable,
+            "-m",
+            "slimtune",
+            "serve",
+            "--model",
+            str(model),
+            "--name",
+            "m",
+            "--port",
+            str(port),
+        ]
         serve += ["--parallel", str(args.parallel), "--queue-size", "64", "--threads", "2"]
         results[f"slimtune serve (int4 ONNX, --parallel {args.parallel})"] = run_server(
             "slimtune", serve, port, "m", args, eos
@@ -190,7 +210,15 @@ def main() -> int:
             results["llama.cpp server (GGUF Q4)"] = "not available: no --gguf file given"
         else:
             port = free_port()
-            command = [sys.executable, "-m", "llama_cpp.server", "--model", str(args.gguf), "--port", str(port)]
+            command = [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(args.gguf),
+                "--port",
+                str(port),
+            ]
             command += ["--n_threads", "2", "--model_alias", "m"]
             results["llama.cpp server (GGUF Q4)"] = run_server("llama.cpp", command, port, "m", args, eos)
         transformers_cli = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
@@ -217,6 +245,7 @@ def main() -> int:
                 f"{r['ttft99']:.0f} | {r['errors']} |"
             )
     table = "\n".join(lines)
+    load_end = f"{os.getloadavg()[0]:.1f}"
     print(table)
     if not args.no_write:
         body = (
@@ -224,7 +253,7 @@ def main() -> int:
             f"--max-tokens {args.max_tokens} --parallel {args.parallel}`: SmolLM2-135M-Instruct, streamed "
             "completions of the example's prompt, greedy, EOS banned; each level sends the same number of "
             "requests.\n\n"
-            f"- machine: {machine()} (shared with other jobs: numbers are noisy)\n"
+            f"- machine: {machine()} (load average at start / end: {load_start} / {load_end} on {os.cpu_count()} CPUs)\n"
             f"- versions: {versions(['onnxruntime-genai', 'fastapi', 'uvicorn', 'llama_cpp_python', 'transformers'])}\n\n"
             f"{table}\n"
         )
