@@ -15,9 +15,9 @@ p50/p99 (to the first chunk with text), errors. Servers that are not installed g
 from __future__ import annotations
 
 import argparse
-import os
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import statistics
