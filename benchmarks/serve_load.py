@@ -139,7 +139,11 @@ def run_server(name: str, command: list[str], port: int, model: str, args, eos) 
         except RuntimeError as err:
             log.seek(0)
             return f"not available: {err} ({log.read()[-300:].strip()!r})"
-        return [load(url, model, args.requests, c, args.max_tokens, eos) for c in args.clients]
+        rows = []
+        for clients in args.clients:
+            rows.append(load(url, model, args.requests, clients, args.max_tokens, eos))
+            print(f"{name}: {rows[-1]}", flush=True)  # a row as soon as it is measured
+        return rows
     finally:
         process.terminate()
         try:
@@ -158,6 +162,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--parallel", type=int, default=1, help="slimtune serve --parallel")
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=["slimtune", "llama.cpp", "transformers"],
+        default=["slimtune", "llama.cpp", "transformers"],
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     load_start = f"{os.getloadavg()[0]:.1f}"  # other programs' load makes every number here slower
@@ -169,42 +179,45 @@ def main() -> int:
     eos = load_tokenizer(hf).eos_token_id
     results: dict[str, list[dict] | str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from slimtune.models.ref import ModelMeta, ModelRef
-            from slimtune.passes.context import PassContext
-            from slimtune.passes.model_builder import ModelBuilderParams
-            from slimtune.passes.model_builder.run import run as build
+        if "slimtune" in args.servers:
+            model = args.model
+            if model is None:
+                from slimtune.models.ref import ModelMeta, ModelRef
+                from slimtune.passes.context import PassContext
+                from slimtune.passes.model_builder import ModelBuilderParams
+                from slimtune.passes.model_builder.run import run as build
 
-            out = Path(tmp) / "int4"
-            ctx = PassContext(
-                input=ModelRef(str(hf), "hf"),
-                meta=ModelMeta(),
-                output_dir=out,
-                work_dir=Path(tmp) / "work",
-                device="cpu",
-                execution_provider="cpu",
-                log=lambda _: None,
+                out = Path(tmp) / "int4"
+                ctx = PassContext(
+                    input=ModelRef(str(hf), "hf"),
+                    meta=ModelMeta(),
+                    output_dir=out,
+                    work_dir=Path(tmp) / "work",
+                    device="cpu",
+                    execution_provider="cpu",
+                    log=lambda _: None,
+                )
+                model = Path(build(ctx, ModelBuilderParams(precision="int4")).path)
+            port = free_port()
+            serve = [
+                sys.executable,
+                "-m",
+                "slimtune",
+                "serve",
+                "--model",
+                str(model),
+                "--name",
+                "m",
+                "--port",
+                str(port),
+            ]
+            serve += ["--parallel", str(args.parallel), "--queue-size", "64", "--threads", "2"]
+            results[f"slimtune serve (int4 ONNX, --parallel {args.parallel})"] = run_server(
+                "slimtune", serve, port, "m", args, eos
             )
-            model = Path(build(ctx, ModelBuilderParams(precision="int4")).path)
-        port = free_port()
-        serve = [
-            sys.executable,
-            "-m",
-            "slimtune",
-            "serve",
-            "--model",
-            str(model),
-            "--name",
-            "m",
-            "--port",
-            str(port),
-        ]
-        serve += ["--parallel", str(args.parallel), "--queue-size", "64", "--threads", "2"]
-        results[f"slimtune serve (int4 ONNX, --parallel {args.parallel})"] = run_server(
-            "slimtune", serve, port, "m", args, eos
-        )
-        if importlib.util.find_spec("llama_cpp") is None:
+        if "llama.cpp" not in args.servers:
+            pass
+        elif importlib.util.find_spec("llama_cpp") is None:
             results["llama.cpp server (GGUF Q4)"] = "not available: llama-cpp-python is not importable"
         elif args.gguf is None:
             results["llama.cpp server (GGUF Q4)"] = "not available: no --gguf file given"
@@ -222,7 +235,9 @@ def main() -> int:
             command += ["--n_threads", "2", "--model_alias", "m"]
             results["llama.cpp server (GGUF Q4)"] = run_server("llama.cpp", command, port, "m", args, eos)
         transformers_cli = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
-        if not Path(transformers_cli).exists():
+        if "transformers" not in args.servers:
+            pass
+        elif not Path(transformers_cli).exists():
             results["transformers serve (fp32, HF folder)"] = "not available: no `transformers` command"
         else:
             port = free_port()
