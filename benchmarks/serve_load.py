@@ -124,6 +124,7 @@ def load(url: str, model: str, requests: int, clients: int, max_tokens: int, eos
         "clients": clients,
         "rps": len(ttfts) / seconds,
         "tps": sum(tokens) / seconds,
+        "tokens_per_request": sum(tokens) / len(tokens) if tokens else 0.0,
         "ttft50": statistics.median(ttfts) * 1000 if ttfts else float("nan"),
         "ttft99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] * 1000 if ttfts else float("nan"),
         "errors": len(errors),
@@ -238,7 +239,8 @@ def main() -> int:
                 "--port",
                 str(port),
             ]
-            command += ["--n_threads", "2", "--model_alias", "m"]
+            # its default interrupts the running request when a new one arrives: every request must run to its end
+            command += ["--n_threads", "2", "--model_alias", "m", "--interrupt_requests", "False"]
             results["llama.cpp server (GGUF Q4)"] = run_server("llama.cpp", command, port, "m", args, eos)
         transformers_cli = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
         if "transformers" not in args.servers:
@@ -253,16 +255,17 @@ def main() -> int:
             )
 
     lines = [
-        "| server | clients | requests/s | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | clients | requests/s | output tok/s | tokens/request | TTFT p50 (ms) | TTFT p99 (ms) | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rows in results.items():
         if isinstance(rows, str):
-            lines.append(f"| {name} | - | - | - | - | - | {rows} |")
+            lines.append(f"| {name} | - | - | - | - | - | - | {rows} |")
             continue
         for r in rows:
             lines.append(
-                f"| {name} | {r['clients']} | {r['rps']:.2f} | {r['tps']:.1f} | {r['ttft50']:.0f} | "
+                f"| {name} | {r['clients']} | {r['rps']:.2f} | {r['tps']:.1f} | {r['tokens_per_request']:.1f} | "
+                f"{r['ttft50']:.0f} | "
                 f"{r['ttft99']:.0f} | {r['errors']} |"
             )
     table = "\n".join(lines)
