@@ -188,22 +188,16 @@ def main() -> int:
         if "slimtune" in args.servers:
             model = args.model
             if model is None:
-                from slimtune.models.ref import ModelMeta, ModelRef
-                from slimtune.passes.context import PassContext
+                from adapter_decode import ctx
+
+                from slimtune.models.ref import ModelRef
                 from slimtune.passes.model_builder import ModelBuilderParams
                 from slimtune.passes.model_builder.run import run as build
 
-                out = Path(tmp) / "int4"
-                ctx = PassContext(
-                    input=ModelRef(str(hf), "hf"),
-                    meta=ModelMeta(),
-                    output_dir=out,
-                    work_dir=Path(tmp) / "work",
-                    device="cpu",
-                    execution_provider="cpu",
-                    log=lambda _: None,
+                int4 = build(
+                    ctx(ModelRef(str(hf), "hf"), Path(tmp) / "int4"), ModelBuilderParams(precision="int4")
                 )
-                model = Path(build(ctx, ModelBuilderParams(precision="int4")).path)
+                model = Path(int4.path)
             port = free_port()
             serve = [
                 sys.executable,
