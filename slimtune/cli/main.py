@@ -31,6 +31,7 @@ VERBS = [
     "report",
     "jobs",
     "runs",
+    "serve",
 ]
 
 

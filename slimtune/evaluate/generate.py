@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.kind import model_kind
 from slimtune.models.loading import local_model_folder
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef
 
@@ -47,19 +46,13 @@ def generate_command(args) -> int:
                     else f"{folder} was not trained on chat (its {MODEL_META} says so)"
                 )
             )
-    kind = model_kind(folder)
-    if kind == "adapter":
-        raise UserError(
-            f"{folder} is a PEFT adapter; generate from the merged model (MergeAdapterWeights output)"
-        )
-    if kind not in ("onnx", "hf"):
-        raise ModelError(
-            f"{folder} is neither an ONNX GenAI folder (genai_config.json) nor a Hugging Face folder "
-            "(config.json)"
-        )
-    from slimtune.models.runtime import open_model
+    from slimtune.models.runtime import open_model, runnable_kind
 
-    model = open_model(ModelRef(str(folder), kind))
+    kind = runnable_kind(folder, "generate from the merged model (MergeAdapterWeights output)")
+
+    model = open_model(
+        ModelRef(str(folder), kind), adapter=_adapter_file(folder, getattr(args, "adapter", None))
+    )
     stop_text = None
     if args.input is not None:
         prompt, one_line = encode_row(row, meta, model.tokenizer), bool(meta.labels)
@@ -81,6 +74,16 @@ def generate_command(args) -> int:
     )
     write("\n")
     return 0
+
+
+def _adapter_file(folder: Path, adapter: str | None) -> Path | None:
+    """--adapter: a file, or the name of one the ExtractAdapters pass wrote beside the base."""
+    if adapter is None:
+        return None
+    from slimtune.models.onnx_adapters import ADAPTERS_DIR
+
+    named = folder / ADAPTERS_DIR / f"{adapter}.onnx_adapter"
+    return named if not Path(adapter).is_file() and named.is_file() else Path(adapter)
 
 
 def prompt_is_chat(meta: ModelMeta | None, args: Any) -> bool:
@@ -132,6 +135,13 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
             f"--input needs the template the model was trained with, but {folder} has no {MODEL_META} "
             "(it is written by `slimtune run`); use --prompt with the full prompt text instead"
         )
+    check_row(folder, row, meta)
+    return row, meta
+
+
+def check_row(folder: Path, row: dict[str, Any], meta: ModelMeta) -> None:
+    """The row has every column the recorded prompt needs (the server's predict route checks rows so too)."""
+    row_text = json.dumps(row, ensure_ascii=False)
     if meta.messages_col:
         messages = row.get(meta.messages_col)
         if (
@@ -143,7 +153,7 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
                 f'--input for this chat model is {{"{meta.messages_col}": [{{"role": "user", "content": '
                 f'"..."}}, ...]}}; got {row_text!r}'
             )
-        return row, meta
+        return
     if not meta.template or not meta.answer_column:
         raise UserError(
             f"{folder / MODEL_META} records no text template with an answer column; --input cannot "
@@ -165,4 +175,3 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
             f"--input lacks column(s) {', '.join(missing)}; the template {head!r} needs "
             f"{', '.join(fields)} (got {', '.join(row) or 'none'})"
         )
-    return row, meta

@@ -26,7 +26,14 @@ class OnnxGenaiModel(GreedyDecoding):
     """An ONNX Runtime GenAI folder. Scoring appends a context once and each continuation after it, reading
     the logits of the appended tokens, then rewinds to the context (one prompt pass for all labels)."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        adapter: str | Path | None = None,
+        default_adapter: bool = True,
+    ):
         folder = Path(path)
         if not is_onnx_genai_folder(folder):
             raise ModelError(f"{folder} is not an ONNX Runtime GenAI model folder (no {GENAI_CONFIG})")
@@ -48,6 +55,19 @@ class OnnxGenaiModel(GreedyDecoding):
             self.model = og.Model(config)
         except Exception as err:  # onnxruntime_genai raises plain RuntimeError for every load problem
             raise ModelError(f"onnxruntime_genai could not load {folder}: {err}") from err
+        # an .onnx_adapter applied to every generation (checked against the base first); a base exported with
+        # its adapter apart (ExtractAdapters) gets that adapter unless another is named: it is the trained model
+        self._adapters = None
+        from slimtune.models.onnx_adapters import check_adapter_file
+        from slimtune.models.onnx_adapters import default_adapter as own_adapter
+
+        if adapter is None and default_adapter:
+            adapter = own_adapter(folder)
+        self.adapter = Path(adapter) if adapter is not None else None
+        if adapter is not None:
+            check_adapter_file(folder, Path(adapter))
+            self._adapters = og.Adapters(self.model)
+            self._adapters.load(str(adapter), "adapter")
         self.tokenizer = load_tokenizer(folder)
         self.context_length = int(genai["model"].get("context_length") or genai["search"]["max_length"])
         self.eos_token_ids = eos_ids(self.tokenizer.eos_token_id, genai["model"].get("eos_token_id"))
@@ -78,6 +98,8 @@ class OnnxGenaiModel(GreedyDecoding):
             max_length=capacity, min_length=capacity if ignore_eos else 0, do_sample=False
         )
         generator = og.Generator(self.model, params)
+        if self._adapters is not None:
+            generator.set_active_adapter(self._adapters, "adapter")
         self.generator_setup_ms = (time.perf_counter() - start) * 1000
         self._generators[ignore_eos] = (generator, capacity)
         return generator

@@ -8,10 +8,12 @@ every folder, so `slimtune generate` and the evaluator hand the same ids to ever
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from slimtune.errors import ModelError, UserError
 from slimtune.models.decoding import StopFn, Timing
+from slimtune.models.kind import model_kind
 from slimtune.models.ref import ModelRef
 
 
@@ -50,13 +52,33 @@ class OpenedModel(Protocol):
         ...
 
 
-def open_model(ref: ModelRef, *, threads: int | None = None) -> OpenedModel:
+def runnable_kind(folder: Path, adapter_advice: str) -> str:
+    """onnx or hf for a folder that can be run as it is; a clear error for a PEFT adapter (with
+    `adapter_advice`: what to do instead) and for anything else."""
+    kind = model_kind(folder)
+    if kind == "adapter":
+        raise UserError(f"{folder} is a PEFT adapter; {adapter_advice}")
+    if kind not in ("onnx", "hf"):
+        raise ModelError(
+            f"{folder} is neither an ONNX GenAI folder (genai_config.json) nor a Hugging Face folder "
+            "(config.json)"
+        )
+    return kind
+
+
+def open_model(
+    ref: ModelRef, *, threads: int | None = None, adapter: str | Path | None = None
+) -> OpenedModel:
     """The opened model for a model reference. `threads`: intra-op threads (None: ONNX Runtime uses one per
-    physical core, torch keeps its current setting)."""
+    physical core, torch keeps its current setting). `adapter`: an .onnx_adapter file on an ONNX base."""
     if ref.kind == "onnx":
         from slimtune.models.onnx_genai import OnnxGenaiModel
 
-        return OnnxGenaiModel(ref.path, threads=threads)
+        return OnnxGenaiModel(ref.path, threads=threads, adapter=adapter)
+    if adapter is not None:
+        raise UserError(
+            f"--adapter {adapter}: adapters (.onnx_adapter) apply to an ONNX base; {ref.path} is not one"
+        )
     from slimtune.models.hf import HfModel
 
     if ref.kind == "adapter":

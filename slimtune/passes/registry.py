@@ -21,6 +21,7 @@ PASS_MODULES = [
     "slimtune.passes.lora",
     "slimtune.passes.merge",
     "slimtune.passes.model_builder",
+    "slimtune.passes.extract_adapters",
 ]
 ENTRY_POINT_GROUP = "slimtune.passes"
 
