@@ -36,6 +36,12 @@ fi
 
 "$VENV/bin/slimtune" models prepare smollm2-135m-instruct
 
+# `make test` runs the Ray system on a two-node cluster it starts on this machine: the `ray` extra
+if [ "${1:-}" = "--test" ] && ! "$VENV/bin/python" -c "import ray.train" 2>/dev/null; then
+  echo "setup: installing the ray extra for the Ray system's tests"
+  "${pip[@]}" -e ".[ray]"
+fi
+
 # `make test` also wants a headless browser for the report test (Debian packages; skipped when not root)
 if [ "${1:-}" = "--test" ] && ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

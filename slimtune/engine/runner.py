@@ -25,16 +25,19 @@ from slimtune.units import fmt_bytes
 
 def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
     session = prepare(loaded, verbose)
-    if any(plan.searched for plan in loaded.passes):
-        from slimtune.engine.search import run_search
+    try:
+        if any(plan.searched for plan in loaded.passes):
+            from slimtune.engine.search import run_search
 
-        outcome = run_search(session)
-    else:
-        chain = run_chain(session, loaded.passes)
-        evaluation, goals = None, []
-        if session.eval_plan is not None:
-            evaluation, goals = evaluate_chain(session, chain)
-        outcome = Outcome(chain, evaluation, goals)
+            outcome = run_search(session)
+        else:
+            chain = run_chain(session, loaded.passes)
+            evaluation, goals = None, []
+            if session.eval_plan is not None:
+                evaluation, goals = evaluate_chain(session, chain)
+            outcome = Outcome(chain, evaluation, goals)
+    finally:
+        session.close()  # systems the passes ran on: disconnect (a cluster started for this run stops)
     return finish(session, outcome)
 
 
