@@ -91,7 +91,9 @@ def summary(record: dict) -> dict:
     passes = [p for c in record["candidates"] for p in c["passes"] if not p["cache_hit"]]
     builders = [c["wall_s"] for c in record["candidates"]]
     return {
-        "ran": ", ".join(f"{t} x{sum(p['type'] == t for p in passes)}" for t in dict.fromkeys(p["type"] for p in passes)),
+        "ran": ", ".join(
+            f"{t} x{sum(p['type'] == t for p in passes)}" for t in dict.fromkeys(p["type"] for p in passes)
+        ),
         "nodes": len({p["node"] for p in passes}),
         "candidate_s": sum(builders) / len(builders),
         "chosen": record["search"]["chosen"],
@@ -116,7 +118,9 @@ def main() -> int:
 
         model = make_tiny_model("llama", work / "tiny")
     started = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node, "include_dashboard": False}
+    )
     try:
         cluster.add_node(num_cpus=args.cpus_per_node)
         cluster.wait_for_nodes()

@@ -31,10 +31,20 @@ LORA = {
     "eval_dataset_size": 0.2,
     "training_args": {"max_steps": 3, "per_device_train_batch_size": 4, "save_steps": 2},
 }
-BUILDER = {
-    "type": "ModelBuilder",
-    "int4_block_size": {"search": [32, 128]},
-    "int4_accuracy_level": {"search": [1, 4]},
+BUILDER = {"type": "ModelBuilder", "int4_block_size": {"search": [16, 32, 64, 128]}}
+# ranked by size, which differs for every block size: the tiny model's accuracy (0) and latency (noise) would
+# leave the choice to chance
+BY_SIZE = {
+    "quality": {
+        "metrics": [
+            {
+                "name": "size",
+                "type": "size",
+                "data_config": "emotion",
+                "sub_types": [{"name": "size", "priority": 1}],
+            }
+        ]
+    }
 }
 
 
@@ -85,6 +95,8 @@ def search_config(model: Path, address: str) -> dict:
         "host": "cluster",
         "passes": {"lora": LORA, "merge": {"type": "MergeAdapterWeights"}, "builder": BUILDER},
         "search_strategy": {"sampler": "exhaustive"},
+        "evaluators": BY_SIZE,
+        "evaluator": "quality",
     }
 
 
@@ -137,15 +149,15 @@ def test_search_spreads_over_both_nodes_and_survives_losing_one(tiny, cluster, t
     assert_cache_whole(path.parent / "cache")
 
     # the second node is killed while it runs a candidate's pass: its work is redone on the head node
-    killed = threading.Event()
+    finished, killed = threading.Event(), []
 
     def kill_second_node_mid_task() -> None:
         deadline = time.time() + 300
-        while time.time() < deadline and not killed.is_set():
+        while time.time() < deadline and not finished.is_set():
             merged = any((tmp_path / "killed" / "cache" / "entries").glob("*/output/model.safetensors"))
             if merged and raylet_children_running(cluster.second, "run_on_node"):
                 cluster.remove_node(cluster.second, allow_graceful=False)
-                killed.set()
+                killed.append(time.time())
                 return
             time.sleep(0.2)
 
@@ -155,15 +167,18 @@ def test_search_spreads_over_both_nodes_and_survives_losing_one(tiny, cluster, t
     try:
         assert main(["run", "--config", str(path)]) == 0
     finally:
-        killed.set() if not killed.is_set() else None
+        finished.set()
         watcher.join()
-        cluster.second = cluster.add_node(num_cpus=1)  # back to two nodes for the next tests
-        cluster.wait_for_nodes()
+        if killed:
+            cluster.second = cluster.add_node(num_cpus=1)  # back to two nodes for the next tests
+            cluster.wait_for_nodes()
+    assert killed, "the second node never ran a pass after the merge: the test did not test a fault"
     again = run_json(path)
-    assert len(cluster.list_all_nodes()) == 2
     assert all(c["status"] == "ok" for c in again["candidates"])
     rechosen = next(c for c in again["candidates"] if c["chosen"])
-    assert rechosen["params"] == chosen["params"] and rechosen["metrics"] == chosen["metrics"]
+    assert rechosen["params"] == chosen["params"]
+    for metric in ("accuracy", "size_bytes"):  # latency differs from run to run
+        assert rechosen["metrics"].get(metric) == chosen["metrics"].get(metric)
     assert again["passes"][-1]["key"] == record["passes"][-1]["key"]
     assert_cache_whole(path.parent / "cache")
 
@@ -226,7 +241,10 @@ def test_two_workers_train_as_one_process_does(trained):
     assert losses(two) == pytest.approx(losses(one), rel=1e-3)
     lora = two["passes"][0]
     assert lora["metrics"]["world_size"] == 2
-    assert lora["metrics"]["batch"]["effective_batch"] * 2 == one["passes"][0]["metrics"]["batch"]["effective_batch"]
+    assert (
+        lora["metrics"]["batch"]["effective_batch"] * 2
+        == one["passes"][0]["metrics"]["batch"]["effective_batch"]
+    )
     assert len(lora["node"].split(",")) == 2  # one worker on each node (one CPU each)
 
 
@@ -283,7 +301,9 @@ def test_a_malformed_address_fails_validation(tiny, tmp_path, capsys):
 
 def test_resources_no_node_has_are_named_with_what_the_cluster_has(tiny, cluster, tmp_path, capsys):
     cfg = training_config(tiny, cluster.address)
-    cfg["systems"] = {"cluster": {"type": "Ray", "address": cluster.address, "resources_per_worker": {"CPU": 8}}}
+    cfg["systems"] = {
+        "cluster": {"type": "Ray", "address": cluster.address, "resources_per_worker": {"CPU": 8}}
+    }
     path = write(tmp_path, cfg)
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
@@ -314,7 +334,12 @@ def test_gpu_workers_train_through_nccl(tiny, tmp_path):
     workers = min(torch.cuda.device_count(), 2)
     cfg = training_config(tiny, None)
     cfg["systems"] = {
-        "cluster": {"type": "Ray", "accelerators": ["gpu"], "num_workers": workers, "resources_per_worker": {"CPU": 1}}
+        "cluster": {
+            "type": "Ray",
+            "accelerators": ["gpu"],
+            "num_workers": workers,
+            "resources_per_worker": {"CPU": 1},
+        }
     }
     cfg["host"] = "cluster"
     path = write(tmp_path, cfg)
