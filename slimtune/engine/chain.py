@@ -306,4 +306,5 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         advice = spec.memory_advice(
             memory_query(plan, session.loaded, Path(previous.model.path), session.device)
         )
-    return execute(spec, plan.params, ctx, cache, key, attempt, info, this_node(), advice)
+    watched = [Path(session.loaded.config.output_dir)]
+    return execute(spec, plan.params, ctx, cache, key, attempt, info, this_node(), advice, watched=watched)

@@ -3,7 +3,7 @@ runs (this process, or a worker of another system that received the pass as plai
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,13 @@ def execute(
     node: str | Callable[[], str],
     memory_advice: str = "Free memory or use a larger machine.",
     run: Callable[[PassContext, Any], Any] | None = None,
+    watched: Sequence[Path] = (),
 ) -> Entry:
     """Run the pass on `ctx` (its output_dir is attempt/output), save its metadata, commit the attempt as the
     entry of `key` with `info` and what the run measured. On any failure the attempt folder goes. `run`: how
-    the pass runs when not by its own run function (a system that starts its data-parallel ranks itself)."""
-    watched = [cache.root]
+    the pass runs when not by its own run function (a system that starts its data-parallel ranks itself);
+    `watched`: folders besides the cache whose disk running out is named."""
+    watched = [cache.root, *watched]
     what = f"passes.{info.get('pass_name', spec.type)} ({spec.type})"
     guard = PassGuard(what, memory_advice, attempt, watched, folder_size(ctx.input.path))
     with guard, Stopwatch() as clock, PeakMemory() as memory:

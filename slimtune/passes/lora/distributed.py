@@ -45,7 +45,7 @@ def in_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1" or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
+def per_rank_params(params: LoRAParams, world: int, log, unit: str = "GPUs") -> LoRAParams:
     """Keep the effective batch of the one-GPU run where the accumulation steps divide by the GPU count."""
     args = dict(params.training_args)
     accumulation = int(args.get("gradient_accumulation_steps", 1))
@@ -54,12 +54,12 @@ def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
     elif accumulation % world == 0:
         args["gradient_accumulation_steps"] = accumulation // world
         log(
-            f"      data-parallel over {world} GPUs: gradient accumulation {accumulation} -> "
-            f"{accumulation // world} per GPU (same effective batch)"
+            f"      data-parallel over {world} {unit}: gradient accumulation {accumulation} -> "
+            f"{accumulation // world} per {unit.rstrip('s')} (same effective batch)"
         )
     else:
         log(
-            f"      data-parallel over {world} GPUs: the effective batch is {world} times the one-GPU batch "
+            f"      data-parallel over {world} {unit}: the effective batch is {world} times the one-process batch "
             f"(gradient_accumulation_steps {accumulation} does not divide by {world})"
         )
     return params.model_copy(update={"training_args": args})
@@ -134,7 +134,7 @@ def rank_params(ctx: PassContext, params: LoRAParams, world: int) -> LoRAParams:
     from slimtune.passes.lora.checks import check
 
     check(ctx, params)
-    return per_rank_params(one_batch_for_all_ranks(ctx, params, world), world, ctx.log)
+    return per_rank_params(one_batch_for_all_ranks(ctx, params, world), world, ctx.log, unit="workers")
 
 
 def train_rank(ctx: PassContext, params: LoRAParams) -> dict | None:
