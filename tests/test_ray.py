@@ -333,12 +333,17 @@ def test_a_runtime_env_that_does_not_build_is_named(tiny, cluster, tmp_path, cap
 # ---------------------------------------------------------------- GPUs
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
 def test_gpu_workers_train_through_nccl(tiny, tmp_path):
     import torch
 
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     workers = min(torch.cuda.device_count(), 2)
     cfg = training_config(tiny, None)
     cfg["systems"] = {
