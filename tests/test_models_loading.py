@@ -99,13 +99,11 @@ def test_hub_name_is_not_fetched(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "path, needs",
     [
-        ("az://container/models/phi3", "Azure storage"),
-        ("s3://bucket/phi3", "S3"),
-        ("https://example.org/phi3.gguf", "HTTPS"),
         ("azureml://registries/azureml/models/phi3", "Azure ML"),
     ],
 )
 def test_remote_stores_are_not_implemented_yet(path, needs):
+    """(Model folders and .gguf files at storage URLs download: tests/test_storage.py.)"""
     with pytest.raises(UserError, match=f"remote models are not implemented yet.*{needs}") as info:
         resolve_model(path)
     assert not isinstance(info.value, ModelError) and path in str(info.value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,16 +29,27 @@ def test_azure_system_fails_at_once_naming_what_is_missing(capsys):
             {"type": "azureml_registry_model", "name": "m", "registry_name": "r", "version": 1},
             "Azure ML",
         ),
-        ("model", "s3://bucket/model", "remote"),
+        ("model", "s3://bucket/model", "no AWS credential"),
         (
             "data",
             {"type": "azureml_datastore", "datastore_name": "d", "relative_path": "x.json"},
-            "datastore",
+            "the workspace is not known",
         ),
-        ("data", "https://example.invalid/train.json", "remote"),
+        ("data", "https://example.invalid/train.json", "unknown host example.invalid"),
     ],
 )
-def test_remote_inputs_fail_at_once(tmp_path, capsys, section, value, expected):
+def test_remote_inputs_fail_at_once(tmp_path, capsys, monkeypatch, section, value, expected):
+    """Remote inputs that cannot be read stop the run before anything is written, naming the resource."""
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    listening = socket.create_server(
+        ("127.0.0.1", 0)
+    )  # an S3 endpoint that answers: the credential is missing
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listening.getsockname()[1]}")
+    monkeypatch.setenv("SLIMTUNE_DOWNLOADS", str(tmp_path / "downloads"))
     data = tmp_path / "train.jsonl"
     data.write_text('{"text": "hello"}\n')
     config = {
@@ -58,6 +71,7 @@ def test_remote_inputs_fail_at_once(tmp_path, capsys, section, value, expected):
     assert main(["run", "--config", str(path)]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    listening.close()
 
 
 def test_qlora_on_cpu_fails_before_loading_weights(tmp_path, capsys, monkeypatch):

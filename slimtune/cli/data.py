@@ -22,7 +22,10 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="data set tools")
     verbs = p.add_subparsers(dest="data_verb", metavar="VERB")
     ins = verbs.add_parser("inspect", help="rows, duplicates, labels, token lengths, a rendered example")
-    ins.add_argument("file", help="a data file (json/jsonl/csv/parquet/txt) or a config file")
+    ins.add_argument(
+        "file",
+        help="a data file (json/jsonl/csv/parquet/txt; a path or an http(s)/s3/az/abfs URL) or a config file",
+    )
     ins.add_argument("--data", help="data config name (when FILE is a config)")
     ins.add_argument(
         "--template", help="text template over columns, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'"
@@ -44,6 +47,7 @@ def inspect_command(args: Any) -> int:
     from slimtune.data.inspect import format_report, inspect_rows, load_tokenizer
     from slimtune.data.template import Template, unescape_cli
     from slimtune.data.user_script import load_data
+    from slimtune.redact import redact_url
 
     data, model, eval_size, eval_data = _source(args)
     pre = data.pre_process_data_config
@@ -66,7 +70,7 @@ def inspect_command(args: Any) -> int:
         )  # a bare data file: show every column
     tokenizer, tokenizer_note = load_tokenizer(args.model, model)
     eval_rows = load_data(eval_data) if eval_data else None
-    file = str(data.load_dataset_config.data_files)
+    file = redact_url(str(data.load_dataset_config.data_files))
     report = inspect_rows(
         rows,
         pre,
@@ -85,7 +89,14 @@ def _source(args: Any) -> tuple[DataConfig, str | None, float | None, DataConfig
     """(data config, model from the config, eval size, eval data config) for FILE."""
     from slimtune.config.schema import DataConfig, LoadDatasetConfig  # noqa: F811
     from slimtune.data.load import builder_for
+    from slimtune.storage import is_remote_url
 
+    if is_remote_url(args.file):  # a data file in storage: fetched into the download cache
+        if args.data:
+            raise UserError(f"--data {args.data} names a data config, but {args.file} is a data file URL")
+        load = LoadDatasetConfig(data_name=builder_for(args.file), data_files=args.file)
+        name = Path(args.file.split("?")[0]).stem
+        return DataConfig(name=name, load_dataset_config=load), None, None, None
     path = Path(args.file)
     if not path.exists():
         raise UserError(f"{path}: file not found")

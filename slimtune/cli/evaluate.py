@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimtune.errors import UserError
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef  # plain data, no heavy imports
+from slimtune.redact import redact_url
 from slimtune.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -23,7 +24,11 @@ if TYPE_CHECKING:
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model folder on a data file")
     p.add_argument("--model", required=True, help="HF folder, adapter folder, or ONNX GenAI folder")
-    p.add_argument("--data", required=True, help="data file (json/jsonl/csv/parquet)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="data file (json/jsonl/csv/parquet; a path or an http(s)/s3/az/abfs URL)",
+    )
     p.add_argument("--template", help="text template; default: the one recorded in the model folder")
     p.add_argument("--label-col", help="answer column; default: the template's last field")
     p.add_argument(
@@ -76,7 +81,7 @@ def _run(args) -> int:
         label_column=label_column,
         progress=None if not args.json else False,
     )
-    result["data"] = str(args.data)
+    result["data"] = redact_url(str(args.data))
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:

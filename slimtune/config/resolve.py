@@ -6,7 +6,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-REMOTE_PREFIXES = ("az://", "azureml://", "s3://", "https://", "http://", "hf://", "gs://")
+REMOTE_PREFIXES = (
+    "az://",
+    "abfs://",
+    "abfss://",
+    "azureml://",
+    "s3://",
+    "https://",
+    "http://",
+    "hf://",
+    "gs://",
+)
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -37,7 +47,14 @@ def resolve_model_path(value: str, base: Path) -> tuple[str, str | None]:
     return str(candidate), f"model path {candidate} does not exist"
 
 
-def _files(value: Any, base: Path, warnings: list[str]) -> Any:
+def _files(value: Any, base: Path, warnings: list[str], client: Any = None) -> Any:
+    if isinstance(value, str) and value.startswith("azureml://datastores/") and client is not None:
+        from slimtune.storage.azureml import WORKSPACE_KEYS, datastore_uri
+
+        workspace = client.model_dump()
+        if all(workspace.get(k) for k in WORKSPACE_KEYS):  # the short form, in the config's workspace
+            datastore, _, path = value[len("azureml://datastores/") :].partition("/paths/")
+            return datastore_uri(datastore, path, workspace)
     if isinstance(value, str):
         resolved = resolve_path(value, base)
         if (
@@ -48,9 +65,11 @@ def _files(value: Any, base: Path, warnings: list[str]) -> Any:
             warnings.append(f"data file {resolved} does not exist")
         return resolved
     if isinstance(value, list):
-        return [_files(v, base, warnings) for v in value]
+        return [_files(v, base, warnings, client) for v in value]
     if isinstance(value, dict):
-        return {k: _files(v, base, warnings) for k, v in value.items()}
+        return {k: _files(v, base, warnings, client) for k, v in value.items()}
+    if getattr(value, "azureml_client", "absent") is None and client is not None:
+        value.azureml_client = client  # a datastore or job output resource: the config's workspace
     return value  # a remote resource
 
 
@@ -66,7 +85,7 @@ def resolve_paths(config: Any, plans: list, base: Path) -> list[str]:
     for data in config.data_configs:
         load = data.load_dataset_config
         if load.data_files is not None:
-            load.data_files = _files(load.data_files, base, warnings)
+            load.data_files = _files(load.data_files, base, warnings, config.azureml_client)
         elif load.data_name not in ("json", "csv", "parquet", "text") and Path(base, load.data_name).exists():
             load.data_name = resolve_path(load.data_name, base)
     config.cache_dir = resolve_path(config.cache_dir, base)

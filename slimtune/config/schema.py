@@ -49,10 +49,19 @@ class AzureMLDatastore(Strict):
     relative_path: str = Field(description="path of the file or folder inside the datastore")
 
 
+class AzureMLJobOutput(Strict):
+    type: Literal["azureml_job_output"]
+    azureml_client: AzureMLClient | None = None
+    job_name: str = Field(description="name of the Azure ML job")
+    output_name: str = Field(description="name of the job's output")
+    relative_path: str = Field("", description="path of the file or folder inside the output")
+
+
 RESOURCE_TYPES = {
     "azureml_registry_model": AzureMLRegistryModel,
     "azureml_model": AzureMLModel,
     "azureml_datastore": AzureMLDatastore,
+    "azureml_job_output": AzureMLJobOutput,
 }
 
 
@@ -156,6 +165,10 @@ class LoadDatasetConfig(Strict):
     col_filters: dict[str, Any] | None = Field(None, description="keep rows whose column equals the value")
     max_samples: int | None = Field(None, gt=0, description="keep the first N rows")
     trust_remote_code: bool = False
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="options of the remote store data_files name (fsspec: key, secret, account_name ...)",
+    )
 
     _files = field_validator("data_files", mode="before")(classmethod(lambda cls, v: _resource(v)))
 
@@ -167,13 +180,13 @@ class LoadDatasetConfig(Strict):
                 isinstance(v, list) and bool(v) and all(isinstance(i, str) and i.strip() for i in v)
             )
 
-        if value is None or isinstance(value, AzureMLDatastore) or paths(value):
+        if value is None or isinstance(value, (AzureMLDatastore, AzureMLJobOutput)) or paths(value):
             return value
         if isinstance(value, dict) and value and all(paths(v) for v in value.values()):
             return value
         raise ValueError(
             "must be a path, a non-empty list of paths, a mapping {split: path or paths} or an "
-            f"azureml_datastore resource; got {type(value).__name__} {value!r}"
+            f"azureml_datastore or azureml_job_output resource; got {type(value).__name__} {value!r}"
         )
 
 

@@ -37,6 +37,10 @@ def read_rows(data: Any) -> Rows | None:
         return None
     if pre.type is not None and pre.type not in BUILTIN_PRE_PROCESS:
         return None
+    from slimtune.data.fingerprint import names_remote
+
+    if names_remote(data):
+        return None  # remote files are fetched by the run, not by what must stay light
     try:
         paths = _expand(load.data_files).get(load.split.split("[")[0]) or []
         rows = Rows(row for path in paths for row in _read(Path(path), load.data_name))

@@ -14,6 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from slimtune.config.resolve import is_remote
 from slimtune.config.schema import LoadDatasetConfig
@@ -37,7 +38,9 @@ VALIDATE_MAX_BYTES = 256 << 20  # larger files are checked only when datasets fa
 
 
 def builder_for(path: str | Path) -> str:
-    """The datasets builder for a data file, from its suffix (json when unknown)."""
+    """The datasets builder for a data file or URL, from its suffix (json when unknown)."""
+    if isinstance(path, str) and "://" in path:
+        path = urlsplit(path).path
     return SUFFIX_BUILDERS.get(Path(path).suffix.lower(), "json")
 
 
@@ -55,7 +58,7 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
             f"load_dataset_config.data_files is missing: data_name {load.data_name!r} reads local "
             "files; give a path, a list of paths or a mapping {'train': ..., 'test': ...}"
         )
-    files = _expand(load.data_files)
+    files = _expand(load.data_files, load.storage_options)
     if load.split.split("[")[0] not in files:
         given = "a path or list gives only the split 'train'" if list(files) == ["train"] else "splits given"
         raise UserError(
@@ -63,16 +66,33 @@ def load_rows(load: LoadDatasetConfig) -> datasets.Dataset:
             f"{sorted(files)}); use a mapping like {{'{load.split}': 'file.json'}}"
         )
     paths = files[load.split.split("[")[0]]
-    for path in paths:
-        check_file(path, load.data_name)
-    rows = _load(load, files, paths)
-    if len(rows) == 0:
-        raise DataError("the data set has no rows", file=_where(paths))
-    if load.col_filters:
-        rows = _filter(rows, load.col_filters, paths)
+    with _named_by_url(paths):
+        for path in paths:
+            check_file(path, load.data_name)
+        rows = _load(load, files, paths)
+        if len(rows) == 0:
+            raise DataError("the data set has no rows", file=_where(paths))
+        if load.col_filters:
+            rows = _filter(rows, load.col_filters, paths)
     if load.max_samples:
         rows = rows.select(range(min(load.max_samples, len(rows))))
     return rows
+
+
+@contextmanager
+def _named_by_url(paths: list[str]):
+    """A problem in a downloaded file names its URL (token masked), not its place in the download cache."""
+    try:
+        yield
+    except DataError as err:
+        from slimtune.storage.download import origin_of
+
+        for path in paths:
+            url = origin_of(path)
+            if url and path in str(err):
+                err.args = (str(err).replace(path, url),)
+                err.file = url if err.file == path else err.file
+        raise
 
 
 def _reject_remote(
@@ -82,12 +102,11 @@ def _reject_remote(
     raise UserError(f"{key}: remote data ({kind}) is not implemented yet; {hint}")
 
 
-def _expand(data_files: Any) -> dict[str, list[str]]:
-    """data_files as {split: [local paths]}, globs expanded; remote resources rejected."""
-    if isinstance(data_files, (str, list)):
+def _expand(data_files: Any, storage_options: dict | None = None) -> dict[str, list[str]]:
+    """data_files as {split: [local paths]}: globs expanded, remote files and folders downloaded into the cache
+    (slimtune.storage.download), Azure ML datastore and job output resources read from their storage."""
+    if isinstance(data_files, (str, list)) or hasattr(data_files, "type"):
         data_files = {"train": data_files}
-    if not isinstance(data_files, dict):  # an azureml_datastore resource (validated model)
-        _reject_remote(data_files, "load_dataset_config.data_files")
     out: dict[str, list[str]] = {}
     for split, value in data_files.items():
         key = "load_dataset_config.data_files" + (f".{split}" if len(data_files) > 1 else "")
@@ -96,6 +115,12 @@ def _expand(data_files: Any) -> dict[str, list[str]]:
             raise UserError(f"{key} is an empty list")
         out[split] = []
         for item in values:
+            remote = remote_source(item, storage_options)
+            if remote is not None:
+                from slimtune.storage.download import fetch_all
+
+                out[split] += [str(p) for p in fetch_all(*remote)]
+                continue
             if not isinstance(item, (str, Path)) or is_remote(str(item)):
                 _reject_remote(item, key)
             item = str(Path(item).expanduser())
@@ -107,6 +132,21 @@ def _expand(data_files: Any) -> dict[str, list[str]]:
             else:
                 out[split].append(item)
     return out
+
+
+def remote_source(item: Any, storage_options: dict | None = None) -> tuple[str, dict | None] | None:
+    """(URL, storage options) for a data_files item slimtune fetches: a storage URL, or an Azure ML datastore or
+    job output resource (its URI, with its workspace); None for a local path."""
+    from slimtune.storage import is_remote_url
+
+    if hasattr(item, "type") and item.type in ("azureml_datastore", "azureml_job_output"):
+        from slimtune.storage.azureml import resource_uri
+
+        uri, client = resource_uri(item)
+        return uri, {**(storage_options or {}), "azureml_client": client}
+    if isinstance(item, str) and is_remote_url(item):
+        return item, storage_options
+    return None
 
 
 def check_file(path: str, data_name: str) -> None:

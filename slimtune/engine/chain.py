@@ -22,6 +22,7 @@ from slimtune.files import fingerprint
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
+from slimtune.redact import mask_secret_keys, redact
 from slimtune.systems import PassJob, get_system, host_of, needs_runner, this_node
 
 
@@ -186,7 +187,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         input_fingerprint=fingerprint,
         pass_type=spec.type,
         pass_version=spec.version,
-        params=plan.params.model_dump(mode="json"),
+        params=mask_secret_keys(plan.params.model_dump(mode="json")),
         data_fingerprints={
             key: data_fingerprint(config, session.hash_sidecar()) for key, config in data.items()
         },
@@ -228,7 +229,7 @@ def run_chain(session: Session, plans: list[PassPlan], prefix: str = "", chain: 
 def run_pass(session: Session, plan: PassPlan, previous: Stage) -> tuple[Stage, dict[str, Any]]:
     """The output of one pass on `previous`: from the cache, or run (one process at a time per key)."""
     spec = get_pass(plan.type)
-    params = plan.params.model_dump(mode="json")
+    params = redact(plan.params.model_dump(mode="json"), session.loaded.secrets)
     key = pass_key(session, plan, previous.key, previous.model.kind)
     record: dict[str, Any] = {"name": plan.name, "type": plan.type, "key": key, "params": params}
     cache = session.cache
@@ -285,7 +286,9 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         "pass_name": plan.name,
         "pass_type": plan.type,
         "pass_version": spec.version,
-        "params": plan.params.model_dump(mode="json"),
+        "params": redact(
+            plan.params.model_dump(mode="json"), session.loaded.secrets
+        ),  # no tokens in the cache
         "input": previous.model.to_json(),
         "input_fingerprint": previous.key,
         "library_versions": session.libraries,
@@ -293,7 +296,8 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
     runner = session.runner(host_of(session.loaded.config, plan.host))
     if runner is not None:  # plain data to another system; it commits into the shared cache
         ctx = pass_context(session, spec, plan, previous, cache.root / "tmp" / key, key)
-        job = PassJob(plan.name, plan.type, info["params"], ctx.to_json(), key, str(cache.root), info)
+        params = plan.params.model_dump(mode="json")  # the pass needs its tokens; the entry's record has none
+        job = PassJob(plan.name, plan.type, params, ctx.to_json(), key, str(cache.root), info)
         runner.run_pass(job)
         entry = cache.lookup(key)
         if entry is None:

@@ -47,9 +47,15 @@ class EvalPlan:
     custom: list[Any] = field(default_factory=list)  # metrics of type custom (evaluate/custom.py)
     answers: str | None = None  # what the rows' answers are: "labels", "text" or None (evaluate/text_metrics)
 
+    def _data_fingerprint(self) -> str:
+        from slimtune.data.fingerprint import data_fingerprint
+
+        self.data_fingerprint = data_fingerprint(self.data)  # remote data: its content, fetched by the run
+        return self.data_fingerprint
+
     def fingerprint(self) -> str:
         payload = {
-            "data": self.data_fingerprint,
+            "data": self.data_fingerprint or self._data_fingerprint(),
             "rows": len(self.rows),
             "indices": self.indices,
             "source": self.source,
@@ -100,7 +106,7 @@ def plan_evaluation(loaded: LoadedConfig, load: Any = None) -> EvalPlan | None:
     free text such as conversations, perplexity when there is no answer to compare); an evaluator's metric
     that the rows cannot give (accuracy on free-text answers) is refused here, not after training.
     `load`: data config -> rows (default: load_data); None from it means the rows cannot be read here."""
-    from slimtune.data.fingerprint import data_fingerprint
+    from slimtune.data.fingerprint import data_fingerprint, names_remote
     from slimtune.data.user_script import load_data
     from slimtune.passes.registry import get_pass
 
@@ -155,7 +161,7 @@ def plan_evaluation(loaded: LoadedConfig, load: Any = None) -> EvalPlan | None:
         data.pre_process_data_config,
         metrics,
         refs,
-        data_fingerprint(data),
+        "" if names_remote(data) else data_fingerprint(data),  # remote: computed when the run evaluates
         latency_runs=20 if evaluator else 5,
         split_from=split_from,
         max_rows=max_rows,

@@ -43,14 +43,27 @@ def check_systems(loaded: LoadedConfig) -> None:
 
 
 def check_remote_inputs(loaded: LoadedConfig) -> None:
+    """Remote inputs this version cannot read are refused; a model at a storage URL is downloaded into the cache
+    (its local copy replaces the URL from here on: the checks and passes read a folder); local data files must
+    exist (remote ones are fetched, and their problems named, when their rows are checked)."""
+    from slimtune.storage import is_remote_url
+
     cfg = loaded.config
+    if not is_remote_url(cfg.cache_dir):
+        from slimtune.storage.download import set_download_root
+
+        set_download_root(cfg.cache_dir)
     path = cfg.input_model.model_path
     if not isinstance(path, str):
         raise UserError(
             f"input_model.model_path is an Azure ML resource ({path.type}), which {_NOT_YET}: it needs the "
             "azure-ai-ml package and a workspace. Download the model and give its local folder."
         )
-    if is_remote(path):
+    if is_remote_url(path) and not path.startswith("azureml://registries/"):
+        from slimtune.storage.download import fetch_model
+
+        cfg.input_model.model_path = str(fetch_model(path))
+    elif is_remote(path):
         raise UserError(
             f"input_model.model_path {path!r} is a remote store, which {_NOT_YET}; give a local path"
         )
@@ -60,14 +73,11 @@ def check_remote_inputs(loaded: LoadedConfig) -> None:
             files if isinstance(files, list) else list(files.values()) if isinstance(files, dict) else [files]
         )
         for value in values:
-            if value is None:
-                continue
-            if not isinstance(value, (str, list)):
-                raise UserError(
-                    f"data config `{data.name}`: data_files is an Azure ML datastore, which {_NOT_YET}: it needs "
-                    "azure-ai-ml and the datastore's credentials. Download the file and give its path."
-                )
+            if value is None or not isinstance(value, (str, list)):
+                continue  # a datastore or job output resource: read with the rows
             for item in value if isinstance(value, list) else [value]:
+                if is_remote_url(item):
+                    continue
                 if is_remote(item):
                     raise UserError(
                         f"data config `{data.name}`: {item!r} is a remote store, which {_NOT_YET}"

@@ -50,6 +50,13 @@ def resolve_model(model_path: Any, *, allow_pickle: bool = False, kind: ModelKin
         model_path = os.fspath(model_path)
     if not isinstance(model_path, str):
         raise _remote_resource(model_path)
+    from slimtune.storage import is_remote_url
+
+    if is_remote_url(model_path) and not model_path.startswith("azureml://registries/"):
+        # a model folder or .gguf file in storage (a datastore path too): downloaded into the cache
+        from slimtune.storage.download import fetch_model
+
+        model_path = str(fetch_model(model_path))
     for prefix, needs in _REMOTE.items():
         if model_path.startswith(prefix):
             raise UserError(

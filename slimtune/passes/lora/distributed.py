@@ -107,7 +107,12 @@ def run_distributed(ctx: PassContext, params: LoRAParams, world: int) -> ModelRe
         "slimtune.passes.lora.distributed",
         str(job),
     ]
-    done = subprocess.run(command, env={**os.environ, WORKER_ENV: "1"})
+    try:
+        done = subprocess.run(command, env={**os.environ, WORKER_ENV: "1"})
+    finally:
+        job.unlink(
+            missing_ok=True
+        )  # it holds the parameters as given, tokens included: not left in the cache
     if done.returncode != 0 or not result.is_file():
         # a failed pass (like the same failure in one process), not a config error: a search goes on
         raise PassFailed(
