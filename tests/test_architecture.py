@@ -105,6 +105,8 @@ def _importers(prefix: str, target: str) -> list[str]:
         ("slimtune.evaluate", "slimtune.engine"),
         ("slimtune.evaluate", "slimtune.passes"),
         ("slimtune.engine", "slimtune.cli"),
+        ("slimtune.engine", "slimtune.systems."),  # the registry only: a system's own modules load when used
+        ("slimtune.passes", "slimtune.systems"),
         ("slimtune.files", "slimtune."),
         ("slimtune.units", "slimtune."),
         ("slimtune.library_warnings", "slimtune."),

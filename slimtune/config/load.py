@@ -26,6 +26,7 @@ class PassPlan:
     params: Strict  # at the search space's default point when the pass is searched
     version: int
     space: PassSpace | None = None  # set when the pass has search values or alternatives
+    host: str | None = None  # the system that runs this pass (`host` on the pass; else the run's host)
 
     @property
     def searched(self) -> bool:
@@ -40,7 +41,7 @@ class PassPlan:
         spec = get_pass(self.space.alternatives[point.alternative].type)
         params = spec.params.model_validate(self.space.params_at(point))
         resolve_pass_params(params, base_dir)
-        return PassPlan(self.name, spec.type, params, spec.version)
+        return PassPlan(self.name, spec.type, params, spec.version, host=self.host)
 
 
 @dataclass
@@ -155,7 +156,12 @@ def _validate_passes(
             continue
         spec = get_pass_spec(alternatives[0].type)
         params = spec.params.model_validate(space.params_at(space.default()))
-        plans.append(PassPlan(name, spec.type, params, spec.version, space if space.searched else None))
+        host = next(
+            (e.get("host") for e in (entry if isinstance(entry, list) else [entry]) if e.get("host")), None
+        )
+        plans.append(
+            PassPlan(name, spec.type, params, spec.version, space if space.searched else None, host=host)
+        )
     return plans, issues
 
 

@@ -365,7 +365,7 @@ class EnvironmentConfig(Strict):
 
 class System(Strict):
     renamed = {"azureml_client_config": "azureml_client"}
-    type: Literal["LocalSystem", "AzureML", "PythonEnvironment", "Docker"] = "LocalSystem"
+    type: Literal["LocalSystem", "AzureML", "PythonEnvironment", "Docker", "Ray"] = "LocalSystem"
     accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()])
     # AzureML
     aml_compute: str | None = Field(None, description="Azure ML compute cluster name")
@@ -395,6 +395,22 @@ class System(Strict):
     )
     # Docker
     local_docker_config: DockerConfig | None = None
+    # Ray (docs/scale-out.md)
+    address: str | None = Field(
+        None,
+        description="Ray: `auto` (a running cluster), `ray://host:port` (a remote one); unset: start one here",
+    )
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray: runtime environment of the workers")
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description='Ray: what one pass or training worker takes, e.g. {"CPU": 4, "GPU": 1}'
+    )
+    num_workers: int | None = Field(None, ge=1, description="Ray: training workers of a data-parallel pass")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = Field(
+        None, description="Ray: how training workers are placed on nodes (default PACK)"
+    )
+    max_failures: int | None = Field(
+        None, ge=0, description="Ray: times a lost worker or node is retried (default 2)"
+    )
 
     @field_validator("accelerators", mode="before")
     @classmethod

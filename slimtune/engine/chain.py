@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +17,18 @@ from typing import Any
 
 from slimtune.config.load import LoadedConfig, PassPlan
 from slimtune.engine.cache import Cache
+from slimtune.engine.execute import execute
 from slimtune.engine.fingerprint import cache_key, hash_sidecar, library_versions
-from slimtune.engine.monitor import PeakMemory, Stopwatch
-from slimtune.engine.resources import PassGuard
 from slimtune.engine.shared_cache import open_cache
-from slimtune.files import fingerprint, folder_size
+from slimtune.errors import PassFailed
+from slimtune.files import fingerprint
 from slimtune.models.hub import origin
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
 from slimtune.redact import mask_secret_keys, redact
 from slimtune.storage.fs import is_remote_url
+from slimtune.systems import PassJob, get_system, host_of, needs_runner, this_node
 
 
 @dataclass
@@ -52,9 +54,35 @@ class Session:
     eval_plan: Any = None  # engine.evaluation.EvalPlan, when the run evaluates
     started: float = field(default_factory=time.time)
     read_only: bool = False  # keys only (a dry run): write nothing into the cache
+    runners: dict[str, Any] = field(default_factory=dict)  # connected systems by name
+    _connecting: threading.Lock = field(default_factory=threading.Lock)
 
     def hash_sidecar(self) -> Path | None:
         return None if self.read_only else hash_sidecar(self.cache.root)
+
+    def runner(self, name: str | None):
+        """The connected system called `name` (connected on first use), or None for this process."""
+        cfg = self.loaded.config
+        if not needs_runner(cfg, name):
+            return None
+        with self._connecting:  # a search's candidates ask from several threads
+            if name not in self.runners:
+                system = cfg.systems[name]
+                connect = get_system(system.type).load_connect()
+                self.runners[name] = connect(name, system, self.device)
+            return self.runners[name]
+
+    def width(self) -> int:
+        """How many candidates a search keeps in flight: what the systems its passes run on take at once."""
+        cfg = self.loaded.config
+        hosts = {host_of(cfg, plan.host) for plan in self.loaded.passes}
+        runners = [self.runner(name) for name in hosts]
+        return max([r.capacity() for r in runners if r is not None], default=1)
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+        self.runners.clear()
 
 
 @dataclass
@@ -231,6 +259,7 @@ def run_pass(session: Session, plan: PassPlan, previous: Stage) -> tuple[Stage, 
             "metrics": info["metrics"],
             "library_versions": info["library_versions"],
             "output_path": str(entry.output),
+            "node": info.get("node"),  # where the output was made (by an earlier run, for a cache hit)
         }
     )
     return Stage(plan.name, produced, key, ModelMeta.load(entry.output) or previous.meta), record
@@ -255,25 +284,11 @@ def pass_context(session: Session, spec: PassSpec, plan: PassPlan, previous: Sta
 
 
 def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: Stage, key: str):
+    """Run the pass where its system runs it (this process unless a `host` names another system) and commit
+    its output under `key`; the caller holds the key's lock."""
     from slimtune.engine.memory_check import memory_query
 
     cache = session.cache
-    attempt = cache.new_attempt(key)
-    ctx = pass_context(session, spec, plan, previous, attempt, key)
-    advice = "Free memory or use a larger machine."
-    if spec.memory_advice is not None:
-        advice = spec.memory_advice(
-            memory_query(plan, session.loaded, Path(previous.model.path), session.device)
-        )
-    output_dir = session.loaded.config.output_dir
-    watched = [cache.root] if is_remote_url(output_dir) else [cache.root, Path(output_dir)]
-    guard = PassGuard(
-        f"passes.{plan.name} ({plan.type})", advice, attempt, watched, folder_size(previous.model.path)
-    )
-    with guard, Stopwatch() as clock, PeakMemory() as memory:
-        produced = spec.load_run()(ctx, plan.params)
-    with guard:
-        ctx.meta.save(ctx.output_dir)
     info = {
         "pass_name": plan.name,
         "pass_type": plan.type,
@@ -283,12 +298,25 @@ def _run_and_commit(session: Session, spec: PassSpec, plan: PassPlan, previous: 
         ),  # no tokens in the cache
         "input": previous.model.to_json(),
         "input_fingerprint": previous.key,
-        "kind": produced.kind,
-        "base_path": produced.base_path,
-        "wall_s": clock.seconds,
-        "peak_rss_bytes": memory.peak_bytes,
-        "metrics": ctx.metrics,
         "library_versions": session.libraries,
     }
-    with guard:
-        return cache.commit(key, attempt, info)
+    runner = session.runner(host_of(session.loaded.config, plan.host))
+    if runner is not None:  # plain data to another system; it commits into the shared cache
+        ctx = pass_context(session, spec, plan, previous, cache.root / "tmp" / key, key)
+        params = plan.params.model_dump(mode="json")  # the pass needs its tokens; the entry's record has none
+        job = PassJob(plan.name, plan.type, params, ctx.to_json(), key, str(cache.root), info)
+        runner.run_pass(job)
+        entry = cache.lookup(key)
+        if entry is None:
+            raise PassFailed(f"passes.{plan.name}: the system reported success but left no cache entry {key}")
+        return entry
+    attempt = cache.new_attempt(key)
+    ctx = pass_context(session, spec, plan, previous, attempt, key)
+    advice = "Free memory or use a larger machine."
+    if spec.memory_advice is not None:
+        advice = spec.memory_advice(
+            memory_query(plan, session.loaded, Path(previous.model.path), session.device)
+        )
+    output_dir = session.loaded.config.output_dir
+    watched = [] if is_remote_url(output_dir) else [Path(output_dir)]
+    return execute(spec, plan.params, ctx, cache, key, attempt, info, this_node(), advice, watched=watched)

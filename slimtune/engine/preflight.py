@@ -12,17 +12,31 @@ from pathlib import Path
 from slimtune.config.load import LoadedConfig
 from slimtune.config.resolve import is_remote
 from slimtune.errors import UserError
+from slimtune.systems import needs_runner
 
 _NOT_YET = "is not implemented in this version of slimtune"
 
 
 def check_systems(loaded: LoadedConfig) -> None:
+    from slimtune.systems import get_system
+
     cfg = loaded.config
-    for role in ("host", "target"):
-        name = getattr(cfg, role)
+    roles = [("host", cfg.host), ("target", cfg.target)]
+    roles += [(f"passes.{plan.name}.host", plan.host) for plan in loaded.passes if plan.host]
+    for role, name in roles:
         if name is None:
             continue
         system = cfg.systems[name]
+        spec = get_system(system.type)
+        if spec is not None:  # a registered system checks its own settings
+            if spec.check is not None:
+                spec.check(name, system)
+            continue
+        if system.type == "AzureML" and role.startswith("passes."):
+            raise UserError(
+                f"{role}: `{name}` is AzureML, and one pass alone cannot go to Azure ML in this version: set "
+                f"`host: {name}` for the whole workflow (it runs as one Azure ML job)"
+            )
         if system.type == "AzureML":  # `slimtune run` sends these to a job (slimtune.systems.azureml)
             raise UserError(
                 f"{role} system `{name}` is AzureML: the run goes to an Azure ML job, not this machine "
@@ -87,7 +101,9 @@ def device_for(loaded: LoadedConfig) -> tuple[str, str]:
     target = cfg.systems.get(cfg.target) if cfg.target else host
     wants_gpu = bool(host and any(a.device in ("gpu", "cuda") for a in host.accelerators))
     device = "cpu"
-    if wants_gpu:
+    if wants_gpu and needs_runner(cfg, cfg.host):
+        device = "cuda"  # the system's workers have the GPUs, not necessarily this process's machine
+    elif wants_gpu:
         import torch
 
         if not torch.cuda.is_available():

@@ -31,16 +31,19 @@ def run_workflow(loaded: LoadedConfig, verbose: bool = False) -> int:
 
     tracker = start_tracking(loaded)  # tracking.mlflow: the run opens before the first pass
     try:
-        if any(plan.searched for plan in loaded.passes):
-            from slimtune.engine.search import run_search
+        try:
+            if any(plan.searched for plan in loaded.passes):
+                from slimtune.engine.search import run_search
 
-            outcome = run_search(session)
-        else:
-            chain = run_chain(session, loaded.passes)
-            evaluation, goals = None, []
-            if session.eval_plan is not None:
-                evaluation, goals = evaluate_chain(session, chain)
-            outcome = Outcome(chain, evaluation, goals)
+                outcome = run_search(session)
+            else:
+                chain = run_chain(session, loaded.passes)
+                evaluation, goals = None, []
+                if session.eval_plan is not None:
+                    evaluation, goals = evaluate_chain(session, chain)
+                outcome = Outcome(chain, evaluation, goals)
+        finally:
+            session.close()  # systems the passes ran on: disconnect (a cluster started for this run stops)
         code = finish(session, outcome)
     except BaseException:
         if tracker is not None:

@@ -15,7 +15,9 @@ config, missing data) stops the run at once.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +29,7 @@ from slimtune.engine.evaluation import evaluate_chain
 from slimtune.errors import PassFailed, ResourceError, SlimtuneError, UserError
 from slimtune.evaluate.goals import MetricRef, pareto_front, rank_key, read
 from slimtune.search.samplers import Candidate, candidate_key, make_sampler
+from slimtune.systems import this_node
 
 # ranking when no metric has a priority: accuracy first, then latency, then size
 DEFAULT_RANKING = [
@@ -70,7 +73,7 @@ class Tried:
             "metrics": self.final_metrics,
             "goals": self.goals,
             "passes": [
-                {"name": r["name"], "type": r["type"], "key": r["key"], "cache_hit": r["cache_hit"]}
+                {k: r.get(k) for k in ("name", "type", "key", "cache_hit", "node")}
                 for r in (self.chain.records if self.chain else [])
             ]
             + ([self.failed_pass] if self.failed_pass else []),
@@ -95,21 +98,15 @@ def run_search(session: Session) -> Outcome:
         f"search: {strategy.sampler} sampler, {strategy.execution_order} order, seed {strategy.seed}",
         flush=True,
     )
+    width = session.width()  # 1 here; on a cluster, as many candidates as its resources run at once
+    if width > 1:
+        print(f"search: up to {width} candidates at once", flush=True)
     for group in groups:
         sampler = make_sampler(
             strategy.sampler, {p.name: p.space for p in group}, strategy.seed, strategy.sampler_config
         )
         search.check_combinations(sampler, fixed)
-        group_tried: list[Tried] = []
-        while not search.should_stop():
-            suggestion = sampler.suggest()
-            if suggestion is None:
-                break
-            tried = search.try_candidate({**fixed, **suggestion})
-            group_tried.append(tried)
-            sampler.tell(suggestion, search.objective(tried))
-            if strategy.stop_when_goals_met and tried.status == "ok" and tried.goals:
-                search.stopped = f"candidate #{tried.id} met every goal (stop_when_goals_met)"
+        group_tried = search.run_group(sampler, fixed, width)
         best = search.best(group_tried)
         if best is not None:
             fixed.update({p.name: best.point[p.name] for p in group})
@@ -133,6 +130,7 @@ class _Search:
         self.by_key: dict[tuple, Tried] = {}
         self.started = time.time()
         self.stopped = ""
+        self.evaluating = threading.Lock()
 
     def should_stop(self) -> bool:
         if self.stopped:
@@ -170,10 +168,49 @@ class _Search:
             for plan in self.session.loaded.passes
         ]
 
-    def try_candidate(self, candidate: Candidate) -> Tried:
+    def run_group(self, sampler, fixed: Candidate, width: int) -> list[Tried]:
+        """Candidates from the sampler until it or the limits stop, `width` in flight at once (ask/tell: the
+        sampler hears each result as it arrives and suggests the next one)."""
+        group_tried: list[Tried] = []
+        pending: dict[Future, tuple[Candidate, Tried]] = {}
+        pool = ThreadPoolExecutor(width, thread_name_prefix="candidate") if width > 1 else _Inline()
+        try:
+            while True:
+                while len(pending) < width and not self.should_stop():
+                    suggestion = sampler.suggest()
+                    if suggestion is None:
+                        break
+                    tried, new = self.add_candidate({**fixed, **suggestion})
+                    group_tried.append(tried)
+                    if new:
+                        pending[pool.submit(self.run_candidate, tried)] = (suggestion, tried)
+                    else:  # pass-by-pass: a later pass's first point repeats the best so far
+                        sampler.tell(suggestion, self.objective(tried))
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    suggestion, tried = pending.pop(future)
+                    future.result()  # a user error no candidate can escape stops the search here
+                    sampler.tell(suggestion, self.objective(tried))
+                    if self.strategy.stop_when_goals_met and tried.status == "ok" and tried.goals:
+                        self.stopped = f"candidate #{tried.id} met every goal (stop_when_goals_met)"
+                if width > 1:
+                    self.progress(len(pending))
+        finally:
+            pool.shutdown(wait=not pending, cancel_futures=True)
+        return group_tried
+
+    def progress(self, running: int) -> None:
+        failed = sum(t.status == "failed" for t in self.tried if t.wall_s)
+        finished = sum(1 for t in self.tried if t.wall_s) - failed
+        print(f"search: {running} running, {finished} done, {failed} failed", flush=True)
+
+    def add_candidate(self, candidate: Candidate) -> tuple[Tried, bool]:
+        """The candidate's record, numbered in the order the sampler suggested it (False: tried already)."""
         key = candidate_key(candidate)
-        if key in self.by_key:  # pass-by-pass: a later pass's first point repeats the best so far
-            return self.by_key[key]
+        if key in self.by_key:
+            return self.by_key[key], False
         params = {
             plan.name: _point_params(plan, candidate[plan.name])
             for plan in self.session.loaded.passes
@@ -182,30 +219,36 @@ class _Search:
         tried = Tried(len(self.tried) + 1, candidate, params)
         self.tried.append(tried)
         self.by_key[key] = tried
-        text = ", ".join(f"{k}={v!r}" for p in params.values() for k, v in p.items())
+        return tried, True
+
+    def run_candidate(self, tried: Tried) -> Tried:
+        text = ", ".join(f"{k}={v!r}" for p in tried.params.values() for k, v in p.items())
         print(f"\ncandidate #{tried.id}: {text}", flush=True)
         started = time.time()
         tried.chain = Chain()
         plans: list[PassPlan] = []
         try:
-            plans = self.plans(candidate)
+            plans = self.plans(tried.point)
             run_chain(self.session, plans, prefix=f"#{tried.id} ", chain=tried.chain)
             needed = {g.goal.baseline for g in self.session.eval_plan.refs if g.goal and g.goal.baseline}
-            tried.evaluation, tried.goals = evaluate_chain(self.session, tried.chain, only=needed | {"input"})
+            with self.evaluating:  # candidates in flight evaluate one at a time (latency is measured alone)
+                tried.evaluation, tried.goals = evaluate_chain(
+                    self.session, tried.chain, only=needed | {"input"}
+                )
         except (PassFailed, ResourceError, ValidationError) as err:
             tried.reason = _first_line(err)
-            tried.failed_pass = _failed_pass(plans, tried.chain)
+            tried.failed_pass = _failed_pass(plans, tried.chain, err)
         except SlimtuneError:
             raise  # bad config, missing data: no candidate can escape it
         except Exception as err:  # a crash inside one candidate's pass: record it, try the others
             tried.reason = f"{type(err).__name__}: {_first_line(err)}"
-            tried.failed_pass = _failed_pass(plans, tried.chain)
+            tried.failed_pass = _failed_pass(plans, tried.chain, err)
         else:
             met = all(g["met"] for g in tried.goals)
             tried.status = "ok" if met else "goals_not_met"
             missed = [g["metric"] for g in tried.goals if not g["met"]]
             tried.reason = "" if met else f"goals not met: {', '.join(missed)}"
-        tried.wall_s = time.time() - started
+        tried.wall_s = max(time.time() - started, 1e-9)  # set: the candidate has finished
         verdict = {"ok": "ok", "goals_not_met": "goals not met", "failed": "FAILED"}[tried.status]
         print(f"candidate #{tried.id}: {verdict}{': ' + tried.reason if tried.reason else ''}", flush=True)
         return tried
@@ -288,12 +331,36 @@ def _point_params(plan: PassPlan, point) -> dict[str, Any]:
     return {**point.as_dict(True), **differing}
 
 
-def _failed_pass(plans: list[PassPlan], chain: Chain) -> dict[str, Any] | None:
-    """The pass a candidate failed in (the first one without a record): it ran, and left no output."""
+def _failed_pass(plans: list[PassPlan], chain: Chain, err: BaseException) -> dict[str, Any] | None:
+    """The pass a candidate failed in (the first one without a record): it ran, and left no output; the node
+    it failed on (a system sets it on the error; else this machine)."""
     if len(chain.records) >= len(plans):
         return None  # the passes finished; the evaluation failed
     plan = plans[len(chain.records)]
-    return {"name": plan.name, "type": plan.type, "key": None, "cache_hit": False, "failed": True}
+    node = getattr(err, "node", None) or this_node()
+    return {
+        "name": plan.name,
+        "type": plan.type,
+        "key": None,
+        "cache_hit": False,
+        "failed": True,
+        "node": node,
+    }
+
+
+class _Inline:
+    """Runs each candidate as it is submitted: the one-at-a-time search, in this thread."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:
+            future.set_exception(err)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
 
 
 def _first_line(err: BaseException) -> str:

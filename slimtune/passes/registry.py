@@ -54,6 +54,10 @@ class PassSpec:
     # what to change when the pass runs out of memory: MemoryQuery -> sentence(s)
     memory_advice: Callable[[Any], str] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")  # where it can run
+    # a pass that trains data-parallel: a module with rank_params(ctx, params, world) -> params (each rank's,
+    # keeping the effective batch) and train_rank(ctx, params) -> {ref, metrics, meta} on rank 0 (None on the
+    # others), run in each rank of a torch.distributed group that a system started (Ray Train)
+    data_parallel: str | None = None
     # the smallest parameters that make a working pass (docs, `slimtune passes`, the contract test); data
     # config names in it stand for any data config
     example: dict[str, Any] = field(default_factory=dict)

@@ -31,6 +31,7 @@ def _spec(
         memory=training_estimate,
         memory_advice=out_of_memory_advice,
         devices=devices,
+        data_parallel="slimtune.passes.lora.distributed",
         example={"train_data_config": "train", "training_args": {"max_steps": 1}},
     )
 

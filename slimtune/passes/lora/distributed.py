@@ -45,7 +45,7 @@ def in_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1" or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
+def per_rank_params(params: LoRAParams, world: int, log, unit: str = "GPUs") -> LoRAParams:
     """Keep the effective batch of the one-GPU run where the accumulation steps divide by the GPU count."""
     args = dict(params.training_args)
     accumulation = int(args.get("gradient_accumulation_steps", 1))
@@ -54,12 +54,12 @@ def per_rank_params(params: LoRAParams, world: int, log) -> LoRAParams:
     elif accumulation % world == 0:
         args["gradient_accumulation_steps"] = accumulation // world
         log(
-            f"      data-parallel over {world} GPUs: gradient accumulation {accumulation} -> "
-            f"{accumulation // world} per GPU (same effective batch)"
+            f"      data-parallel over {world} {unit}: gradient accumulation {accumulation} -> "
+            f"{accumulation // world} per {unit.rstrip('s')} (same effective batch)"
         )
     else:
         log(
-            f"      data-parallel over {world} GPUs: the effective batch is {world} times the one-GPU batch "
+            f"      data-parallel over {world} {unit}: the effective batch is {world} times the one-process batch "
             f"(gradient_accumulation_steps {accumulation} does not divide by {world})"
         )
     return params.model_copy(update={"training_args": args})
@@ -70,11 +70,15 @@ def one_batch_for_all_ranks(ctx: PassContext, params: LoRAParams, world: int) ->
     choosing apart (from what each finds free) would run different step counts and wait on each other."""
     if "per_device_train_batch_size" in params.training_args:
         return params
-    import torch
-
     from slimtune.passes.lora.train import choose_batch
 
-    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(max(world, 1)))
+    smallest = None  # on the CPU: the memory available here
+    if ctx.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return params  # the ranks run on other machines (a cluster's GPUs): each chooses on its own GPU
+        smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(max(world, 1)))
     choice = choose_batch(ctx, params, None, available=smallest)
     return params.model_copy(update={"training_args": choice.training_args(params.training_args)})
 
@@ -130,16 +134,33 @@ def load_job(job_path: Path) -> tuple[PassContext, LoRAParams]:
     return PassContext.from_json(job["context"]), params_model.model_validate(job["params"])
 
 
-def _worker(job_path: Path) -> None:
+def rank_params(ctx: PassContext, params: LoRAParams, world: int) -> LoRAParams:
+    """Each rank's parameters for a data-parallel run that a system starts (PassSpec.data_parallel)."""
+    from slimtune.passes.lora.checks import check
+
+    check(ctx, params)
+    return per_rank_params(one_batch_for_all_ranks(ctx, params, world), world, ctx.log, unit="workers")
+
+
+def train_rank(ctx: PassContext, params: LoRAParams) -> dict | None:
+    """One rank of a data-parallel run (torch.distributed set up, RANK in the environment): rank 0 saves the
+    adapter and returns {ref, metrics, meta}; the others return None."""
     from slimtune.passes.lora.train import train
 
-    ctx, params = load_job(job_path)
     rank = int(os.environ.get("RANK", "0"))
-    ctx.log = print if rank == 0 else (lambda _message: None)
+    if rank != 0:
+        ctx.log = lambda _message: None
     ref = train(ctx, params)
-    if rank == 0:
-        result = Path(json.loads(job_path.read_text())["result"])
-        write_json_atomic(result, {"metrics": ctx.metrics, "meta": asdict(ctx.meta), "ref": ref.to_json()})
+    if rank != 0:
+        return None
+    return {"metrics": ctx.metrics, "meta": asdict(ctx.meta), "ref": ref.to_json()}
+
+
+def _worker(job_path: Path) -> None:
+    ctx, params = load_job(job_path)
+    out = train_rank(ctx, params)
+    if out is not None:
+        write_json_atomic(Path(json.loads(job_path.read_text())["result"]), out)
 
 
 if __name__ == "__main__":
