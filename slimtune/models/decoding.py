@@ -8,6 +8,7 @@ one-line answer where `answer_end` says it ends.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,3 +152,22 @@ class GreedyDecoding:
         cutter.feed(text[shown:])  # what was held back waiting for a character's other bytes
         cutter.flush()
         return cutter.text
+
+
+def log_softmax(logits) -> Any:
+    """Log-probabilities over the last axis, in float64."""
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def physical_cores() -> int:
+    """Physical cores (the thread count ONNX Runtime and llama.cpp are given unless told otherwise)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1

@@ -8,14 +8,13 @@ exactly as in training; ids reach the model through `generator.append_tokens`, n
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids
+from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, log_softmax, physical_cores
 from slimtune.models.hf import load_tokenizer
 from slimtune.models.kind import GENAI_CONFIG, is_onnx_genai_folder
 
@@ -39,7 +38,7 @@ class OnnxGenaiModel(GreedyDecoding):
         options = genai["model"]["decoder"].get("session_options", {})
         configured = options.get("intra_op_num_threads")
         # set explicitly, so that the recorded count is the one used (ONNX Runtime's default: physical cores)
-        self._threads = int(threads or configured or _physical_cores())
+        self._threads = int(threads or configured or physical_cores())
         config = og.Config(str(folder))
         if self._threads != configured:
             overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": self._threads}}}}
@@ -122,7 +121,7 @@ class OnnxGenaiModel(GreedyDecoding):
             longest = max(len(pairs[i][1]) for i in members)
             generator = self._generator(len(context) + longest)
             generator.append_tokens(list(context))
-            first = _log_softmax(generator.get_logits().reshape(-1))  # predicts the continuation's 1st token
+            first = log_softmax(generator.get_logits().reshape(-1))  # predicts the continuation's 1st token
             for i in members:
                 continuation = list(pairs[i][1])
                 if not continuation:
@@ -133,25 +132,8 @@ class OnnxGenaiModel(GreedyDecoding):
                     logits = generator.get_output("logits").reshape(-1, first.shape[-1])[
                         -(len(continuation) - 1) :
                     ]
-                    rows = _log_softmax(logits)
+                    rows = log_softmax(logits)
                     total += float(sum(rows[k, continuation[k + 1]] for k in range(len(continuation) - 1)))
                     generator.rewind_to(len(context))
                 out[i] = total
         return out
-
-
-def _log_softmax(logits) -> Any:
-    import numpy as np
-
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1

@@ -1,5 +1,5 @@
 """One interface over every model kind that is run rather than trained: a Hugging Face folder (base or merged),
-a base model with a PEFT adapter (applied, not merged), and an ONNX Runtime GenAI folder.
+a base model with a PEFT adapter (applied, not merged), an ONNX Runtime GenAI folder, and a GGUF model (llama.cpp).
 
 Every opened model speaks token ids. Text is encoded once, with the Hugging Face tokenizer files present in
 every folder, so `slimtune generate` and the evaluator hand the same ids to every kind.
@@ -57,6 +57,10 @@ def open_model(ref: ModelRef, *, threads: int | None = None) -> OpenedModel:
         from slimtune.models.onnx_genai import OnnxGenaiModel
 
         return OnnxGenaiModel(ref.path, threads=threads)
+    if ref.kind == "gguf":
+        from slimtune.models.llama_cpp import LlamaCppModel
+
+        return LlamaCppModel(ref.path, threads=threads)
     from slimtune.models.hf import HfModel
 
     if ref.kind == "adapter":
@@ -65,4 +69,4 @@ def open_model(ref: ModelRef, *, threads: int | None = None) -> OpenedModel:
         return HfModel(ref.base_path, adapter_path=ref.path, threads=threads)
     if ref.kind == "hf":
         return HfModel(ref.path, threads=threads)
-    raise UserError(f"unknown model kind {ref.kind!r}; one of hf, adapter, onnx")
+    raise UserError(f"unknown model kind {ref.kind!r}; one of hf, adapter, onnx, gguf")

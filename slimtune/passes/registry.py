@@ -21,6 +21,7 @@ PASS_MODULES = [
     "slimtune.passes.lora",
     "slimtune.passes.merge",
     "slimtune.passes.model_builder",
+    "slimtune.passes.gguf_export",
 ]
 ENTRY_POINT_GROUP = "slimtune.passes"
 
