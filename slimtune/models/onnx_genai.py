@@ -18,6 +18,9 @@ from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, log_softma
 from slimtune.models.hf import load_tokenizer
 from slimtune.models.kind import GENAI_CONFIG, is_onnx_genai_folder
 
+# providers whose models are built anywhere and run on the CPU where the provider is absent:
+# genai_config provider name -> (what users call it, onnxruntime_genai's availability check)
+FALLBACK_TO_CPU = {"dml": ("DirectML", "is_dml_available"), "webgpu": ("WebGPU", "is_webgpu_available")}
 GENERATOR_ROOM = 128  # ONNX generators are sized in steps of this many tokens (KV cache buffers)
 
 
@@ -40,6 +43,15 @@ class OnnxGenaiModel(GreedyDecoding):
         # set explicitly, so that the recorded count is the one used (ONNX Runtime's default: physical cores)
         self._threads = int(threads or configured or physical_cores())
         config = og.Config(str(folder))
+        self.note: str | None = None  # how this run differs from the model's target, for the records
+        provider = next(iter((options.get("provider_options") or [{}])[0]), "cpu")
+        if provider in FALLBACK_TO_CPU and not getattr(og, FALLBACK_TO_CPU[provider][1])():
+            # a DirectML / WebGPU model is built on any OS; where its provider is absent it runs on the CPU
+            config.clear_providers()
+            self.note = (
+                f"built for {FALLBACK_TO_CPU[provider][0]}, which is not available here: run on the CPU "
+                "(accuracy as on the target; latency is the CPU's)"
+            )
         if self._threads != configured:
             overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": self._threads}}}}
             config.overlay(json.dumps(overlay))
