@@ -215,3 +215,54 @@ def test_a_run_evaluates_its_gguf_stage(tiny, tmp_path):
         "sadness",
         "surprise",
     ]
+
+
+def test_a_search_weighs_onnx_against_gguf_candidates(tiny, tmp_path):
+    """The last pass's alternatives may make different kinds of export; both are evaluated and ranked."""
+    import yaml
+
+    from slimtune.cli.main import main
+
+    size = {
+        "name": "size",
+        "type": "size",
+        "data_config": "emotion",
+        "sub_types": [{"name": "size", "priority": 1}],
+    }
+    config = {
+        "input_model": {"model_path": str(tiny["llama"])},
+        "data_configs": [emotion_data_config(20)],
+        "passes": {
+            "export": [
+                {"type": "ModelBuilder", "precision": "fp32"},
+                {"type": "GGUFExport", "quant_type": "q8_0"},
+            ]
+        },
+        "evaluators": {"quality": {"metrics": [size]}},
+        "search_strategy": {"sampler": "exhaustive"},
+        "cache_dir": "cache",
+        "output_dir": "out",
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(tmp_path / "config.yaml")]) == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    kinds = {c["params"]["export"]["alternative"]: c for c in record["candidates"]}
+    assert set(kinds) == {0, 1} and kinds[1]["chosen"]  # q8_0 is smaller than fp32 ONNX
+    assert kinds[1]["metrics"]["size_bytes"] < kinds[0]["metrics"]["size_bytes"]
+    assert record["final_model"]["kind"] == "gguf"
+
+
+def test_alternatives_of_different_kinds_before_the_end_are_refused(tmp_path):
+    from slimtune.config.load import load_config_dict
+    from slimtune.errors import ConfigError
+
+    config = {
+        "input_model": {"model_path": "smollm2-135m-instruct"},
+        "passes": {
+            "export": [{"type": "ModelBuilder"}, {"type": "GGUFExport"}],
+            "after": {"type": "ModelBuilder"},
+        },
+        "search_strategy": {"sampler": "exhaustive"},
+    }
+    with pytest.raises(ConfigError, match="alternatives produce different kinds"):
+        load_config_dict(config, base_dir=tmp_path)
