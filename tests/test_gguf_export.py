@@ -266,3 +266,21 @@ def test_alternatives_of_different_kinds_before_the_end_are_refused(tmp_path):
     }
     with pytest.raises(ConfigError, match="alternatives produce different kinds"):
         load_config_dict(config, base_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_the_default_model_in_q4_k_m_answers_through_its_chat_template(tmp_path):
+    from slimtune.models.known import DEFAULT_MODEL
+    from slimtune.models.store import prepared_path
+
+    ref = to_gguf(ModelRef(str(prepared_path(DEFAULT_MODEL)), "hf"), tmp_path / "out", "q4_k_m")
+    assert 60 * 2**20 < (Path(ref.path) / "model.gguf").stat().st_size < 120 * 2**20
+    model = open_model(ref)
+    tokenizer = model.tokenizer
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert "Paris" in tokenizer.decode(model.generate_ids(ids, 16), skip_special_tokens=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, log_softmax, physical_cores
+from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, logprobs_by_context, physical_cores
 from slimtune.models.kind import gguf_file
 
 MAX_CONTEXT = 4096  # tokens of KV cache; a model trained on fewer gets its own length
@@ -145,24 +145,13 @@ class LlamaCppModel(GreedyDecoding):
 
     def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
         """Each context is fed once; each continuation after it (the cache past the context dropped)."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, (context, _) in enumerate(pairs):
-            groups.setdefault(tuple(context), []).append(index)
-        out = [0.0] * len(pairs)
-        for context, members in groups.items():
-            if not context:
-                raise UserError("token_logprobs: the context needs at least one token")
-            first = log_softmax(self._decode(list(context), 0, every=False)[-1])
-            for i in members:
-                continuation = list(pairs[i][1])
-                if not continuation:
-                    continue
-                total = float(first[continuation[0]])
-                if len(continuation) > 1:
-                    rows = log_softmax(self._decode(continuation[:-1], len(context), every=True))
-                    total += float(sum(rows[k, continuation[k + 1]] for k in range(len(continuation) - 1)))
-                out[i] = total
-        return out
+        fed = [0]
+
+        def feed_context(context: list[int], longest: int):
+            fed[0] = len(context)
+            return self._decode(context, 0, every=False)[-1]
+
+        return logprobs_by_context(pairs, feed_context, lambda ids: self._decode(ids, fed[0], every=True))
 
 
 def _tokenizer(path: Path, file: Path):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, log_softmax, physical_cores
+from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, logprobs_by_context, physical_cores
 from slimtune.models.hf import load_tokenizer
 from slimtune.models.kind import GENAI_CONFIG, is_onnx_genai_folder
 
@@ -123,29 +123,20 @@ class OnnxGenaiModel(GreedyDecoding):
         return new
 
     def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, (context, _) in enumerate(pairs):
-            groups.setdefault(tuple(context), []).append(index)
-        out = [0.0] * len(pairs)
-        for context, members in groups.items():
-            if not context:
-                raise UserError("token_logprobs: the context needs at least one token")
-            longest = max(len(pairs[i][1]) for i in members)
-            generator = self._generator(len(context) + longest)
-            generator.append_tokens(list(context))
-            first = log_softmax(generator.get_logits().reshape(-1))  # predicts the continuation's 1st token
-            for i in members:
-                continuation = list(pairs[i][1])
-                if not continuation:
-                    continue
-                total = float(first[continuation[0]])
-                if len(continuation) > 1:
-                    generator.append_tokens(continuation[:-1])
-                    logits = generator.get_output("logits").reshape(-1, first.shape[-1])[
-                        -(len(continuation) - 1) :
-                    ]
-                    rows = log_softmax(logits)
-                    total += float(sum(rows[k, continuation[k + 1]] for k in range(len(continuation) - 1)))
-                    generator.rewind_to(len(context))
-                out[i] = total
-        return out
+        state: dict[str, Any] = {}
+
+        def feed_context(context: list[int], longest: int):
+            state["generator"] = generator = self._generator(len(context) + longest)
+            state["context"] = len(context)
+            generator.append_tokens(context)
+            return generator.get_logits().reshape(-1)
+
+        def feed_after(ids: list[int]):
+            generator = state["generator"]
+            generator.append_tokens(ids)
+            logits = generator.get_output("logits")
+            rows = logits.reshape(-1, logits.shape[-1])[-len(ids) :]
+            generator.rewind_to(state["context"])
+            return rows
+
+        return logprobs_by_context(pairs, feed_context, feed_after)

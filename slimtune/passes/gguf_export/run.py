@@ -16,6 +16,7 @@ from slimtune.errors import ModelError, PassFailed, UserError
 from slimtune.models.ref import ModelMeta, ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.gguf_export.params import GGUFExportParams
+from slimtune.passes.merge.run import TOKENIZER_FILES
 
 GGUF_NAME = "model.gguf"
 CONVERTER_ENV = "SLIMTUNE_GGUF_CONVERTER"
@@ -31,16 +32,6 @@ SUPPORTED_ARCHITECTURES = (
 )
 CONVERTER_TYPES = ("f16", "bf16", "f32", "q8_0")  # written by the converter itself
 LLAMA_FTYPES = {"q4_0": 2, "q4_k_m": 15, "q5_k_m": 17}  # llama_ftype values the quantizer takes
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-)
 
 
 def converter_dir() -> Path:
