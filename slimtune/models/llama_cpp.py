@@ -52,12 +52,9 @@ class LlamaCppModel(GreedyDecoding):
         self._lib = llama_cpp
         self._threads = int(threads or physical_cores())
         try:
-            probe = Llama(model_path=str(file), vocab_only=True, verbose=False)
-            trained = int(probe.n_ctx_train() or MAX_CONTEXT)
-            del probe
             self.llm = Llama(
                 model_path=str(file),
-                n_ctx=min(trained, MAX_CONTEXT),
+                n_ctx=min(_trained_context(file), MAX_CONTEXT),
                 n_batch=BATCH,
                 n_threads=self._threads,
                 n_threads_batch=self._threads,
@@ -152,6 +149,16 @@ class LlamaCppModel(GreedyDecoding):
             return self._decode(context, 0, every=False)[-1]
 
         return logprobs_by_context(pairs, feed_context, lambda ids: self._decode(ids, fed[0], every=True))
+
+
+def _trained_context(file: Path) -> int:
+    """The context length the model was trained with, from the file's metadata (MAX_CONTEXT if unsaid)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(file).fields
+    architecture = fields.get("general.architecture")
+    length = fields.get(f"{architecture.contents()}.context_length") if architecture else None
+    return int(length.contents()) if length is not None else MAX_CONTEXT
 
 
 def _tokenizer(path: Path, file: Path):
