@@ -269,18 +269,30 @@ def test_alternatives_of_different_kinds_before_the_end_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_model_in_q4_k_m_answers_through_its_chat_template(tmp_path):
+def test_the_default_model_in_f16_answers_as_transformers_and_q4_k_m_stays_close(tmp_path):
+    """f16 gives transformers' greedy answer ("Paris"); q4_k_m scores that answer within half a nat per token.
+    (Its own greedy answer may differ: the first token of this answer is a near-tie in this model, whose
+    weights are already 4-bit once, from the Q4_1 file it ships as; q8_0 and q4_k_m answer in French, q4_0 with
+    "Paris", measured 2026-11-29.)"""
     from slimtune.models.known import DEFAULT_MODEL
     from slimtune.models.store import prepared_path
 
-    ref = to_gguf(ModelRef(str(prepared_path(DEFAULT_MODEL)), "hf"), tmp_path / "out", "q4_k_m")
-    assert 60 * 2**20 < (Path(ref.path) / "model.gguf").stat().st_size < 120 * 2**20
-    model = open_model(ref)
-    tokenizer = model.tokenizer
+    source = ModelRef(str(prepared_path(DEFAULT_MODEL)), "hf")
+    hf = open_model(source)
+    tokenizer = hf.tokenizer
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
         tokenize=False,
     )
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    assert "Paris" in tokenizer.decode(model.generate_ids(ids, 16), skip_special_tokens=True)
+    expected = hf.generate_ids(ids, 12)
+    assert "Paris" in tokenizer.decode(expected)
+    f16 = open_model(to_gguf(source, tmp_path / "f16", "f16"))
+    assert f16.generate_ids(ids, 12) == expected
+    q4 = to_gguf(source, tmp_path / "q4", "q4_k_m")
+    assert 60 * 2**20 < (Path(q4.path) / "model.gguf").stat().st_size < 120 * 2**20
+    reference = hf.token_logprobs([(ids, expected)])[0]
+    assert open_model(q4).token_logprobs([(ids, expected)])[0] == pytest.approx(
+        reference, abs=0.5 * len(expected)
+    )

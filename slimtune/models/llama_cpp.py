@@ -75,8 +75,11 @@ class LlamaCppModel(GreedyDecoding):
     def __del__(self):
         batch = getattr(self, "_batch", None)
         if batch is not None:
-            self._lib.llama_batch_free(batch)
             self._batch = None
+            try:
+                self._lib.llama_batch_free(batch)
+            except (AttributeError, TypeError):  # interpreter shutdown: the library is already unloaded
+                pass
 
     def threads(self) -> int:
         return self._threads
