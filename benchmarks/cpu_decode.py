@@ -32,8 +32,6 @@ from common import ROOT, append_section, machine, versions
 ONNX_VARIANTS = {
     "onnx int4 (builder defaults)": {"precision": "int4"},
     "onnx int4 accuracy level 4": {"precision": "int4", "int4_accuracy_level": 4},
-    "onnx int4 accuracy level 1 (fp32)": {"precision": "int4", "int4_accuracy_level": 1},
-    "onnx int4 block 64": {"precision": "int4", "int4_block_size": 64},
     "onnx int4 block 128": {"precision": "int4", "int4_block_size": 128},
     "onnx int4 block 128, level 4": {"precision": "int4", "int4_block_size": 128, "int4_accuracy_level": 4},
     "onnx int4 k_quant_mixed": {"precision": "int4", "int4_algo_config": "k_quant_mixed"},
@@ -172,7 +170,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--merged", type=Path, help="a merged emotion model folder (default: train one)")
     parser.add_argument(
-        "--heldout", type=Path, help="with --merged: held-out rows (default: examples/emotion/heldout.jsonl)"
+        "--heldout-from",
+        type=Path,
+        help="with --merged: a run.json whose held-out indices pick the rows of examples/emotion/data.jsonl "
+        "(default: examples/emotion/heldout.jsonl)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / ".slimtune-cache")
     parser.add_argument("--runs", type=int, default=5)
@@ -183,8 +184,14 @@ def main() -> int:
 
     if args.merged:
         merged = args.merged
-        held_file = args.heldout or ROOT / "examples/emotion/heldout.jsonl"
-        rows = [json.loads(x) for x in held_file.read_text().splitlines() if x.strip()]
+        if args.heldout_from:
+            data = ROOT / "examples/emotion/data.jsonl"
+            every = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
+            indices = json.loads(args.heldout_from.read_text())["evaluation"]["data"]["indices"]
+            rows = [every[i] for i in indices]
+        else:
+            held = ROOT / "examples/emotion/heldout.jsonl"
+            rows = [json.loads(x) for x in held.read_text().splitlines() if x.strip()]
     else:
         merged, rows = merged_model(args.cache)
     load_before = os.getloadavg()
@@ -206,8 +213,11 @@ def main() -> int:
             print(f"{name}: accuracy {row['accuracy']:.1%}", flush=True)
         prompt = rows[0]["phrase"] + " " + rows[1]["phrase"] + " " + rows[2]["phrase"]
         shares = {}
+        timed = {
+            name: ref for name, ref in refs.items() if ref.kind != "hf"
+        }  # fp32 transformers: accuracy only
         for threads in (os.cpu_count() or 1, 1):
-            results, shares[threads] = speeds(refs, prompt, threads, args.runs)
+            results, shares[threads] = speeds(timed, prompt, threads, args.runs)
             for name, speed in results.items():
                 table[name][threads] = speed
     load_after = os.getloadavg()
@@ -218,11 +228,14 @@ def main() -> int:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in table.items():
-        many, one = row[cores], row[1]
         per_token = row["size"]  # every weight is read once per token (the tied head reads the embedding)
+        head = f"| {name} | {row['accuracy']:.1%} | {row['size'] / 2**20:.0f} | {row['peak_memory'] / 2**20:.0f} "
+        if cores not in row:
+            lines.append(head + f"| - | - | - | - | - | {bandwidth / per_token:.0f} |")
+            continue
+        many, one = row[cores], row[1]
         lines.append(
-            f"| {name} | {row['accuracy']:.1%} | {row['size'] / 2**20:.0f} | {row['peak_memory'] / 2**20:.0f} "
-            f"| {many['decode_tps']:.1f} | {many['prompt_tps']:.0f} | {many['ttft_ms']:.1f} "
+            head + f"| {many['decode_tps']:.1f} | {many['prompt_tps']:.0f} | {many['ttft_ms']:.1f} "
             f"| {one['decode_tps']:.1f} | {one['ttft_ms']:.1f} | {bandwidth / per_token:.0f} |"
         )
     text = "\n".join(lines)
