@@ -25,11 +25,19 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" "$spec"
 fi
 
+# optional: SLIMTUNE_EXTRAS=gguf builds llama.cpp for the GGUF export (minutes); `make test` always does, so that
+# its tests run
+gguf=""
+if [ "${1:-}" = "--test" ] || [[ ",${SLIMTUNE_EXTRAS:-}," == *",gguf,"* ]]; then
+  bash scripts/install-llama-cpp.sh "$VENV"   # before pip: a plain `pip install llama-cpp-python` builds natively
+  gguf=",gguf"
+fi
+
 stamp="$VENV/.slimtune-installed"
-stamp="$stamp${1:+-test}"
+stamp="$stamp${1:+-test}${gguf:+-gguf}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing slimtune and its dependencies"
-  extras="pipeline,cloud,serve"
+  extras="pipeline,cloud,serve$gguf"
   # tests also run the Ray system on a two-node cluster they start here; one resolve with the cloud extra keeps
   # the opentelemetry packages that ray[default] and azure-ai-ml both pull at versions that agree
   [ "${1:-}" = "--test" ] && extras="$extras,azureml,test,ray"

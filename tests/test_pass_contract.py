@@ -84,7 +84,7 @@ def test_spec_is_complete(name, tiny):
         spec.version >= 1
         and spec.summary
         and spec.input_kinds
-        and spec.output_kind in ("hf", "adapter", "onnx")
+        and spec.output_kind in ("hf", "adapter", "onnx", "gguf")
     )
     assert set(spec.data_fields) <= set(spec.params.model_fields)
     assert spec.memory is not None and spec.memory_advice is not None

@@ -1,7 +1,8 @@
 """`slimtune evaluate --model DIR --data FILE`: evaluate any model folder on a data file.
 
 The folder's kind is told by its files: genai_config.json (ONNX GenAI), adapter_config.json (a PEFT adapter,
-applied to the base model its config names), config.json (Hugging Face). A folder made by slimtune carries its
+applied to the base model its config names), config.json (Hugging Face), one .gguf file (llama.cpp; a .gguf
+file may be given itself, its template and labels read from its metadata). A folder made by slimtune carries its
 template, answer column and label set in slimtune.json; any other folder needs --template. The label set is
 the distinct values of the label column in the data, joined with the labels recorded in slimtune.json.
 """
@@ -23,7 +24,11 @@ if TYPE_CHECKING:
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model folder on a data file")
-    p.add_argument("--model", required=True, help="HF folder, adapter folder, or ONNX GenAI folder")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="HF folder, adapter folder, ONNX GenAI folder, or GGUF model (.gguf file or folder)",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -48,7 +53,12 @@ def _run(args) -> int:
     from slimtune.models.loading import model_ref
 
     ref = model_ref(args.model)
-    meta = ModelMeta.load(ref.path) or ModelMeta()
+    if ref.kind == "gguf":
+        from slimtune.evaluate.generate import load_meta
+
+        meta = load_meta(Path(ref.path)) or ModelMeta()
+    else:
+        meta = ModelMeta.load(ref.path) or ModelMeta()
     pre = _pre_process(args, meta, ref)
     rows = _rows(args.data, args.max_rows)
     # chat templates need the tokenizer; the evaluator re-renders with it

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate text from an ONNX GenAI or Hugging Face model folder")
-    p.add_argument("--model", required=True, help="model folder")
+    p = sub.add_parser("generate", help="generate text from an ONNX GenAI, Hugging Face or GGUF model")
+    p.add_argument("--model", required=True, help="model folder, or a .gguf file")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--prompt",

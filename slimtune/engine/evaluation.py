@@ -271,6 +271,8 @@ def evaluate_chain(session: Session, chain: Chain, only: set[str] | None = None)
             continue
         print(f"evaluating {stage.name} ({stage.model.kind}) on {len(plan.rows)} rows...", flush=True)
         metrics = evaluate_stage(plan, stage.model, stage.key, session.cache.root, stage.meta)
+        if metrics.get("note"):
+            print(f"  note: {metrics['note']}", flush=True)
         stages.append(
             {
                 "stage": stage.name,

@@ -95,23 +95,31 @@ def check_remote_inputs(loaded: LoadedConfig) -> None:
 
 
 def device_for(loaded: LoadedConfig) -> tuple[str, str]:
-    """(torch device for the passes, execution provider for exported models)."""
+    """(torch device for the passes, execution provider for exported models).
+
+    A GPU whose only providers are DirectML / WebGPU (the seed's Windows target) is a target for the exported
+    model, not a device torch trains on: training and merging use CUDA when present, else the CPU."""
     cfg = loaded.config
     host = cfg.systems.get(cfg.host) if cfg.host else None
     target = cfg.systems.get(cfg.target) if cfg.target else host
     wants_gpu = bool(host and any(a.device in ("gpu", "cuda") for a in host.accelerators))
+    host_providers = {p for a in (host.accelerators if host else []) for p in (a.execution_providers or [])}
+    export_only = bool(host_providers) and host_providers <= {
+        "DmlExecutionProvider",
+        "WebGpuExecutionProvider",
+    }
     device = "cpu"
     if wants_gpu and needs_runner(cfg, cfg.host):
         device = "cuda"  # the system's workers have the GPUs, not necessarily this process's machine
     elif wants_gpu:
         import torch
 
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available() and not export_only:
             raise UserError(
                 f"system `{cfg.host}` asks for a GPU, but no CUDA device is available here; "
                 'set its accelerators to ["cpu"] to run on the CPU'
             )
-        device = "cuda"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     ep = "cpu"
     if target:
         providers = [p for a in target.accelerators for p in (a.execution_providers or [])]

@@ -1,7 +1,7 @@
 """Custom metrics (Olive's metric type `custom`): a function in the user's script computes the value(s).
 
     evaluate_func(model: ModelRef, rows: list[dict], **evaluate_func_kwargs) -> number | {sub_type: number}
-        scores the model itself: `model.path` is the stage's folder, `model.kind` is "hf", "adapter" or "onnx",
+        scores the model itself: `model.path` is the stage's folder, `model.kind` is "hf", "adapter", "onnx" or "gguf",
         `model.base_path` the base model folder of an adapter. The same call for every stage of a run.
     metric_func(outputs: list[str], targets: list[str], **metric_func_kwargs) -> number | {sub_type: number}
         scores answers: slimtune generates them (greedy, as accuracy does, up to `max_new_tokens`, through the

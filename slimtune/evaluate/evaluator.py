@@ -79,6 +79,8 @@ def evaluate_model(
             backend = open_model(ref, threads=threads)
             result["load_s"] = time.perf_counter() - load_start
             result["threads"] = backend.threads()
+            if getattr(backend, "note", None):  # e.g. a DirectML model run on the CPU
+                result["note"] = backend.note
             tokenizer = backend.tokenizer
         else:  # memory alone: the model is loaded in the measuring child only
             tokenizer = load_tokenizer(*[p for p in (ref.path, ref.base_path) if p])

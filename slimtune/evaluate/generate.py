@@ -1,4 +1,5 @@
-"""`slimtune generate`: stream a greedy completion from an ONNX GenAI folder or a Hugging Face folder.
+"""`slimtune generate`: stream a greedy completion from an ONNX GenAI folder, a Hugging Face folder or a GGUF
+model (llama.cpp; its task metadata read from the file when no slimtune.json is beside it).
 
 `--input '{"phrase": "..."}'` formats the row with the template recorded in the folder's slimtune.json, up to
 the answer column (rendered as the user turn of the tokenizer's chat template when slimtune.json says the model
@@ -21,21 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
+from slimtune.models.kind import model_kind
 from slimtune.models.loading import local_model_folder
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef
 
 
 def generate_command(args) -> int:
     folder = Path(args.model)
-    if not folder.is_dir():
-        raise UserError(f"--model {folder}: no such folder")
-    folder = local_model_folder(folder)  # an MLflow model: the Hugging Face folder inside it
+    if not folder.is_dir() and model_kind(folder) != "gguf":
+        raise UserError(f"--model {folder}: no such folder (or .gguf file)")
+    if folder.is_dir():
+        folder = local_model_folder(folder)  # an MLflow model: the Hugging Face folder inside it
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.input is not None:
         row, meta = read_row(folder, args.input)  # a bad row is reported before the model loads
     else:
-        meta = ModelMeta.load(folder)
+        meta = load_meta(folder)
         chat = meta is not None and (meta.chat_template or bool(meta.messages_col))
         if getattr(args, "system", None) and (getattr(args, "raw", False) or not chat):
             raise UserError(
@@ -86,6 +89,15 @@ def _adapter_file(folder: Path, adapter: str | None) -> Path | None:
     return named if not Path(adapter).is_file() and named.is_file() else Path(adapter)
 
 
+def load_meta(path: Path) -> ModelMeta | None:
+    """The folder's slimtune.json; for a GGUF model, else the metadata GGUFExport carried in the file."""
+    if model_kind(path) == "gguf":
+        from slimtune.models.gguf import model_meta
+
+        return model_meta(path)
+    return ModelMeta.load(path)
+
+
 def prompt_is_chat(meta: ModelMeta | None, args: Any) -> bool:
     """--prompt goes through the chat template when the model was trained on chat and --raw is not given."""
     trained_on_chat = meta is not None and (meta.chat_template or bool(meta.messages_col))
@@ -129,7 +141,7 @@ def read_row(folder: Path, row_text: str) -> tuple[dict[str, Any], ModelMeta]:
         raise UserError(f"--input is not valid JSON ({err.msg} at char {err.pos}): {row_text!r}") from err
     if not isinstance(row, dict):
         raise UserError(f'--input must be a JSON object such as \'{{"phrase": "..."}}\', got {row_text!r}')
-    meta = ModelMeta.load(folder)
+    meta = load_meta(folder)
     if meta is None:
         raise UserError(
             f"--input needs the template the model was trained with, but {folder} has no {MODEL_META} "

@@ -96,6 +96,9 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     if ref.kind == "onnx":
         import onnxruntime_genai  # noqa: F401 - imported before the baseline: libraries are not counted
         import transformers  # noqa: F401
+    elif ref.kind == "gguf":
+        import llama_cpp  # noqa: F401
+        import transformers  # noqa: F401
     else:
         import torch  # noqa: F401
         import transformers  # noqa: F401

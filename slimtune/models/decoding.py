@@ -8,8 +8,9 @@ one-line answer where `answer_end` says it ends.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +152,54 @@ class GreedyDecoding:
         cutter.feed(text[shown:])  # what was held back waiting for a character's other bytes
         cutter.flush()
         return cutter.text
+
+
+def log_softmax(logits) -> Any:
+    """Log-probabilities over the last axis, in float64."""
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def physical_cores() -> int:
+    """Physical cores (the thread count ONNX Runtime and llama.cpp are given unless told otherwise)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def logprobs_by_context(
+    pairs: Sequence[tuple[list[int], list[int]]],
+    feed_context: Callable[[list[int], int], Any],
+    feed_after: Callable[[list[int]], Any],
+) -> list[float]:
+    """token_logprobs for a runtime with a KV cache: each distinct context is fed once and each continuation
+    after it. `feed_context(context, longest continuation)` feeds a context and returns the logits predicting
+    the next token; `feed_after(ids)` feeds ids after the context (dropping what an earlier call fed after it)
+    and returns one row of logits per id."""
+    from slimtune.errors import UserError
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(pairs):
+        groups.setdefault(tuple(context), []).append(index)
+    out = [0.0] * len(pairs)
+    for context, members in groups.items():
+        if not context:
+            raise UserError("token_logprobs: the context needs at least one token")
+        longest = max(len(pairs[i][1]) for i in members)
+        first = log_softmax(feed_context(list(context), longest))  # predicts a continuation's 1st token
+        for i in members:
+            continuation = list(pairs[i][1])
+            if not continuation:
+                continue
+            total = float(first[continuation[0]])
+            if len(continuation) > 1:
+                rows = log_softmax(feed_after(continuation[:-1]))
+                total += float(sum(rows[k, continuation[k + 1]] for k in range(len(continuation) - 1)))
+            out[i] = total
+    return out

@@ -190,3 +190,39 @@ def _generation_config(config, tokenizer, generation_config_cls):
         pad_token_id=pad,
         do_sample=False,
     )
+
+
+# GGUF metadata keys GGUFExport writes: the whole ModelMeta as JSON, and its template and labels on their own
+# so that other tools (gguf-dump, Ollama's show) display them
+META_KEY = "slimtune.meta"
+TEMPLATE_KEY = "slimtune.template"
+LABELS_KEY = "slimtune.labels"
+
+
+def gguf_model_meta(gguf_path: str | Path) -> ModelMeta | None:
+    """The ModelMeta GGUFExport carried in a GGUF file's metadata (None when the file has none)."""
+    import json
+
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(Path(gguf_path)).fields.get(META_KEY)
+    except Exception as err:  # the gguf reader raises ValueError, struct.error, IndexError... on bad files
+        raise ModelError(f"{gguf_path} is not a readable GGUF file ({type(err).__name__}: {err})") from None
+    if field is None:
+        return None
+    data = json.loads(str(field.contents()))
+    return ModelMeta(**{k: v for k, v in data.items() if k in ModelMeta.__dataclass_fields__})
+
+
+def model_meta(path: str | Path) -> ModelMeta | None:
+    """A model's task metadata: its folder's slimtune.json, else (a GGUF model) the metadata in the file."""
+    from slimtune.models.kind import gguf_file
+
+    path = Path(path)
+    if path.is_dir():
+        meta = ModelMeta.load(path)
+        if meta is not None:
+            return meta
+    found = gguf_file(path)
+    return gguf_model_meta(found) if found is not None else None

@@ -156,19 +156,22 @@ def check_onnx_model(path: Path) -> None:
 
 
 def model_ref(folder: str | Path) -> ModelRef:
-    """A ModelRef for a model folder, its kind told by the files it holds (an adapter's base found too)."""
+    """A ModelRef for a model folder (or a .gguf file, run by llama.cpp), its kind told by the files it holds
+    (an adapter's base found too)."""
     path = Path(folder)
+    if path.is_file() and model_kind(path) == "gguf":
+        return ModelRef(str(path), "gguf")
     if not path.is_dir():
         raise UserError(f"--model {path}: no such folder")
     path = local_model_folder(path)
     kind = model_kind(path)
     if kind == "adapter":
         return ModelRef(str(path), "adapter", base_path=str(adapter_base(path)))
-    if kind in ("onnx", "hf"):
+    if kind in ("onnx", "hf", "gguf"):
         return ModelRef(str(path), kind)
     raise ModelError(
         f"{path} is not a model folder: it has no genai_config.json (ONNX GenAI), {ADAPTER_CONFIG} (PEFT "
-        "adapter) or config.json (Hugging Face)"
+        "adapter), config.json (Hugging Face) or one .gguf file (llama.cpp)"
     )
 
 

@@ -8,17 +8,19 @@ exactly as in training; ids reach the model through `generator.append_tokens`, n
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ModelError, UserError
-from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids
+from slimtune.models.decoding import GreedyDecoding, StopFn, eos_ids, logprobs_by_context, physical_cores
 from slimtune.models.hf import load_tokenizer
 from slimtune.models.kind import GENAI_CONFIG, is_onnx_genai_folder
 
+# providers whose models are built anywhere and run on the CPU where the provider is absent:
+# genai_config provider name -> (what users call it, onnxruntime_genai's availability check)
+FALLBACK_TO_CPU = {"dml": ("DirectML", "is_dml_available"), "webgpu": ("WebGPU", "is_webgpu_available")}
 GENERATOR_ROOM = 128  # ONNX generators are sized in steps of this many tokens (KV cache buffers)
 
 
@@ -46,8 +48,17 @@ class OnnxGenaiModel(GreedyDecoding):
         options = genai["model"]["decoder"].get("session_options", {})
         configured = options.get("intra_op_num_threads")
         # set explicitly, so that the recorded count is the one used (ONNX Runtime's default: physical cores)
-        self._threads = int(threads or configured or _physical_cores())
+        self._threads = int(threads or configured or physical_cores())
         config = og.Config(str(folder))
+        self.note: str | None = None  # how this run differs from the model's target, for the records
+        provider = next(iter((options.get("provider_options") or [{}])[0]), "cpu")
+        if provider in FALLBACK_TO_CPU and not getattr(og, FALLBACK_TO_CPU[provider][1])():
+            # a DirectML / WebGPU model is built on any OS; where its provider is absent it runs on the CPU
+            config.clear_providers()
+            self.note = (
+                f"built for {FALLBACK_TO_CPU[provider][0]}, which is not available here: run on the CPU "
+                "(accuracy as on the target; latency is the CPU's)"
+            )
         if self._threads != configured:
             overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": self._threads}}}}
             config.overlay(json.dumps(overlay))
@@ -134,46 +145,20 @@ class OnnxGenaiModel(GreedyDecoding):
         return new
 
     def token_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, (context, _) in enumerate(pairs):
-            groups.setdefault(tuple(context), []).append(index)
-        out = [0.0] * len(pairs)
-        for context, members in groups.items():
-            if not context:
-                raise UserError("token_logprobs: the context needs at least one token")
-            longest = max(len(pairs[i][1]) for i in members)
-            generator = self._generator(len(context) + longest)
-            generator.append_tokens(list(context))
-            first = _log_softmax(generator.get_logits().reshape(-1))  # predicts the continuation's 1st token
-            for i in members:
-                continuation = list(pairs[i][1])
-                if not continuation:
-                    continue
-                total = float(first[continuation[0]])
-                if len(continuation) > 1:
-                    generator.append_tokens(continuation[:-1])
-                    logits = generator.get_output("logits").reshape(-1, first.shape[-1])[
-                        -(len(continuation) - 1) :
-                    ]
-                    rows = _log_softmax(logits)
-                    total += float(sum(rows[k, continuation[k + 1]] for k in range(len(continuation) - 1)))
-                    generator.rewind_to(len(context))
-                out[i] = total
-        return out
+        state: dict[str, Any] = {}
 
+        def feed_context(context: list[int], longest: int):
+            state["generator"] = generator = self._generator(len(context) + longest)
+            state["context"] = len(context)
+            generator.append_tokens(context)
+            return generator.get_logits().reshape(-1)
 
-def _log_softmax(logits) -> Any:
-    import numpy as np
+        def feed_after(ids: list[int]):
+            generator = state["generator"]
+            generator.append_tokens(ids)
+            logits = generator.get_output("logits")
+            rows = logits.reshape(-1, logits.shape[-1])[-len(ids) :]
+            generator.rewind_to(state["context"])
+            return rows
 
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
+        return logprobs_by_context(pairs, feed_context, feed_after)

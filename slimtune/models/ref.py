@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 MODEL_META = "slimtune.json"
-ModelKind = Literal["hf", "adapter", "onnx"]
+ModelKind = Literal["hf", "adapter", "onnx", "gguf"]
 
 
 @dataclass
 class ModelRef:
-    path: str  # folder (hf, adapter, onnx)
+    path: str  # folder (hf, adapter, onnx, gguf: the folder GGUFExport writes, or a .gguf file)
     kind: ModelKind
     base_path: str | None = None  # adapter: the folder of the base model it applies to
 

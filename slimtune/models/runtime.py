@@ -1,5 +1,5 @@
 """One interface over every model kind that is run rather than trained: a Hugging Face folder (base or merged),
-a base model with a PEFT adapter (applied, not merged), and an ONNX Runtime GenAI folder.
+a base model with a PEFT adapter (applied, not merged), an ONNX Runtime GenAI folder, and a GGUF model (llama.cpp).
 
 Every opened model speaks token ids. Text is encoded once, with the Hugging Face tokenizer files present in
 every folder, so `slimtune generate` and the evaluator hand the same ids to every kind.
@@ -53,15 +53,15 @@ class OpenedModel(Protocol):
 
 
 def runnable_kind(folder: Path, adapter_advice: str) -> str:
-    """onnx or hf for a folder that can be run as it is; a clear error for a PEFT adapter (with
+    """onnx, hf or gguf for a model that can be run as it is; a clear error for a PEFT adapter (with
     `adapter_advice`: what to do instead) and for anything else."""
     kind = model_kind(folder)
     if kind == "adapter":
         raise UserError(f"{folder} is a PEFT adapter; {adapter_advice}")
-    if kind not in ("onnx", "hf"):
+    if kind not in ("onnx", "hf", "gguf"):
         raise ModelError(
-            f"{folder} is neither an ONNX GenAI folder (genai_config.json) nor a Hugging Face folder "
-            "(config.json)"
+            f"{folder} is neither an ONNX GenAI folder (genai_config.json), a Hugging Face folder "
+            "(config.json) nor a GGUF model (a .gguf file or a folder holding one)"
         )
     return kind
 
@@ -79,6 +79,10 @@ def open_model(
         raise UserError(
             f"--adapter {adapter}: adapters (.onnx_adapter) apply to an ONNX base; {ref.path} is not one"
         )
+    if ref.kind == "gguf":
+        from slimtune.models.llama_cpp import LlamaCppModel
+
+        return LlamaCppModel(ref.path, threads=threads)
     from slimtune.models.hf import HfModel
 
     if ref.kind == "adapter":
@@ -87,4 +91,4 @@ def open_model(
         return HfModel(ref.base_path, adapter_path=ref.path, threads=threads)
     if ref.kind == "hf":
         return HfModel(ref.path, threads=threads)
-    raise UserError(f"unknown model kind {ref.kind!r}; one of hf, adapter, onnx")
+    raise UserError(f"unknown model kind {ref.kind!r}; one of hf, adapter, onnx, gguf")

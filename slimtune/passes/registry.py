@@ -22,6 +22,7 @@ PASS_MODULES = [
     "slimtune.passes.merge",
     "slimtune.passes.model_builder",
     "slimtune.passes.extract_adapters",
+    "slimtune.passes.gguf_export",
 ]
 ENTRY_POINT_GROUP = "slimtune.passes"
 

@@ -10,7 +10,7 @@ from slimtune.models.ref import ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.merge.params import MergeParams
 
-_TOKENIZER_FILES = (
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -59,7 +59,7 @@ def run(ctx: PassContext, params: MergeParams) -> ModelRef:
     model = model.to(dtype)
     model.save_pretrained(ctx.output_dir, safe_serialization=True)
     # tokenizer and generation settings: from the adapter folder (saved by LoRA), else from the base
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         source = adapter / name if (adapter / name).exists() else base / name
         if source.exists():
             shutil.copy2(source, ctx.output_dir / name)
