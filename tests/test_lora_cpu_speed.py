@@ -143,3 +143,35 @@ def test_bf16_compute_on_the_cpu_keeps_the_loss(tmp_path):
     assert fp32[-1] < 0.9 * fp32[0]  # it learns
     for a, b in zip(fp32, bf16, strict=True):
         assert b == pytest.approx(a, rel=0.02)
+
+
+def test_compiled_artifacts_go_to_the_runs_cache(tmp_path, monkeypatch):
+    """Inductor's caches (FX graphs, AOTAutograd, kernels) land under cache_dir/compiled, so a second run of
+    the same shapes finds them; the engine hands every pass that folder."""
+    import torch
+
+    from slimtune.engine.cache import Cache
+    from slimtune.passes.lora.speed import use_compile_cache
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    import torch._functorch.config as aot
+
+    for config, name in (
+        (torch._inductor.config, "fx_graph_cache"),
+        (aot, "enable_autograd_cache"),
+        (aot, "autograd_cache_allow_custom_autograd_functions"),
+    ):
+        monkeypatch.setattr(config, name, getattr(config, name))  # restored after the test
+    folder = Cache(tmp_path / "cache").compiled_dir()
+    assert folder == tmp_path / "cache" / "compiled"
+    where = use_compile_cache(folder)
+    assert where.parent == folder and torch.__version__ in where.name
+
+    def f(x):
+        return torch.nn.functional.silu(x) * 2 + 1
+
+    torch._dynamo.reset()
+    torch.compile(f)(torch.randn(8, 8))
+    written = [p for p in (where / "inductor").rglob("*") if p.is_file()]
+    assert any("fxgraph" in p.parts for p in written), sorted(map(str, written))[:10]

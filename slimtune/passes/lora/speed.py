@@ -24,6 +24,7 @@ dropout and residual work around the matrix products.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 IGNORE = -100
@@ -173,6 +174,28 @@ def decoder_layers(model: Any) -> list[Any]:
             if all(type(m) is type(module[0]) for m in module):
                 best = list(module)
     return best
+
+
+def use_compile_cache(folder: str | Path) -> Path:
+    """Keep inductor's and Triton's compiled artifacts (the FX graph and AOTAutograd caches, the kernels)
+    under `folder` (the run's cache_dir/compiled), one subfolder per torch version: a later run of the same
+    shapes loads them instead of compiling again, on this machine or wherever the cache goes with it. Returns
+    the folder used."""
+    import os
+
+    import torch
+    import torch._functorch.config
+    import torch._inductor.config
+
+    where = Path(folder) / f"torch-{torch.__version__}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(where / "triton")
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    # the fp8 product (fp8.py) is a custom autograd.Function; its code comes with the pass version, which is
+    # in the cache key of every output, and changes with slimtune, whose version is in this folder's path
+    torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
+    return where
 
 
 def compile_layers(model: Any) -> int:

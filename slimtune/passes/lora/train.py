@@ -87,7 +87,17 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
 
     args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train_set))
     row_len = ctx.data_config(params.train_data_config).pre_process_data_config.max_seq_len
-    trainer, plan = make_trainer(model, tokenizer, train_set, evaluation, params, args, ctx.device, row_len)
+    trainer, plan = make_trainer(
+        model,
+        tokenizer,
+        train_set,
+        evaluation,
+        params,
+        args,
+        ctx.device,
+        row_len,
+        compiled_dir=ctx.options.get("compiled_dir"),
+    )
     progress = ProgressCallback(trainer.data_collator, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(progress)
     ctx.log(
@@ -226,8 +236,10 @@ def make_trainer(
     device: str,
     row_len: int,
     callbacks: list[Any] = (),
+    compiled_dir: str | Path | None = None,
 ):
-    """(transformers Trainer with slimtune's speed settings applied, the settings used)."""
+    """(transformers Trainer with slimtune's speed settings applied, the settings used). Compiled layers
+    keep their compiled artifacts in `compiled_dir` (the run's cache) when given."""
     import transformers
 
     from slimtune.passes.lora.progress import CountingCollator, collate
@@ -239,6 +251,7 @@ def make_trainer(
         takes_logits_to_keep,
         training_work,
         trimmed,
+        use_compile_cache,
     )
 
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
@@ -266,6 +279,8 @@ def make_trainer(
         model.to(args.device)
         plan["fp8_layers"] = convert_frozen_linears(model)
     if plan["compile_layers"]:
+        if compiled_dir is not None:
+            plan["compiled_cache"] = str(use_compile_cache(compiled_dir))
         compile_layers(model)
     from slimtune.passes.lora.eval_loss import token_weighted_trainer
 
