@@ -242,8 +242,8 @@ def main() -> int:
     if not args.no_write:
         body = (
             f"Machine: {machine()}; shared with other work: 1-minute load average "
-            f"{min(l for r in records.values() for x in r for l in x['load']):.1f} to "
-            f"{max(l for r in records.values() for x in r for l in x['load']):.1f} during the run "
+            f"{min(v for r in records.values() for x in r for v in x['load']):.1f} to "
+            f"{max(v for r in records.values() for x in r for v in x['load']):.1f} during the run "
             f"({os.cpu_count()} CPUs), so absolute times are slower than on an idle machine; the rows "
             f"alternate, so the ratios are the measure.\n"
             f"Versions: slimtune side {versions(['torch', 'transformers', 'peft', 'accelerate'])}; "
