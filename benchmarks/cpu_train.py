@@ -43,7 +43,8 @@ from benchmarks.common import append_section, machine, versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OLIVE_VENV = ROOT / "benchmarks" / ".olive-venv"
-OLIVE_PACKAGES = ["olive-ai==0.13.*", "transformers", "peft", "accelerate", "datasets", "requests"]
+# what Olive's LoRA pass imports beyond olive-ai's own requirements (jinja2: peft's model card on save)
+OLIVE_PACKAGES = ["olive-ai==0.13.*", "transformers", "peft", "accelerate", "datasets", "requests", "jinja2"]
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 DATA = ROOT / "examples" / "emotion" / "data.jsonl"
 ROWS = ("olive", "slimtune", "slimtune-fp32")

@@ -58,10 +58,14 @@ def main() -> int:
         runpy.run_module(tool, run_name="__main__")
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    record["wall_s"] = time.perf_counter() - start
-    record["exit_code"] = code
-    with open(out, "w") as f:
-        json.dump(record, f)
+    except Exception as err:  # noqa: BLE001 - the steps timed so far are kept, and the error with them
+        record["error"] = f"{type(err).__name__}: {err}"
+        code = 1
+    finally:
+        record["wall_s"] = time.perf_counter() - start
+        record["exit_code"] = code
+        with open(out, "w") as f:
+            json.dump(record, f)
     return code
 
 
