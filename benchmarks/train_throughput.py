@@ -18,6 +18,10 @@ Rows:
   olive-b4        the same with batch 4 x accumulation 1
   plain-b4, -b8   the best plain Trainer + peft set-ups found: bf16 autocast with fp32 adapters, fused AdamW,
                   sdpa, no per-step NaN check; batch 4 or 8
+  plain-b8-compile, plain-b8-liger   plain-b8 plus what a Trainer user gets by configuration alone:
+                  torch_compile=True (the whole model compiled), use_liger_kernel=True (Liger's Triton
+                  kernels: fused linear + cross-entropy, RMSNorm, SwiGLU, rope; needs liger-kernel). Liger
+                  patches transformers' modeling_phi3 for the whole process: it is restored after each row
   slimtune, -b8   slimtune's LoRA pass path (lora_train.attach_adapter / training_arguments_for /
                   make_trainer) as it runs a long job: packed collator, compiled decoder layers (the default
                   compiles runs of >= 1e16 parameter-tokens, e.g. this model on 2.6M tokens; the rows time a
@@ -26,7 +30,8 @@ Rows:
   slimtune-bf16, -bf16-b8   the same with fp8_base off (every product in bf16)
   slimtune-eager  the same path with compile_layers and fp8_base off
 
-Reported: tokens/s over the steps after warm-up, MFU (4 x parameters x tokens / time / peak bf16 FLOP/s,
+Reported: tokens/s over the steps after warm-up, the first step's time (compilation included) and the
+end-to-end time of a 2.6M-token job (first step + the remaining tokens at the steady speed), MFU (4 x parameters x tokens / time / peak bf16 FLOP/s,
 989 TFLOP/s for an H100 / H200, per GPU), peak GPU memory (torch max_memory_allocated), the training loss
 of the last logged 5 steps and the loss on 8 held-out sequences after the same number of tokens, and each
 row's throughput as a ratio of the best baseline's. Under torchrun the rows are data-parallel (DDP, the
@@ -56,13 +61,16 @@ SHAPES = {
     "olive-b4": (4, 1),
     "plain-b4": (4, 1),
     "plain-b8": (8, 1),
+    "plain-b8-compile": (8, 1),
+    "plain-b8-liger": (8, 1),
     "slimtune": (4, 1),
     "slimtune-b8": (8, 1),
     "slimtune-bf16": (4, 1),
     "slimtune-bf16-b8": (8, 1),
     "slimtune-eager": (4, 1),
 }
-BASELINES = ("olive-seed", "olive-b4", "plain-b4", "plain-b8")
+BASELINES = ("olive-seed", "olive-b4", "plain-b4", "plain-b8", "plain-b8-compile", "plain-b8-liger")
+JOB_TOKENS = 2.6e6  # the end-to-end column: first step (compilation, warm-up) + the rest at the steady speed
 ROWS = tuple(SHAPES)
 TARGETS = ["qkv_proj", "o_proj"]
 
@@ -230,6 +238,8 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
         args["bf16"] = device == "cuda"
         args["optim"] = "adamw_torch_fused" if device == "cuda" else "adamw_torch"
         args["logging_nan_inf_filter"] = False  # its check waits for the GPU at every micro-batch
+        args["torch_compile"] = "compile" in row
+        args["use_liger_kernel"] = "liger" in row
     args["use_cpu"] = device == "cpu"
     training_args = transformers.TrainingArguments(output_dir=str(out), **args)
     trainer = transformers.Trainer(
@@ -243,7 +253,9 @@ def baseline_trainer(row: str, model, train, steps: int, device: str, out: Path,
     return trainer, peft_model
 
 
-def slimtune_trainer(row: str, model, train, steps: int, device: str, out: Path, callbacks):
+def slimtune_trainer(
+    row: str, model, train, steps: int, device: str, out: Path, callbacks, compiled_dir: Path | None = None
+):
     from slimtune.passes.lora import LoRAParams
     from slimtune.passes.lora.train import attach_adapter, make_trainer, training_arguments_for
 
@@ -274,7 +286,16 @@ def slimtune_trainer(row: str, model, train, steps: int, device: str, out: Path,
         pad_token_id, eos_token_id = 0, 0
 
     trainer, plan = make_trainer(
-        peft_model, _Tokenizer(), train, None, params, args, device, 1024, callbacks=callbacks
+        peft_model,
+        _Tokenizer(),
+        train,
+        None,
+        params,
+        args,
+        device,
+        1024,
+        callbacks=callbacks,
+        compiled_dir=compiled_dir,
     )
     return trainer, peft_model, plan
 
@@ -310,9 +331,48 @@ def attention_backend(name: str, device: str):
     return sdpa_kernel([getattr(SDPBackend, name.upper())])
 
 
+def module_state(module) -> dict:
+    """What Liger (or anything) may patch in a module: its names and the attributes of its classes."""
+    classes = {
+        name: dict(vars(value))
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__
+    }
+    return {"names": dict(vars(module)), "classes": classes}
+
+
+def restore_module(module, state: dict) -> None:
+    for name, value in state["names"].items():
+        if vars(module).get(name) is not value:
+            setattr(module, name, value)
+    for name, attrs in state["classes"].items():
+        cls = state["names"][name]
+        for attr, value in attrs.items():
+            if attr not in ("__dict__", "__weakref__") and vars(cls).get(attr) is not value:
+                setattr(cls, attr, value)
+
+
 def run_row(
-    row: str, config, sequences, held, warmup: int, device: str, profile: bool, sdpa: str = ""
+    row: str,
+    config,
+    sequences,
+    held,
+    warmup: int,
+    device: str,
+    profile: bool,
+    sdpa: str = "",
+    compiled_dir: Path | None = None,
 ) -> dict:
+    from transformers.models.phi3 import modeling_phi3
+
+    state = module_state(modeling_phi3)
+    try:
+        return _run_row(row, config, sequences, held, warmup, device, profile, sdpa, compiled_dir)
+    finally:
+        restore_module(modeling_phi3, state)  # Liger's patches stay with its row
+
+
+def _run_row(row, config, sequences, held, warmup, device, profile, sdpa, compiled_dir) -> dict:
     import torch
 
     if device == "cuda":
@@ -333,7 +393,7 @@ def run_row(
     with tempfile.TemporaryDirectory() as out:
         if row.startswith("slimtune"):
             trainer, peft_model, plan = slimtune_trainer(
-                row, model, train, steps, device, Path(out), [timer.callback]
+                row, model, train, steps, device, Path(out), [timer.callback], compiled_dir
             )
         else:
             trainer, peft_model = baseline_trainer(
@@ -360,6 +420,7 @@ def run_row(
         "train_loss_last": timer.losses[-1] if timer.losses else float("nan"),
         "held_out_loss": held_out_loss(peft_model, held, device),
         "first_step_s": timer.times[0] - start if timer.times else float("nan"),
+        "end_to_end_s": (timer.times[0] - start) + (JOB_TOKENS - tokens_per_step) / tokens_per_s,
         "params": params,
         "speed": plan,
     }
@@ -377,16 +438,21 @@ def table(results: list[dict]) -> str:
         key=lambda r: r["tokens_per_s"],
         default=None,
     )
+    fastest_job = min(
+        (r["end_to_end_s"] for r in results if r["row"].split(" (")[0] in BASELINES), default=float("nan")
+    )
     lines = [
-        "| row | batch x accum. | tokens/s | MFU | peak GiB | train loss (last 5 steps) | held-out loss | vs best baseline |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| row | batch x accum. | tokens/s | MFU | peak GiB | train loss (last 5 steps) | held-out loss | "
+        "first step s | 2.6M-token job s | tokens/s vs best baseline | job time vs best baseline |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         ratio = r["tokens_per_s"] / best["tokens_per_s"] if best else float("nan")
         lines.append(
             f"| {r['row']} | {r['micro_batch']} x {r['accumulation']} | {r['tokens_per_s']:,.0f} | "
             f"{100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['train_loss_last']:.3f} | "
-            f"{r['held_out_loss']:.3f} | {ratio:.2f}x |"
+            f"{r['held_out_loss']:.3f} | {r['first_step_s']:.1f} | {r['end_to_end_s']:.0f} | {ratio:.2f}x | "
+            f"{fastest_job / r['end_to_end_s']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -411,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sdpa", default="", help="force an sdpa kernel for every row: flash_attention, cudnn_attention, ..."
     )
     parser.add_argument("--profile", default="", help="comma-separated rows whose last 2 steps are profiled")
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="keep slimtune rows' compiled kernels here (what cache_dir/compiled is in a run): a second "
+        "invocation with the same folder shows the compile time saved",
+    )
     opts = parser.parse_args(argv)
 
     import torch
@@ -434,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"[{now()}] {row} ...", flush=True)
         profile = row in opts.profile.split(",")
-        results.append(run_row(row, config, sequences, held, opts.warmup, device, profile, opts.sdpa))
+        results.append(
+            run_row(row, config, sequences, held, opts.warmup, device, profile, opts.sdpa, opts.compile_cache)
+        )
         r = results[-1]
         print(
             f"    {r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}%, peak {r['peak_gib']:.1f} GiB, "

@@ -167,3 +167,17 @@ def test_lora_pass_trains_with_an_fp8_base_on_the_gpu(tmp_path):
     losses = [p["loss"] for p in metrics["loss_curve"]]
     assert len(losses) == 6 and all(loss == loss for loss in losses)
     assert (Path(record["passes"][0]["output_path"]) / "adapter_model.safetensors").exists()
+
+
+def test_the_fp8_layer_compiles_without_a_graph_break():
+    """torch.compile traces the fp8 layer's forward in one graph (the autograd Function is built when the
+    layer is made: a class defined inside the traced forward broke the compiled graph there)."""
+    import torch
+
+    from slimtune.passes.lora.fp8 import make_fp8_linear
+
+    layer = make_fp8_linear(torch.nn.Linear(32, 48).requires_grad_(False))
+    x = torch.randn(4, 32, requires_grad=True)
+    explained = torch._dynamo.explain(lambda t: layer(t).sum())(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

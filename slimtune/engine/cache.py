@@ -10,6 +10,8 @@ Layout under cache_dir:
                             (engine/fingerprint.py hash_sidecar)
   locks/<key>.lock          one process works on a key at a time (flock: the kernel drops it when the holder
                             dies, so a killed run never leaves a lock that blocks); others wait, then reuse
+  compiled/                 compiled kernels (torch inductor / Triton caches) a pass keeps across runs, so the
+                            same shapes are not compiled again (passes/lora/speed.use_compile_cache)
   changed/<key>.<n>/        an entry whose files were changed after it was written, set aside when a run
                             rebuilt it (`cache verify` lists them, `cache clean` removes them)
 An interrupted attempt leaves only tmp/ and work/ behind, which never look finished; the next attempt at the
@@ -122,6 +124,10 @@ class Cache:
             f"{actual[name]}: not in the entry when written" for name in sorted(set(actual) - set(files))
         ]
         return found
+
+    def compiled_dir(self) -> Path:
+        """Where passes keep compiled kernels across runs (not an entry: nothing's output depends on it)."""
+        return self.root / "compiled"
 
     def work_dir(self, key: str) -> Path:
         path = self.root / "work" / key

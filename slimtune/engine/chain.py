@@ -279,7 +279,10 @@ def pass_context(session: Session, spec: PassSpec, plan: PassPlan, previous: Sta
         execution_provider=session.ep,
         data_configs={c.name: c.model_dump(mode="json") for c in _data_configs(session, spec, plan).values()},
         model_load=cfg.input_model.load_kwargs.model_dump(mode="json"),
-        options={"skip_memory_check": bool(cfg.skip_memory_check)},
+        options={
+            "skip_memory_check": bool(cfg.skip_memory_check),
+            "compiled_dir": str(session.cache.compiled_dir()),
+        },
     )
 
 

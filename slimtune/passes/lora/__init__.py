@@ -22,8 +22,9 @@ def _spec(
         type_name,
         params,
         "slimtune.passes.lora.run:run",
-        version=5,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py); 4: every assistant
-        # turn learns, the eval loss is token-weighted; 5: the adapter's initial weights drawn from the seed
+        version=6,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py); 4: every assistant
+        # turn learns, the eval loss is token-weighted; 5: the adapter's initial weights drawn from the seed;
+        # 6: bf16 base under bf16 autocast on CPUs with bf16 units, the head only at scored positions
         summary=summary,
         output_kind="adapter",
         data_fields=("train_data_config", "eval_data_config"),

@@ -63,7 +63,8 @@ def _product(a, w_q, w_scale, out_dtype):
 
 
 class _Fp8Product:
-    """Built lazily so importing this module does not import torch."""
+    """Built lazily so importing this module does not import torch; built when a layer is made, never in a
+    forward (torch.compile cannot trace a class definition: it would break the compiled graph there)."""
 
     fn: Any = None
 
@@ -106,6 +107,7 @@ def make_fp8_linear(linear: Any) -> Any:
             self.bias = source.bias
             # read by code that asks a layer for its dtype/device (peft, transformers); never multiplied
             self.register_buffer("weight", torch.empty(0, dtype=w.dtype, device=w.device), persistent=False)
+            _Fp8Product.get()
 
         def forward(self, x):
             # the dtype a plain linear layer would return here: autocast's, else the input's

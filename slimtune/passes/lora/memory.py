@@ -31,7 +31,9 @@ DEFAULT_SEQ_LEN = 1024
 
 def _dtype_bytes(name: str | None, device: str) -> float:
     if name in (None, "auto"):
-        return 2 if device == "cuda" else 4
+        from slimtune.passes.lora.speed import cpu_has_bf16
+
+        return 2 if device == "cuda" or (device == "cpu" and cpu_has_bf16()) else 4
     return {"float32": 4, "bfloat16": 2, "float16": 2}.get(name, 4)
 
 

@@ -33,7 +33,10 @@ class LoRAParams(Strict):
         None, description="modules trained in full and saved with the adapter"
     )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="dtype of the frozen base weights; auto: bfloat16 on CUDA, float32 on CPU"
+        "auto",
+        description="dtype of the frozen base weights; auto: bfloat16 on CUDA and on CPUs with bf16 units (AVX-512 BF16, "
+        "AMX, Arm BF16), float32 on other CPUs. With bfloat16 training runs under bf16 autocast and the "
+        "adapters and optimizer state stay in float32",
     )
     train_data_config: str = Field(description="name of the training data config")
     eval_data_config: str | None = Field(None, description="name of the evaluation data config")

@@ -8,6 +8,14 @@ example is trained to predict the next one's first token. The micro-batch keeps 
 optimisation (examples per step, loss averaged over labelled tokens) is the one the padded batch had:
 only the padding work is gone.
 
+Scored positions only: the output head (hidden x vocabulary, a fifth of a 135M model's work) and the loss
+run only at the positions whose next token is scored. Answer-only rows score a few tokens of each row, so
+most of the head's work, forward and backward, is skipped; the loss is the same sum over the same tokens.
+
+The CPU's bf16 units: where the CPU has them (AVX-512 BF16, AMX), the frozen base is loaded in bf16 and
+training runs under bf16 autocast with the adapters and optimizer state in fp32, about twice the fp32
+product rate; elsewhere the CPU trains in fp32.
+
 Compilation: each decoder layer is compiled on its own (regional compilation): all layers share one
 graph, so compiling costs about one layer's worth, and inductor fuses the norm, rotary, activation,
 dropout and residual work around the matrix products.
@@ -16,6 +24,7 @@ dropout and residual work around the matrix products.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 IGNORE = -100
@@ -101,6 +110,60 @@ class PackedCollator:
         return batch
 
 
+# below this share of scored positions the head runs on the scored ones only (gathering them costs a copy)
+SCORED_SHARE_MAX = 0.75
+
+
+class ScoredOnly:
+    """Wraps a collator: where few positions are scored, adds `logits_to_keep` (the positions, across the
+    batch's rows, whose next label is scored) and `shift_labels` at those positions, so the model computes
+    the head and the loss there only. Made on the host, so nothing waits for the GPU."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.inner(samples)
+        labels = batch.get("labels")
+        if labels is None or "shift_labels" in batch:
+            return batch
+        following = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        keep = following.ne(IGNORE).any(dim=0).nonzero().flatten()
+        if len(keep) > SCORED_SHARE_MAX * labels.shape[1]:
+            return batch
+        batch["logits_to_keep"] = keep
+        batch["shift_labels"] = following[:, keep].contiguous()
+        return batch
+
+
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether the (peft-wrapped) causal LM's forward selects head positions by `logits_to_keep`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX on x86, BF16 on Arm)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    if platform.machine() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def decoder_layers(model: Any) -> list[Any]:
     """The repeated transformer blocks of a (peft-wrapped) causal LM."""
     import torch
@@ -111,6 +174,28 @@ def decoder_layers(model: Any) -> list[Any]:
             if all(type(m) is type(module[0]) for m in module):
                 best = list(module)
     return best
+
+
+def use_compile_cache(folder: str | Path) -> Path:
+    """Keep inductor's and Triton's compiled artifacts (the FX graph and AOTAutograd caches, the kernels)
+    under `folder` (the run's cache_dir/compiled), one subfolder per torch version: a later run of the same
+    shapes loads them instead of compiling again, on this machine or wherever the cache goes with it. Returns
+    the folder used."""
+    import os
+
+    import torch
+    import torch._functorch.config
+    import torch._inductor.config
+
+    where = Path(folder) / f"torch-{torch.__version__}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(where / "triton")
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    # the fp8 product (fp8.py) is a custom autograd.Function; its code comes with the pass version, which is
+    # in the cache key of every output, and changes with slimtune, whose version is in this folder's path
+    torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
+    return where
 
 
 def compile_layers(model: Any) -> int:

@@ -87,7 +87,17 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
 
     args = training_arguments(params, ctx, has_eval=evaluation is not None, n_train=len(train_set))
     row_len = ctx.data_config(params.train_data_config).pre_process_data_config.max_seq_len
-    trainer, plan = make_trainer(model, tokenizer, train_set, evaluation, params, args, ctx.device, row_len)
+    trainer, plan = make_trainer(
+        model,
+        tokenizer,
+        train_set,
+        evaluation,
+        params,
+        args,
+        ctx.device,
+        row_len,
+        compiled_dir=ctx.options.get("compiled_dir"),
+    )
     progress = ProgressCallback(trainer.data_collator, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(progress)
     ctx.log(
@@ -154,7 +164,7 @@ def choose_batch(ctx: PassContext, params: LoRAParams, longest: int | None, avai
 
 
 def load_base_model(base: Path, params: LoRAParams, device: str, **load_kwargs: Any):
-    """The frozen base: bf16 on CUDA (or torch_dtype), 4-bit through bitsandbytes for QLoRA (left where
+    """The frozen base: bf16 on CUDA and on CPUs with bf16 units (or torch_dtype), 4-bit through bitsandbytes for QLoRA (left where
     loading puts it: the trainer moves it)."""
     from slimtune.models.hf import load_causal_lm
 
@@ -226,12 +236,23 @@ def make_trainer(
     device: str,
     row_len: int,
     callbacks: list[Any] = (),
+    compiled_dir: str | Path | None = None,
 ):
-    """(transformers Trainer with slimtune's speed settings applied, the settings used)."""
+    """(transformers Trainer with slimtune's speed settings applied, the settings used). Compiled layers
+    keep their compiled artifacts in `compiled_dir` (the run's cache) when given."""
     import transformers
 
     from slimtune.passes.lora.progress import CountingCollator, collate
-    from slimtune.passes.lora.speed import PackedCollator, compile_layers, speed_plan, training_work, trimmed
+    from slimtune.passes.lora.speed import (
+        PackedCollator,
+        ScoredOnly,
+        compile_layers,
+        speed_plan,
+        takes_logits_to_keep,
+        training_work,
+        trimmed,
+        use_compile_cache,
+    )
 
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -245,6 +266,10 @@ def make_trainer(
         def inner(rows):  # padded to the micro-batch's longest row, not max_seq_len (fit.py)
             return collate([trimmed(r, pad) for r in rows], pad)
 
+    plan["scored_positions_only"] = takes_logits_to_keep(model)
+    if plan["scored_positions_only"]:
+        inner = ScoredOnly(inner)
+    plan["bf16_autocast"] = bool(args.bf16)
     collator = CountingCollator(inner, pad)
 
     if plan["fp8_base"]:
@@ -254,6 +279,8 @@ def make_trainer(
         model.to(args.device)
         plan["fp8_layers"] = convert_frozen_linears(model)
     if plan["compile_layers"]:
+        if compiled_dir is not None:
+            plan["compiled_cache"] = str(use_compile_cache(compiled_dir))
         compile_layers(model)
     from slimtune.passes.lora.eval_loss import token_weighted_trainer
 
@@ -312,8 +339,18 @@ def _dtype(name: str, device: str):
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        return torch.bfloat16 if bf16_compute(name, device) else torch.float32
     return getattr(torch, name)
+
+
+def bf16_compute(torch_dtype: str, device: str) -> bool:
+    """Whether the base is bf16 and training runs under bf16 autocast (adapters and optimizer in fp32):
+    asked for, or `auto` on CUDA and on a CPU with bf16 units (twice its fp32 product rate there)."""
+    from slimtune.passes.lora.speed import cpu_has_bf16
+
+    if torch_dtype == "auto":
+        return device == "cuda" or (device == "cpu" and cpu_has_bf16())
+    return torch_dtype == "bfloat16"
 
 
 def training_arguments(params: LoRAParams, ctx: PassContext, *, has_eval: bool, n_train: int):
@@ -354,7 +391,7 @@ def training_arguments_for(
         )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ddp_find_unused_parameters" not in given:
         args["ddp_find_unused_parameters"] = False  # every adapter weight takes part in each step
-    if device == "cuda" and params.torch_dtype in ("auto", "bfloat16") and "bf16" not in given:
+    if "bf16" not in given and "fp16" not in given and bf16_compute(params.torch_dtype, device):
         args["bf16"] = True
     try:
         return transformers.TrainingArguments(**args)
