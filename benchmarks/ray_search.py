@@ -14,9 +14,15 @@ own wall time, from run.json), and the nodes the candidates ran on.
 
 from __future__ import annotations
 
+import os
+
+# every node and driver on 127.0.0.1: Ray otherwise takes the address of the machine's outward interface, and
+# the project's tests and benchmarks talk to loopback only (read by ray_constants at import, so before `import ray`)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

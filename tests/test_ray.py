@@ -6,8 +6,14 @@ unreachable cluster, resources no node has, a runtime environment that does not 
 
 from __future__ import annotations
 
-import json
 import os
+
+# every node and driver on 127.0.0.1: Ray otherwise takes the address of the machine's outward interface, and
+# the project's tests and benchmarks talk to loopback only (read by ray_constants at import, so before `import ray`)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+import json
 import signal
 import threading
 import time
