@@ -91,7 +91,11 @@ def test_fingerprint_follows_content_and_config(tmp_path):
     assert file_digest(tmp_path / "missing") == "missing"
 
 
-def test_fingerprint_of_remote_data_hashes_the_config():
+def test_fingerprint_of_remote_data_needs_its_content():
+    """Remote data is fingerprinted by its content (so cache keys stay content-addressed): a datastore whose
+    workspace is unknown cannot be read, and the fingerprint says which resource, with exit code 2."""
+    from slimtune.storage import StorageError
+
     config = DataConfig.model_validate(
         {
             "name": "d",
@@ -104,4 +108,8 @@ def test_fingerprint_of_remote_data_hashes_the_config():
             },
         }
     )
-    assert len(data_fingerprint(config)) == 64
+    with pytest.raises(
+        StorageError, match="azureml://datastores/store/paths/a.json: the workspace is not known"
+    ) as err:
+        data_fingerprint(config)
+    assert err.value.exit_code == 2

@@ -16,6 +16,13 @@ from slimtune.passes.lora.memory import batch_choice, training_estimate
 from slimtune.passes.memory import GiB, MemoryQuery
 
 
+@pytest.fixture(autouse=True)
+def fp32_cpu(monkeypatch):
+    """The measured peaks and batch sizes here are of fp32 training on the CPU: the estimate is asked as for a
+    CPU without bf16 units, whatever this machine has (with them, `auto` trains the base in bf16)."""
+    monkeypatch.setattr("slimtune.passes.lora.speed.cpu_has_bf16", lambda: False)
+
+
 def query(tmp_path, training_args=None, **pre) -> MemoryQuery:
     model = fake_model(tmp_path / "smollm2", SMOLLM2)
     params = LoRAParams(r=16, train_data_config="d", training_args=training_args or {})

@@ -15,6 +15,14 @@ from slimtune.passes.lora.memory import training_estimate as lora_estimate
 from slimtune.passes.memory import GiB, MemoryQuery
 from slimtune.passes.model_builder import ModelBuilderParams, builder_estimate
 
+
+@pytest.fixture(autouse=True)
+def fp32_cpu(monkeypatch):
+    """The measured peaks and batch sizes here are of fp32 training on the CPU: the estimate is asked as for a
+    CPU without bf16 units, whatever this machine has (with them, `auto` trains the base in bf16)."""
+    monkeypatch.setattr("slimtune.passes.lora.speed.cpu_has_bf16", lambda: False)
+
+
 # SmolLM2-135M-Instruct, the default model: shapes from its config.json
 SMOLLM2 = {
     "model_type": "llama",
@@ -107,3 +115,14 @@ def test_builder_estimate_counts_three_fp32_copies_and_can_be_switched_off(tmp_p
     assert builder_estimate(query).total == int(MEMORY_FACTOR * weights) + MEMORY_OVERHEAD
     off = ModelBuilderParams(extra_options={"ignore_memory_check": True})
     assert builder_estimate(MemoryQuery("builder", "ModelBuilder", off, model, "cpu")) is None
+
+
+def test_auto_dtype_counts_bf16_weights_on_a_cpu_with_bf16_units(tmp_path, monkeypatch):
+    """`torch_dtype: auto` trains the base in bf16 where the CPU has bf16 units: the estimate counts 2 bytes per
+    weight there, 4 elsewhere."""
+    from slimtune.passes.lora.memory import _dtype_bytes
+
+    assert _dtype_bytes("auto", "cpu") == 4  # fp32_cpu: no bf16 units
+    monkeypatch.setattr("slimtune.passes.lora.speed.cpu_has_bf16", lambda: True)
+    assert _dtype_bytes("auto", "cpu") == 2
+    assert _dtype_bytes("float32", "cpu") == 4
