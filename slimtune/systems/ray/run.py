@@ -121,6 +121,8 @@ class RayRunner:
             "max_retries": self.max_failures,
             "retry_exceptions": False,
         }
+        if self.system.placement_strategy in ("SPREAD", "STRICT_SPREAD"):
+            options["scheduling_strategy"] = "SPREAD"  # pass tasks too, not only Ray Train's workers
         if "memory" in self.need:
             options["memory"] = self.need["memory"]
         if custom:
