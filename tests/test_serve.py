@@ -323,24 +323,33 @@ def test_request_time_limit(model):
 
 
 def test_sigterm_finishes_in_flight_requests_and_refuses_new(model):
-    started = Server(model, "--max-tokens-cap", "3000")
-    results = {}
+    # the in-flight answer is streamed, so the signal goes out once its first token has arrived: polling /health
+    # for "running" could miss a request that a fast machine finishes in about a second
+    started = Server(model, "--max-tokens-cap", "8000")
+    bias = no_eos(model)
+    first_token = threading.Event()
+    results = {"chunks": []}
 
     def in_flight():
-        results["answer"] = client(started).completions.create(
-            model=NAME, prompt="Wow", max_tokens=3000, temperature=0, logit_bias=no_eos(model)
+        stream = client(started).completions.create(
+            model=NAME, prompt="Wow", max_tokens=8000, temperature=0, logit_bias=bias,
+            stream=True, stream_options={"include_usage": True},
         )
+        for chunk in stream:
+            results["chunks"].append(chunk)
+            first_token.set()
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    wait_for(lambda: health(started)["running"] == 1, 10)
+    assert first_token.wait(30), "no first token within 30 s"
     started.process.send_signal(__import__("signal").SIGTERM)
     time.sleep(0.3)
     with pytest.raises((openai.APIConnectionError, openai.InternalServerError)):
         client(started).completions.create(model=NAME, prompt="x", max_tokens=2)
     thread.join(60)
     code, log = started.stop()
-    assert results["answer"].usage.completion_tokens == 3000
-    assert results["answer"].choices[0].finish_reason == "length"
+    chunks = results["chunks"]
+    assert chunks[-1].usage.completion_tokens == 8000
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert code == 0, log
     assert "draining" in log
