@@ -29,7 +29,21 @@ def register(sub) -> None:
         "--api-key",
         help="require `Authorization: Bearer KEY` on every API request (default: $SLIMTUNE_API_KEY when set)",
     )
-    p.add_argument("--parallel", type=int, default=1, help="requests generating at once (default 1)")
+    p.add_argument(
+        "--parallel", type=int, default=8, help="requests generating at once, batched or not (default 8)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="most requests generated together as one batch of an ONNX model (default 8; 1: each alone)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=10.0,
+        help="milliseconds a free generator waits for more requests to batch with the first (default 10)",
+    )
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a slot (then 429)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds a request may take in all")
     p.add_argument("--max-tokens-cap", type=int, default=512, help="largest max_tokens a request may ask")
@@ -55,6 +69,7 @@ def _run(args) -> int:
 
     for flag, value in [
         ("--parallel", args.parallel),
+        ("--batch-size", args.batch_size),
         ("--queue-size", args.queue_size + 1),
         ("--max-tokens-cap", args.max_tokens_cap),
         ("--max-body-bytes", args.max_body_bytes),
@@ -63,6 +78,8 @@ def _run(args) -> int:
     ]:
         if value < 1:
             raise UserError(f"{flag} must be at least {1 if flag != '--queue-size' else 0}")
+    if args.batch_wait < 0:
+        raise UserError("--batch-wait must be 0 or more")
     if args.request_timeout <= 0:
         raise UserError("--request-timeout must be positive")
     folder = Path(args.model)
@@ -82,6 +99,8 @@ def _run(args) -> int:
         request_timeout_s=args.request_timeout,
         parallel=args.parallel,
         queue_size=args.queue_size,
+        batch_size=args.batch_size,
+        batch_wait_s=args.batch_wait / 1000,
     )
     name = args.name or folder.resolve().name
     app = create_app(served, name, limits, api_key=api_key)

@@ -1,9 +1,9 @@
 """How many requests run at once and how many may wait: a bounded queue, never an unbounded pile-up.
 
-`parallel` requests generate at a time (each on its own thread: the runtimes release the GIL while they
-compute); up to `queue_size` more wait for a slot; one more is answered 429 with a `Retry-After` computed from
-the recent request times. A slot is given back by the generating thread when it ends, which it does at the next
-token once its request is cancelled (a client gone, a time limit passed).
+`parallel` requests hold a slot at a time (they generate, alone or batched, on the scheduler's threads:
+batching.py); up to `queue_size` more wait for a slot; one more is answered 429 with a `Retry-After` computed
+from the recent request times. A slot is given back when its request ends, which it does at the next token
+once the request is cancelled (a client gone, a time limit passed), or at once if it had not started.
 """
 
 from __future__ import annotations
@@ -73,38 +73,50 @@ class Admission:
 
 
 class Job:
-    """One generation on its own thread: text pieces and the end come back on an asyncio queue."""
+    """One request's generation as the event loop sees it: text pieces and the end come back on an asyncio
+    queue (put there from the generating thread); its slot is given back when it ends."""
 
-    def __init__(self, admission: Admission, work: Callable[[Callable[[str], None], threading.Event], Any]):
+    def __init__(self, admission: Admission):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.cancel = threading.Event()
+        self.on_stop: Callable[[], None] | None = None  # set by whoever may drop the job before it starts
         self._admission = admission
-        self._work = work
         self._start = time.monotonic()
-        threading.Thread(target=self._run, daemon=True, name="slimtune-generate").start()
+        self._ended = threading.Lock()
 
-    def _emit(self, piece: str) -> None:
+    def emit(self, piece: str) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, ("text", piece))
 
-    def _run(self) -> None:
+    def end(self, kind: str, value: Any) -> None:
+        """`end`, the work's return value, or `error`, the exception it raised; only the first call counts."""
+        if not self._ended.acquire(blocking=False):
+            return
+        self.loop.call_soon_threadsafe(self._admission.release, time.monotonic() - self._start)
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+    def run(self, work: Callable[[Callable[[str], None], threading.Event], Any]) -> None:
+        """Runs `work(emit, cancel)` on this thread and ends the job with its result."""
         try:
-            result = ("end", self._work(self._emit, self.cancel))
+            result = ("end", work(self.emit, self.cancel))
         except Exception as err:  # reported to the client as a 500 body; the server stays up
             result = ("error", err)
-        finally:
-            elapsed = time.monotonic() - self._start
-            self.loop.call_soon_threadsafe(self._admission.release, elapsed)
-        self.loop.call_soon_threadsafe(self.events.put_nowait, result)
+        self.end(*result)
+
+    def stop(self) -> None:
+        """The client is gone (or its answer is complete): the work ends at its next token."""
+        self.cancel.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
     async def result(self, gone: Callable[[], Awaitable[bool]]) -> Any:
-        """The work's return value, skipping text pieces; cancels the work when the client leaves."""
+        """The work's return value, skipping text pieces; stops the work when the client leaves."""
         while True:
             try:
                 kind, value = await asyncio.wait_for(self.events.get(), 0.5)
             except TimeoutError:
                 if await gone():
-                    self.cancel.set()
+                    self.stop()
                     raise ApiError(499, "the client closed the connection", code="client_closed") from None
                 continue
             if kind == "end":

@@ -24,7 +24,8 @@ from slimtune.errors import UserError
 from slimtune.models.ref import ModelMeta
 from slimtune.serve import protocol as p
 from slimtune.serve.admission import Admission, Job
-from slimtune.serve.decode import Outcome, Sampling, ServedModel, generate, label_scores
+from slimtune.serve.batching import Scheduler
+from slimtune.serve.decode import Row, Sampling, ServedModel, label_scores
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
@@ -36,8 +37,10 @@ class Limits:
     max_prompt_tokens: int | None = None  # None: the model's context length
     max_tokens_cap: int = 512
     request_timeout_s: float = 120.0
-    parallel: int = 1
+    parallel: int = 8
     queue_size: int = 16
+    batch_size: int = 8  # rows generated together; 1: every request alone
+    batch_wait_s: float = 0.01  # how long a free lane waits for a batch to fill
 
 
 class Gate:
@@ -82,6 +85,9 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
     app.state.admission = None  # made on the server's event loop, at the first request
     meta = ModelMeta.load(served.folder)
     max_prompt = min(limits.max_prompt_tokens or served.context_length, served.context_length)
+    # `parallel` requests hold a slot; `batch_size` of them share a lane (one generator) at most
+    lanes = -(-limits.parallel // limits.batch_size)
+    scheduler = Scheduler(served, lanes, limits.batch_size, limits.batch_wait_s)
 
     def admission() -> Admission:
         if app.state.admission is None:
@@ -171,29 +177,16 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
             stop=req.stops(),
         )
 
-    async def start(request: Request, work: Any) -> Job:
-        deadline = request.state.deadline
-        await admission().acquire(deadline, request.is_disconnected)
-        return Job(admission(), work)
+    async def start(request: Request, **what: Any) -> Job:
+        """A slot (or 429 / 504), then the request queued for a lane (`row=` a generation, `work=` run alone)."""
+        await admission().acquire(request.state.deadline, request.is_disconnected)
+        return scheduler.submit(Job(admission()), **what)
 
     async def complete(request: Request, req: Any, prompt_ids: list[int], stop_text: str | None, chat: bool):
         adapter = adapter_of(req.model)
         sampling = sampling_of(req, len(prompt_ids))
-        deadline = request.state.deadline
-
-        def work(emit, cancel) -> Outcome:
-            return generate(
-                served,
-                prompt_ids,
-                sampling,
-                adapter=adapter,
-                emit=emit if req.stream else None,
-                cancel=cancel,
-                deadline=deadline,
-                stop_text=stop_text,
-            )
-
-        job = await start(request, work)
+        row = Row(prompt_ids, sampling, request.state.deadline, stop_text)
+        job = await start(request, row=row, adapter=adapter, stream=req.stream)
         rid = p.new_id("chatcmpl" if chat else "cmpl")
         if req.stream:
             return StreamingResponse(
@@ -245,7 +238,7 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
                 yield p.sse(tail)
             yield p.sse("[DONE]")
         finally:  # also when the client went away: the generating thread stops at its next token
-            job.cancel.set()
+            job.stop()
 
     def _timeout() -> p.ApiError:
         return p.ApiError(
@@ -263,6 +256,7 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
             "model": name,
             "running": adm.running if adm else 0,
             "waiting": adm.waiting if adm else 0,
+            "largest_batch": scheduler.largest_batch,
         }
         return JSONResponse(body, 503 if app.state.draining else 200)
 
@@ -343,7 +337,7 @@ def create_app(served: ServedModel, name: str, limits: Limits, api_key: str | No
                 code="prompt_too_long",
             )
         job = await start(
-            request, lambda emit, cancel: label_scores(served, prompt_ids, meta.labels, adapter)
+            request, work=lambda emit, cancel: label_scores(served, prompt_ids, meta.labels, adapter)
         )
         scores = await job.result(request.is_disconnected)
         label = max(scores, key=scores.get)

@@ -67,7 +67,10 @@ class ServedModel:
             self._og, self._model = opened._og, opened.model
             self.context_length = opened.context_length
             self._adapters = self._load_adapters(adapters) if adapters else None
+            genai = json.loads((self.folder / "genai_config.json").read_text())["model"]
+            self.pad_token_id = genai.get("pad_token_id")
         elif self.kind == "hf":
+            self.pad_token_id = None  # served one request at a time
             from slimtune.models.hf import HfModel
 
             opened = HfModel(self.folder, threads=threads)
@@ -102,6 +105,29 @@ class ServedModel:
     def decode(self, ids: Sequence[int]) -> str:
         with self._lock:
             return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def batchable(self, prompt_ids: list[int]) -> bool:
+        """Whether this prompt may share a batch: an ONNX model (the generator takes a padded batch of prompts),
+        and a prompt whose last id is not the pad id (the generator would take it for padding)."""
+        return self.kind == "onnx" and self.pad_token_id is not None and prompt_ids[-1] != self.pad_token_id
+
+    def batch_generator(self, prompts: list[list[int]], max_new: int, adapter: str | None = None) -> Any:
+        """ONNX Runtime GenAI's generator over a batch of prompts, padded on the right with the pad id (its
+        layout: each row's logits are those after its own last prompt id)."""
+        import numpy as np
+
+        og, width = self._og, max(len(p) for p in prompts)
+        padded = np.full((len(prompts), width), self.pad_token_id, dtype=np.int32)
+        for i, ids in enumerate(prompts):
+            padded[i, : len(ids)] = ids
+        params = og.GeneratorParams(self._model)
+        # greedy over the logits handed back each step: the rows are sampled by slimtune, not by the generator
+        params.set_search_options(max_length=width + max_new, batch_size=len(prompts), do_sample=False)
+        generator = og.Generator(self._model, params)
+        if adapter:
+            generator.set_active_adapter(self._adapters, adapter)
+        generator.append_tokens(padded)
+        return generator
 
     def session(self, prompt_ids: list[int], capacity: int, adapter: str | None = None) -> Session:
         if self.kind == "onnx":
@@ -169,6 +195,81 @@ def pick(logits: Any, sampling: Sampling, rng: Any) -> int:
     return int(rng.choice(candidates, p=weights))
 
 
+@dataclass
+class Row:
+    """One request of a batch: its prompt, sampling and limits; `emit` and `cancel` as `generate` takes them."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    deadline: float = math.inf
+    stop_text: str | None = None
+    emit: Callable[[str], None] | None = None
+    cancel: threading.Event | None = None
+
+
+class _Answer:
+    """One answer as it is decoded: the next token picked from the logits (sampling, EOS, stop strings, time
+    limit, cancellation), its text handed to `emit` as it becomes final (text that may begin a stop string is
+    held back until it is known not to)."""
+
+    def __init__(self, served: ServedModel, row: Row):
+        import numpy as np
+
+        self.served, self.row, self.sampling = served, row, row.sampling
+        self.stops = [s for s in [*row.sampling.stop, row.stop_text] if s]
+        self.rng = np.random.default_rng(row.sampling.seed)
+        self.new: list[int] = []
+        self.text, self.shown = "", 0  # the answer's text so far; how much of it went to `emit`
+        # incremental decoding: new[prefix:read] gives context, new[read:] is not in `text` yet
+        self.prefix, self.read = 0, 0
+        self.reason = "length"
+
+    def next(self, logits: Any) -> int | None:
+        """The token to append after `logits`, or None once the answer has ended (`reason` says why)."""
+        row, served = self.row, self.served
+        if row.cancel is not None and row.cancel.is_set():
+            self.reason = "cancelled"
+            return None
+        if time.monotonic() > row.deadline:
+            self.reason = "timeout"
+            return None
+        token = pick(logits, self.sampling, self.rng)
+        if token in served.eos_token_ids:
+            self.reason = "stop"
+            return None
+        new = self.new
+        new.append(token)
+        # decoding a short window (as vLLM does), not the whole answer each step: a tokenizer may render a
+        # token differently by what precedes it, and a character split over tokens waits for its other bytes
+        known = served.decode(new[self.prefix : self.read])
+        window = served.decode(new[self.prefix :])
+        if len(window) > len(known) and not window.endswith("\ufffd"):
+            self.text += window[len(known) :]
+            self.prefix, self.read = self.read, len(new)
+            cut = _first_stop(self.text, self.stops)
+            if cut is not None:
+                self.text, self.reason = self.text[:cut], "stop"
+                return None
+            safe = len(self.text) - _held_back(self.text, self.stops)
+            if row.emit is not None and safe > self.shown:
+                row.emit(self.text[self.shown : safe])
+            self.shown = max(self.shown, safe)
+        if len(new) >= self.sampling.max_tokens:
+            return None
+        return token
+
+    def outcome(self) -> Outcome:
+        served, new, ended = self.served, self.new, self.reason in ("cancelled", "timeout")
+        if self.read < len(new) and not ended:  # a last character's bytes never came
+            self.text += served.decode(new[self.prefix :])[len(served.decode(new[self.prefix : self.read])) :]
+            cut = _first_stop(self.text, self.stops)
+            if cut is not None:
+                self.text, self.reason = self.text[:cut], "stop"
+        if self.row.emit is not None and len(self.text) > self.shown and not ended:
+            self.row.emit(self.text[self.shown :])
+        return Outcome(self.reason, len(new), self.text)
+
+
 def generate(
     served: ServedModel,
     prompt_ids: list[int],
@@ -180,59 +281,50 @@ def generate(
     deadline: float = math.inf,
     stop_text: str | None = None,
 ) -> Outcome:
-    """Sample up to `sampling.max_tokens` ids after `prompt_ids`, handing text to `emit` as it becomes final
-    (text that may begin a stop string is held back until it is known not to). Stops at EOS, a stop string
-    (`stop_text`, a chat turn's end marker, counts as one), `cancel`, or `deadline` (time.monotonic)."""
+    """Sample up to `sampling.max_tokens` ids after `prompt_ids`, handing text to `emit` as it becomes final.
+    Stops at EOS, a stop string (`stop_text`, a chat turn's end marker, counts as one), `cancel`, or
+    `deadline` (time.monotonic)."""
+    answer = _Answer(served, Row(prompt_ids, sampling, deadline, stop_text, emit, cancel))
+    session = served.session(prompt_ids, len(prompt_ids) + sampling.max_tokens, adapter)
+    while (token := answer.next(session.logits())) is not None:
+        session.append([token])
+    return answer.outcome()
+
+
+def generate_batch(
+    served: ServedModel,
+    rows: Sequence[Row],
+    finished: Callable[[int, Outcome], None],
+    adapter: str | None = None,
+) -> None:
+    """Generate several answers as one batch of ONNX Runtime GenAI's generator (`batch_size` rows, the prompts
+    padded on the right), each row sampled here with its own settings, as `generate` samples one: the
+    generator is handed logits that allow only the token picked. `finished(i, outcome)` is called as soon as
+    row i ends; its place in the batch is then stepped with EOS until every row has ended (the generator's
+    batch cannot shrink)."""
     import numpy as np
 
-    stops = [s for s in [*sampling.stop, stop_text] if s]
-    rng = np.random.default_rng(sampling.seed)
-    session = served.session(prompt_ids, len(prompt_ids) + sampling.max_tokens, adapter)
-    new: list[int] = []
-    text, shown = "", 0  # the answer's text so far; how much of it went to `emit`
-    prefix, read = (
-        0,
-        0,
-    )  # incremental decoding: new[prefix:read] gives context, new[read:] is not in `text` yet
-    reason = "length"
-    while True:
-        if cancel is not None and cancel.is_set():
-            reason = "cancelled"
+    answers = [_Answer(served, row) for row in rows]
+    generator = served.batch_generator(
+        [row.prompt_ids for row in rows], max(r.sampling.max_tokens for r in rows), adapter
+    )
+    live = set(range(len(rows)))
+    eos = next(iter(served.eos_token_ids))
+    while live:
+        logits = generator.get_logits()
+        width = logits.shape[-1]
+        logits = logits.reshape(len(rows), width)
+        chosen = np.full((len(rows), width), -np.inf, dtype=np.float32)
+        for i in range(len(rows)):
+            token = answers[i].next(logits[i]) if i in live else None
+            if token is None and i in live:
+                live.discard(i)
+                finished(i, answers[i].outcome())
+            chosen[i, eos if token is None else token] = 0.0
+        if not live:
             break
-        if time.monotonic() > deadline:
-            reason = "timeout"
-            break
-        token = pick(session.logits(), sampling, rng)
-        if token in served.eos_token_ids:
-            reason = "stop"
-            break
-        new.append(token)
-        # decoding a short window (as vLLM does), not the whole answer each step: a tokenizer may render a
-        # token differently by what precedes it, and a character split over tokens waits for its other bytes
-        known = served.decode(new[prefix:read])
-        window = served.decode(new[prefix:])
-        if len(window) > len(known) and not window.endswith("\ufffd"):
-            text += window[len(known) :]
-            prefix, read = read, len(new)
-            cut = _first_stop(text, stops)
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-                break
-            safe = len(text) - _held_back(text, stops)
-            if emit is not None and safe > shown:
-                emit(text[shown:safe])
-            shown = max(shown, safe)
-        if len(new) >= sampling.max_tokens:
-            break
-        session.append([token])
-    if read < len(new) and reason not in ("cancelled", "timeout"):  # a last character's bytes never came
-        text += served.decode(new[prefix:])[len(served.decode(new[prefix:read])) :]
-        cut = _first_stop(text, stops)
-        if cut is not None:
-            text, reason = text[:cut], "stop"
-    if emit is not None and len(text) > shown and reason not in ("cancelled", "timeout"):
-        emit(text[shown:])
-    return Outcome(reason, len(new), text)
+        generator.set_logits(chosen.reshape(len(rows), 1, width))
+        generator.generate_next_token()
 
 
 def label_scores(

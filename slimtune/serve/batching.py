@@ -1,0 +1,146 @@
+"""Where admitted requests generate: `lanes` threads, each running one batch at a time.
+
+A batch is up to `batch_size` waiting requests on the same adapter, generated together by one ONNX Runtime
+GenAI generator (decode.generate_batch): each row keeps its own sampling settings, seed, stop strings and time
+limit, and streams to its own client. The generator's batch is static: rows are fixed when it starts, so a
+request that arrives while a lane is busy waits for a free lane, and a row that ends early (its client gone,
+its stop string met) is answered and its slot given back at once, but the lane runs until its last row ends.
+When a lane frees, the oldest waiting request leads the next batch; with fewer than `batch_size` of its kind
+waiting, the lane waits up to `gather_s` after that request's arrival for more. Requests that cannot share a
+batch run alone on a lane, as `generate` runs them: a Hugging Face model, a prompt ending with the pad id, the
+predict route's scoring (`work`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slimtune.serve.admission import Job
+from slimtune.serve.decode import Outcome, Row, ServedModel, generate, generate_batch
+
+
+@dataclass
+class _Waiting:
+    job: Job
+    row: Row | None  # a generation; else `work` runs alone
+    work: Callable[[Callable[[str], None], threading.Event], Any] | None
+    adapter: str | None
+    since: float
+    stream: bool
+
+
+class Scheduler:
+    def __init__(self, served: ServedModel, lanes: int, batch_size: int, gather_s: float):
+        self.served, self.batch_size, self.gather_s = served, batch_size, gather_s
+        self._cond = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._free = lanes
+        self.largest_batch = 0  # the most rows generated together so far (GET /health shows it)
+        threading.Thread(target=self._dispatch, daemon=True, name="slimtune-schedule").start()
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        row: Row | None = None,
+        work: Callable[[Callable[[str], None], threading.Event], Any] | None = None,
+        adapter: str | None = None,
+        stream: bool = False,
+    ) -> Job:
+        """Queues `row` (a generation) or `work` (run alone) for the next free lane; returns `job`."""
+        waiting = _Waiting(job, row, work, adapter, time.monotonic(), stream)
+        job.on_stop = lambda: self._drop(waiting)
+        with self._cond:
+            self._waiting.append(waiting)
+            self._cond.notify_all()
+        return job
+
+    def _drop(self, waiting: _Waiting) -> None:
+        """A request whose client left before it started: out of the queue, its slot given back now."""
+        with self._cond:
+            if waiting not in self._waiting:
+                return
+            self._waiting.remove(waiting)
+        waiting.job.end("end", Outcome("cancelled", 0, ""))
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._waiting and self._free):
+                    self._cond.wait()
+                batch = self._take()
+                if batch is None:  # gathering: wait for more requests of the head's kind, or the window's end
+                    head = self._waiting[0]
+                    self._cond.wait(max(0.0, head.since + self.gather_s - time.monotonic()))
+                    continue
+                self._free -= 1
+            threading.Thread(target=self._run, args=(batch,), daemon=True, name="slimtune-lane").start()
+
+    def _take(self) -> list[_Waiting] | None:
+        """The next batch (under the lock): the oldest request and the others that may share its batch, or
+        None while it may still gather more."""
+        head = self._waiting[0]
+        if head.row is None or self.batch_size == 1 or not self.served.batchable(head.row.prompt_ids):
+            return [self._waiting.pop(0)]
+        batch, width, new = [], 0, 0
+        for waiting in self._waiting:
+            if len(batch) == self.batch_size:
+                break
+            row = waiting.row
+            if row is None or waiting.adapter != head.adapter or not self.served.batchable(row.prompt_ids):
+                continue
+            w, n = max(width, len(row.prompt_ids)), max(new, row.sampling.max_tokens)
+            if w + n > self.served.context_length:  # the padded batch would not fit: a later batch
+                continue
+            batch.append(waiting)
+            width, new = w, n
+        if len(batch) < self.batch_size and time.monotonic() < head.since + self.gather_s:
+            return None
+        for waiting in batch:
+            self._waiting.remove(waiting)
+        return batch
+
+    def _run(self, batch: list[_Waiting]) -> None:
+        try:
+            rows = [
+                dataclasses.replace(w.row, emit=w.job.emit if w.stream else None, cancel=w.job.cancel)
+                for w in batch
+                if w.row is not None
+            ]
+            if not rows:
+                batch[0].job.run(batch[0].work)
+            elif len(rows) == 1:
+                row = rows[0]
+                batch[0].job.run(
+                    lambda emit, cancel: generate(
+                        self.served,
+                        row.prompt_ids,
+                        row.sampling,
+                        adapter=batch[0].adapter,
+                        emit=row.emit,
+                        cancel=cancel,
+                        deadline=row.deadline,
+                        stop_text=row.stop_text,
+                    )
+                )
+            else:
+                self.largest_batch = max(self.largest_batch, len(rows))
+                try:
+                    generate_batch(
+                        self.served,
+                        rows,
+                        lambda i, outcome: batch[i].job.end("end", outcome),
+                        batch[0].adapter,
+                    )
+                except Exception as err:  # every row not yet answered gets the error; the server stays up
+                    for waiting in batch:
+                        waiting.job.end("error", err)
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
