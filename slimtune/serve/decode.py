@@ -309,7 +309,7 @@ def generate_batch(
         [row.prompt_ids for row in rows], max(r.sampling.max_tokens for r in rows), adapter
     )
     live = set(range(len(rows)))
-    eos = next(iter(served.eos_token_ids))
+    eos = min(served.eos_token_ids, default=served.pad_token_id)  # what an ended row is stepped with
     while live:
         logits = generator.get_logits()
         width = logits.shape[-1]
