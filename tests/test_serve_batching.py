@@ -197,3 +197,54 @@ def test_a_client_leaving_a_batch_frees_its_slot_at_once(server, served):
     reply = client(server).completions.create(model=NAME, prompt="x", max_tokens=3, temperature=0)
     assert reply.usage.completion_tokens >= 1
     assert time.monotonic() - start < 10
+
+
+def test_a_batch_keeps_the_queue_bound_and_each_rows_time_limit(model, served):
+    """Two slots, no queue, a 1.5 s limit: a third request is 429 while two share a batch; in a batch, a short
+    request is answered in full while its long neighbour (8000 tokens, several seconds) hits the limit."""
+    bounded = Server(
+        model,
+        "--parallel", "2", "--batch-size", "2", "--queue-size", "0",
+        "--request-timeout", "1.5", "--batch-wait", "300", "--max-tokens-cap", "8000",
+    )  # fmt: skip
+    ban = {str(t): -100 for t in served.eos_token_ids}
+    long = {
+        "model": NAME,
+        "prompt": "Wow",
+        "max_tokens": 8000,
+        "temperature": 0,
+        "logit_bias": ban,
+        "stream": True,
+    }
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", bounded.port, timeout=60)
+        connection.request("POST", "/v1/completions", json.dumps(long), {"Content-Type": "application/json"})
+        short = client(bounded).completions.create(
+            model=NAME, prompt="Hello there", max_tokens=4, temperature=0, logit_bias=ban
+        )  # sent within the batch window: the two share a batch
+        assert short.usage.completion_tokens == 4 and short.choices[0].finish_reason == "length"
+        assert health(bounded)["largest_batch"] == 2
+        events = connection.getresponse().read().decode().strip().split("\n\n")
+        connection.close()
+        assert json.loads(events[-1][6:])["error"]["code"] == "timeout"
+
+        streams = []
+        for _ in range(2):
+            connection = http.client.HTTPConnection("127.0.0.1", bounded.port, timeout=60)
+            connection.request(
+                "POST", "/v1/completions", json.dumps(long), {"Content-Type": "application/json"}
+            )
+            streams.append(connection)
+        responses = [c.getresponse() for c in streams]
+        with pytest.raises(openai.RateLimitError):
+            client(bounded).completions.create(model=NAME, prompt="x", max_tokens=2)
+        for connection, response in zip(streams, responses, strict=True):
+            events = response.read().decode().strip().split("\n\n")
+            connection.close()
+            assert json.loads(events[-1][6:])["error"]["code"] == "timeout"
+        start = time.monotonic()
+        while health(bounded)["running"] != 0:
+            assert time.monotonic() - start < 1.5
+            time.sleep(0.05)
+    finally:
+        assert bounded.stop()[0] == 0
