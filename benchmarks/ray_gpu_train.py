@@ -117,24 +117,28 @@ def config(model: Path, data: Path, steps: int, batch: int, way: str) -> dict:
     return cfg
 
 
-def run_once(folder: Path, cfg: dict) -> dict:
+def run_once(folder: Path, cfg: dict, timeout: float) -> dict:
     folder.mkdir(parents=True)
     path = folder / "config.json"
     path.write_text(json.dumps(cfg, indent=1))
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    log = folder / "log.txt"  # the run's own output, kept: a run that hangs or fails shows where
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
-        cwd=folder,
-        env=env,
-        text=True,
-        capture_output=True,
-    )
+    with log.open("w") as out:
+        try:
+            code = subprocess.run(
+                [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+                cwd=folder,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = "timed out"
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(
-            f"run in {folder} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
+    if code != 0:
+        raise SystemExit(f"run in {folder} failed ({code}) after {wall:.0f} s:\n{log.read_text()[-4000:]}")
     record = json.loads((folder / "out" / "run.json").read_text())
     lora = record["passes"][0]
     metrics = lora["metrics"]
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8, help="micro-batch per GPU")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds each run may take")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
@@ -170,8 +175,11 @@ def main() -> None:
     data = make_data(root / "data.jsonl", 4 * args.steps * args.batch)
     results = {}
     for i, way in enumerate(("one GPU", "torchrun, 2 GPUs", "Ray, 2 GPU workers")):
-        results[way] = run_once(root / f"run{i}", config(model, data, args.steps, args.batch, way))
+        results[way] = run_once(
+            root / f"run{i}", config(model, data, args.steps, args.batch, way), args.timeout
+        )
         print(way, json.dumps(results[way]), flush=True)
+    print(f"logs of each run: {root}/run*/log.txt", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -51,6 +51,7 @@ def run(
     warmup: int,
     compiled: bool = False,
     profile: Path | None = None,
+    cudnn: bool = False,
 ) -> dict:
     import torch
     import transformers
@@ -108,6 +109,11 @@ def run(
         trainer, plan = make_trainer(
             model, tokenizer, samples, None, params, args, "cuda", 1024, callbacks=[Clock()]
         )
+        if cudnn:  # the old behaviour, for comparison: cuDNN's attention left on
+            for callback in list(trainer.callback_handler.callbacks):
+                if type(callback).__name__ == "WithoutCudnnAttention":
+                    trainer.remove_callback(callback)
+            plan["cudnn_attention"] = True
         torch.cuda.reset_peak_memory_stats()
         trainer.train()
     real = [len(s["input_ids"]) for s in samples]
@@ -142,6 +148,9 @@ def main() -> int:
     parser.add_argument(
         "--compile-layers", action="store_true", help="compile each decoder layer (off by default)"
     )
+    parser.add_argument(
+        "--cudnn-attention", action="store_true", help="leave cuDNN's sdpa on (slimtune switches it off)"
+    )
     parser.add_argument("--profile", type=Path, help="append torch.profiler tables of 3 steps per row here")
     opts = parser.parse_args()
     import torch
@@ -155,7 +164,15 @@ def main() -> int:
     samples = example_rows(tokenizer, opts.epochs)
     results = []
     for micro in (int(m) for m in opts.micro_batches.split(",")):
-        r = run(opts.model_dir, micro, samples, opts.warmup, opts.compile_layers, opts.profile)
+        r = run(
+            opts.model_dir,
+            micro,
+            samples,
+            opts.warmup,
+            opts.compile_layers,
+            opts.profile,
+            opts.cudnn_attention,
+        )
         results.append(r)
         print(json.dumps(r), flush=True)
     lines = [
