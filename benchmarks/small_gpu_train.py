@@ -44,7 +44,15 @@ def example_rows(tokenizer, epochs: int) -> list[dict]:
     return samples * epochs
 
 
-def run(model_dir: Path, micro: int, samples: list[dict], warmup: int) -> dict:
+def run(
+    model_dir: Path,
+    micro: int,
+    samples: list[dict],
+    warmup: int,
+    compiled: bool = False,
+    profile: Path | None = None,
+    cudnn: bool = False,
+) -> dict:
     import torch
     import transformers
 
@@ -67,15 +75,33 @@ def run(model_dir: Path, micro: int, samples: list[dict], warmup: int) -> dict:
             "save_strategy": "no",
             "seed": 0,
         },
+        compile_layers=compiled or None,
     )
     model, _, _ = attach_adapter(model, params)
     times: list[float] = []
+    profiler = None
 
     class Clock(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            nonlocal profiler
             if state.global_step in (warmup, state.max_steps):
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
+            if profile is not None and state.global_step == warmup + 2:
+                profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                )
+                profiler.__enter__()
+            if profiler is not None and state.global_step == warmup + 5:
+                torch.cuda.synchronize()
+                profiler.__exit__(None, None, None)
+                for key, title in (("self_cpu_time_total", "host"), ("self_device_time_total", "GPU")):
+                    table = profiler.key_averages().table(sort_by=key, row_limit=25)
+                    with profile.open("a") as f:
+                        f.write(
+                            f"micro-batch {micro}, compile {compiled}, 3 steps, by {title} time\n{table}\n"
+                        )
+                profiler = None
 
     with tempfile.TemporaryDirectory() as out:
         args = training_arguments_for(params, Path(out), "cuda", has_eval=False, n_train=len(samples))
@@ -83,6 +109,11 @@ def run(model_dir: Path, micro: int, samples: list[dict], warmup: int) -> dict:
         trainer, plan = make_trainer(
             model, tokenizer, samples, None, params, args, "cuda", 1024, callbacks=[Clock()]
         )
+        if cudnn:  # the old behaviour, for comparison: cuDNN's attention left on
+            for callback in list(trainer.callback_handler.callbacks):
+                if type(callback).__name__ == "WithoutCudnnAttention":
+                    trainer.remove_callback(callback)
+            plan["cudnn_attention"] = True
         torch.cuda.reset_peak_memory_stats()
         trainer.train()
     real = [len(s["input_ids"]) for s in samples]
@@ -114,6 +145,13 @@ def main() -> int:
     parser.add_argument(
         "--markdown", type=Path, help="write the docs section here instead of docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--compile-layers", action="store_true", help="compile each decoder layer (off by default)"
+    )
+    parser.add_argument(
+        "--cudnn-attention", action="store_true", help="leave cuDNN's sdpa on (slimtune switches it off)"
+    )
+    parser.add_argument("--profile", type=Path, help="append torch.profiler tables of 3 steps per row here")
     opts = parser.parse_args()
     import torch
     import transformers
@@ -126,7 +164,15 @@ def main() -> int:
     samples = example_rows(tokenizer, opts.epochs)
     results = []
     for micro in (int(m) for m in opts.micro_batches.split(",")):
-        r = run(opts.model_dir, micro, samples, opts.warmup)
+        r = run(
+            opts.model_dir,
+            micro,
+            samples,
+            opts.warmup,
+            opts.compile_layers,
+            opts.profile,
+            opts.cudnn_attention,
+        )
         results.append(r)
         print(json.dumps(r), flush=True)
     lines = [

@@ -70,6 +70,7 @@ SHAPES = {
     "slimtune-eager": (4, 1),
 }
 BASELINES = ("olive-seed", "olive-b4", "plain-b4", "plain-b8", "plain-b8-compile", "plain-b8-liger")
+DDP_TRAINING_ARGS: dict = {}  # --ddp-bucket-mb: DDP settings tried on the slimtune rows under torchrun
 JOB_TOKENS = 2.6e6  # the end-to-end column: first step (compilation, warm-up) + the rest at the steady speed
 ROWS = tuple(SHAPES)
 TARGETS = ["qkv_proj", "o_proj"]
@@ -274,7 +275,7 @@ def slimtune_trainer(
         lora_dropout=0.1,
         target_modules=TARGETS,
         train_data_config="bench",
-        training_args={**training, "save_strategy": "no"},
+        training_args={**training, **DDP_TRAINING_ARGS, "save_strategy": "no"},
         # on: the default compiles runs of >= 1e16 parameter-tokens, of which these rows time a sample
         compile_layers=not row.endswith("eager"),
         fp8_base=False if ("bf16" in row or row.endswith("eager")) else None,
@@ -483,7 +484,14 @@ def main(argv: list[str] | None = None) -> int:
         help="keep slimtune rows' compiled kernels here (what cache_dir/compiled is in a run): a second "
         "invocation with the same folder shows the compile time saved",
     )
+    parser.add_argument(
+        "--ddp-bucket-mb",
+        type=int,
+        help="slimtune rows under torchrun: DDP's gradient bucket size (default 25)",
+    )
     opts = parser.parse_args(argv)
+    if opts.ddp_bucket_mb:
+        DDP_TRAINING_ARGS["ddp_bucket_cap_mb"] = opts.ddp_bucket_mb
 
     import torch
 

@@ -183,7 +183,7 @@ def test_generate_and_evaluate_take_a_bare_gguf_file(tiny, tmp_path, capsys):
     assert result["kind"] == "gguf" and result["accuracy"] == 1.0
 
 
-def test_a_run_evaluates_its_gguf_stage(tiny, tmp_path):
+def test_a_run_evaluates_its_gguf_stage(tiny, tmp_path, monkeypatch):
     config = {
         "input_model": {"type": "HfModel", "model_path": str(tiny["llama"])},
         "data_configs": [emotion_data_config(40)],
@@ -215,6 +215,15 @@ def test_a_run_evaluates_its_gguf_stage(tiny, tmp_path):
         "sadness",
         "surprise",
     ]
+    # another llama.cpp makes another file: the export's cache key holds its version, the other passes' do not
+    from slimtune.engine import fingerprint
+
+    real = fingerprint.metadata.version
+    monkeypatch.setattr(
+        fingerprint.metadata, "version", lambda name: "0.0.1" if name == "llama-cpp-python" else real(name)
+    )
+    again = run_config(tmp_path, config)
+    assert [p["cache_hit"] for p in again["passes"]] == [True, True, False]
 
 
 def test_a_search_weighs_onnx_against_gguf_candidates(tiny, tmp_path):

@@ -161,3 +161,20 @@ def test_rows_of_one_full_example_carry_no_position_ids():
     batch = PackedCollator(pad_id=0, row_len=4)([{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 2)
     assert "position_ids" not in batch
     assert batch["labels"][:, 0].tolist() == [-100, -100]
+
+
+def test_cudnn_attention_is_off_while_training_and_restored_after():
+    import torch
+
+    from slimtune.passes.lora.speed import without_cudnn_attention
+
+    callback = without_cudnn_attention()
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        callback.on_train_begin(None, None, None)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        callback.on_train_end(None, None, None)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -198,7 +198,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         data_fingerprints={
             key: data_fingerprint(config, session.hash_sidecar()) for key, config in data.items()
         },
-        libraries=session.libraries,
+        libraries={**session.libraries, **library_versions(spec.libraries)},
         extra={
             "device": session.device,
             "execution_provider": session.ep,

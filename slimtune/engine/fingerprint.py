@@ -31,9 +31,9 @@ def hash_sidecar(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "fingerprints.json"
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions(names: tuple[str, ...] = KEY_LIBRARIES) -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
-    for name in KEY_LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

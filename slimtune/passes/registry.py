@@ -55,6 +55,8 @@ class PassSpec:
     # what to change when the pass runs out of memory: MemoryQuery -> sentence(s)
     memory_advice: Callable[[Any], str] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")  # where it can run
+    # distributions beyond the engine's own list whose versions shape this pass's output (in its cache key)
+    libraries: tuple[str, ...] = ()
     # a pass that trains data-parallel: a module with rank_params(ctx, params, world) -> params (each rank's,
     # keeping the effective batch) and train_rank(ctx, params) -> {ref, metrics, meta} on rank 0 (None on the
     # others), run in each rank of a torch.distributed group that a system started (Ray Train)

@@ -40,6 +40,7 @@ register_pass(
         memory=gguf_estimate,
         memory_advice=out_of_memory_advice,
         devices=("cpu", "cuda"),
+        libraries=("llama-cpp-python",),  # its converter and quantizer make the file
         example={"quant_type": "q8_0"},
     )
 )

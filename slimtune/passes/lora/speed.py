@@ -16,6 +16,13 @@ The CPU's bf16 units: where the CPU has them (AVX-512 BF16, AMX), the frozen bas
 training runs under bf16 autocast with the adapters and optimizer state in fp32, about twice the fp32
 product rate; elsewhere the CPU trains in fp32.
 
+Attention of packed rows on a GPU: the block-diagonal mask is an explicit mask, for which PyTorch's sdpa
+picks cuDNN's attention on Hopper. Measured on an H200 (benchmarks/small_gpu_train.py --profile, the 135M
+example, micro-batch 128): each cuDNN attention backward call cost ~10 ms of host time (forward ~2 ms) against
+~0.17 ms on the GPU, half the step's host time, for a step whose GPU work is ~47 ms. While a packed run
+trains, cuDNN's sdpa backend is switched off (`without_cudnn_attention`), which leaves sdpa's memory-efficient
+kernel (arbitrary masks, little host work); the setting is restored when training ends.
+
 Compilation: each decoder layer is compiled on its own (regional compilation): all layers share one
 graph, so compiling costs about one layer's worth, and inductor fuses the norm, rotary, activation,
 dropout and residual work around the matrix products.
@@ -277,3 +284,24 @@ def _device_name(device: str) -> str:
 
     major, minor = torch.cuda.get_device_capability()
     return f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+
+
+def without_cudnn_attention():
+    """A TrainerCallback that switches PyTorch's cuDNN sdpa backend off while training runs and restores the
+    setting after (see the module docstring)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class WithoutCudnnAttention(TrainerCallback):
+        before: bool | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.before = torch.backends.cuda.cudnn_sdp_enabled()
+            torch.backends.cuda.enable_cudnn_sdp(False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.before is not None:
+                torch.backends.cuda.enable_cudnn_sdp(self.before)
+                self.before = None
+
+    return WithoutCudnnAttention()

@@ -293,6 +293,11 @@ def make_trainer(
         callbacks=list(callbacks),
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
+    plan["cudnn_attention"] = not (device == "cuda" and plan["pack_sequences"])
+    if not plan["cudnn_attention"]:
+        from slimtune.passes.lora.speed import without_cudnn_attention
+
+        trainer.add_callback(without_cudnn_attention())
     return trainer, plan
 
 
