@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
@@ -94,3 +97,28 @@ class Server:
             self.process.kill()
             out, _ = self.process.communicate()
         return self.process.returncode, out
+
+
+@contextlib.contextmanager
+def generator_busy(server: Server, long: dict, then_running: int):
+    """A long streamed completion (`long`: its body) keeps the server's one generator busy while the block
+    sends requests; leaving the block waits until `then_running` requests hold a slot (the long one included),
+    then closes the long one's connection: the requests that waited start together, as one batch."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    body = json.dumps({**long, "stream": True})
+    connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    try:
+        yield
+        end = time.monotonic() + 30
+        while health(server)["running"] < then_running:
+            assert time.monotonic() < end, f"{then_running} requests did not reach the server"
+            time.sleep(0.05)
+    finally:
+        connection.close()
+
+
+def health(server: Server) -> dict:
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
+        return json.loads(response.read())

@@ -217,14 +217,15 @@ def test_a_config_builds_the_base_and_the_server_answers_with_a_label(tmp_path):
 
 
 def test_requests_share_a_batch_only_on_the_same_adapter(built):
-    """Four requests at once, two on each adapter: batched by adapter (the generator applies one adapter to
-    all its rows), each answered as when sent alone."""
-    import json
+    """Four requests waiting together, two on each adapter: batched by adapter (the generator applies one
+    adapter to all its rows), each answered as when sent alone."""
     import threading
-    import urllib.request
+
+    from slimtune.models.hf import load_tokenizer
+    from tests.serve_helpers import generator_busy, health
 
     server = Server(
-        built["base"], "--name", "tiny", "--parallel", "4", "--batch-size", "4", "--batch-wait", "500"
+        built["base"], "--name", "tiny", "--parallel", "8", "--batch-size", "8", "--max-tokens-cap", "8000"
     )
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
@@ -243,12 +244,15 @@ def test_requests_share_a_batch_only_on_the_same_adapter(built):
             threading.Thread(target=lambda i=i: together.__setitem__(i, ask(*asks[i], stream=True)))
             for i in range(4)
         ]
-        for thread in threads:
-            thread.start()
+        # a long answer (EOS banned) keeps the one generator busy while the four arrive
+        ban = {str(load_tokenizer(built["base"]).eos_token_id): -100}
+        long = {"model": "tiny", "prompt": "Wow", "max_tokens": 8000, "temperature": 0, "logit_bias": ban}
+        with generator_busy(server, long, then_running=5):
+            for thread in threads:
+                thread.start()
         for thread in threads:
             thread.join(120)
         assert [together[i] for i in range(4)] == alone
-        with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
-            assert json.loads(response.read())["largest_batch"] == 2
+        assert health(server)["largest_batch"] == 2
     finally:
         assert server.stop()[0] == 0

@@ -14,12 +14,11 @@ import http.client
 import json
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.serve_helpers import Server, build_int4, tiny_long_context
+from tests.serve_helpers import Server, build_int4, generator_busy, health, tiny_long_context
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("onnxruntime_genai")
@@ -116,9 +115,9 @@ def test_a_cancelled_row_ends_and_the_others_go_on(served):
 
 @pytest.fixture(scope="module")
 def server(model):
-    # a half-second window so that requests sent together share a batch however loaded the machine is
+    # one generator (--parallel = --batch-size): requests that wait for it start together, as one batch
     started = Server(
-        model, "--parallel", "4", "--batch-size", "4", "--batch-wait", "500", "--max-tokens-cap", "8000"
+        model, "--parallel", "8", "--batch-size", "8", "--batch-wait", "200", "--max-tokens-cap", "8000"
     )
     yield started
     started.stop()
@@ -128,9 +127,10 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def health(server: Server) -> dict:
-    with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
-        return json.loads(response.read())
+def long_request(served) -> dict:
+    """A completion of 8000 tokens, EOS banned: it runs for seconds."""
+    ban = {str(t): -100 for t in served.eos_token_ids}
+    return {"model": NAME, "prompt": "Wow", "max_tokens": 8000, "temperature": 0, "logit_bias": ban}
 
 
 def test_concurrent_streams_share_a_batch_and_match_their_answers_alone(server, served):
@@ -141,7 +141,7 @@ def test_concurrent_streams_share_a_batch_and_match_their_answers_alone(server, 
     ]
     args[3].update(temperature=1.0, seed=5)  # a seeded, sampled row among greedy ones
     alone = [client(server).completions.create(**a).choices[0].text for a in args]
-    assert health(server)["largest_batch"] <= 1  # one at a time: each ran alone
+    assert health(server)["largest_batch"] <= 1  # one after another, a lone client's request never waits
     streamed: dict[int, str] = {}
     usage: dict[int, int] = {}
 
@@ -153,8 +153,9 @@ def test_concurrent_streams_share_a_batch_and_match_their_answers_alone(server, 
         usage[i] = chunks[-1].usage.completion_tokens
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
+    with generator_busy(server, long_request(served), then_running=5):
+        for thread in threads:
+            thread.start()
     for thread in threads:
         thread.join(120)
     assert health(server)["largest_batch"] == 4
@@ -162,89 +163,85 @@ def test_concurrent_streams_share_a_batch_and_match_their_answers_alone(server, 
     assert [usage[i] for i in range(4)] == [16, 20, 24, 28]
 
 
+def open_stream(server: Server, body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    body = json.dumps({**body, "stream": True})
+    connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    return connection, connection.getresponse()
+
+
+def wait_running(server: Server, running: int, seconds: float) -> None:
+    start = time.monotonic()
+    while health(server)["running"] != running:
+        assert time.monotonic() - start < seconds, f"not {running} running within {seconds} s"
+        time.sleep(0.05)
+
+
 def test_a_client_leaving_a_batch_frees_its_slot_at_once(server, served):
-    ban = {str(t): -100 for t in served.eos_token_ids}
-    long = {"model": NAME, "max_tokens": 8000, "temperature": 0, "logit_bias": ban, "stream": True}
-    streams = []
-    for prompt in PROMPTS[:2]:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        connection.request(
-            "POST",
-            "/v1/completions",
-            json.dumps({**long, "prompt": prompt}),
-            {"Content-Type": "application/json"},
-        )
-        streams.append(connection)
-    responses = [c.getresponse() for c in streams]
-    for response in responses:
+    long = long_request(served)
+    with generator_busy(server, long, then_running=3):
+        streams = [open_stream(server, {**long, "prompt": p}) for p in PROMPTS[:2]]
+    for _, response in streams:
         assert response.status == 200
         assert response.readline().startswith(b"data: ")
-    assert health(server)["running"] == 2
-    streams[0].close()  # its row would run thousands of tokens more
-    start = time.monotonic()
-    while health(server)["running"] != 1:
-        assert time.monotonic() - start < 1.5, "the slot was not given back"
-        time.sleep(0.05)
-    before = len(responses[1].read1(1 << 16))  # the other row goes on streaming
+    wait_running(server, 2, 1.5)  # the busy one left: the two share the next batch
+    assert health(server)["largest_batch"] >= 2
+    streams[0][0].close()  # its row would run thousands of tokens more
+    wait_running(server, 1, 1.5)
+    before = len(streams[1][1].read1(1 << 16))  # the other row goes on streaming
     time.sleep(0.3)
-    assert len(responses[1].read1(1 << 16)) > 0 and before > 0
-    streams[1].close()
+    assert len(streams[1][1].read1(1 << 16)) > 0 and before > 0
+    streams[1][0].close()
+    wait_running(server, 0, 1.5)
+    # every row has ended, so the generator is free: a new request is answered at once, not after 8000 tokens
     start = time.monotonic()
-    while health(server)["running"] != 0:
-        assert time.monotonic() - start < 1.5
-        time.sleep(0.05)
-    # every row has ended, so the lane is free: a new request is answered at once, not after 8000 tokens
     reply = client(server).completions.create(model=NAME, prompt="x", max_tokens=3, temperature=0)
     assert reply.usage.completion_tokens >= 1
     assert time.monotonic() - start < 10
 
 
 def test_a_batch_keeps_the_queue_bound_and_each_rows_time_limit(model, served):
-    """Two slots, no queue, a 1.5 s limit: a third request is 429 while two share a batch; in a batch, a short
-    request is answered in full while its long neighbour (8000 tokens, several seconds) hits the limit."""
+    """Three slots, no queue, a 1.5 s limit: in a batch, a short request is answered in full while its long
+    neighbour (8000 tokens, several seconds) hits the limit; with every slot taken, one more request is 429."""
     bounded = Server(
         model,
-        "--parallel", "2", "--batch-size", "2", "--queue-size", "0",
-        "--request-timeout", "1.5", "--batch-wait", "300", "--max-tokens-cap", "8000",
+        "--parallel", "3", "--batch-size", "3", "--queue-size", "0",
+        "--request-timeout", "1.5", "--batch-wait", "200", "--max-tokens-cap", "8000",
     )  # fmt: skip
-    ban = {str(t): -100 for t in served.eos_token_ids}
-    long = {
-        "model": NAME,
-        "prompt": "Wow",
-        "max_tokens": 8000,
-        "temperature": 0,
-        "logit_bias": ban,
-        "stream": True,
-    }
+    long = long_request(served)
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", bounded.port, timeout=60)
-        connection.request("POST", "/v1/completions", json.dumps(long), {"Content-Type": "application/json"})
-        short = client(bounded).completions.create(
-            model=NAME, prompt="Hello there", max_tokens=4, temperature=0, logit_bias=ban
-        )  # sent within the batch window: the two share a batch
-        assert short.usage.completion_tokens == 4 and short.choices[0].finish_reason == "length"
+        answers = {}
+        ask = threading.Thread(
+            target=lambda: answers.setdefault(
+                "short",
+                client(bounded).completions.create(
+                    model=NAME,
+                    prompt="Hello there",
+                    max_tokens=4,
+                    temperature=0,
+                    logit_bias=long["logit_bias"],
+                ),
+            )
+        )
+        with generator_busy(bounded, long, then_running=3):
+            connection, response = open_stream(bounded, long)
+            ask.start()
+        ask.join(60)
+        assert answers["short"].usage.completion_tokens == 4
+        assert answers["short"].choices[0].finish_reason == "length"
         assert health(bounded)["largest_batch"] == 2
-        events = connection.getresponse().read().decode().strip().split("\n\n")
+        events = response.read().decode().strip().split("\n\n")
         connection.close()
         assert json.loads(events[-1][6:])["error"]["code"] == "timeout"
+        wait_running(bounded, 0, 1.5)
 
-        streams = []
-        for _ in range(2):
-            connection = http.client.HTTPConnection("127.0.0.1", bounded.port, timeout=60)
-            connection.request(
-                "POST", "/v1/completions", json.dumps(long), {"Content-Type": "application/json"}
-            )
-            streams.append(connection)
-        responses = [c.getresponse() for c in streams]
+        streams = [open_stream(bounded, long) for _ in range(3)]
         with pytest.raises(openai.RateLimitError):
             client(bounded).completions.create(model=NAME, prompt="x", max_tokens=2)
-        for connection, response in zip(streams, responses, strict=True):
+        for connection, response in streams:
             events = response.read().decode().strip().split("\n\n")
             connection.close()
             assert json.loads(events[-1][6:])["error"]["code"] == "timeout"
-        start = time.monotonic()
-        while health(bounded)["running"] != 0:
-            assert time.monotonic() - start < 1.5
-            time.sleep(0.05)
+        wait_running(bounded, 0, 1.5)
     finally:
         assert bounded.stop()[0] == 0

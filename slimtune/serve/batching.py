@@ -5,8 +5,11 @@ GenAI generator (decode.generate_batch): each row keeps its own sampling setting
 limit, and streams to its own client. The generator's batch is static: rows are fixed when it starts, so a
 request that arrives while a lane is busy waits for a free lane, and a row that ends early (its client gone,
 its stop string met) is answered and its slot given back at once, but the lane runs until its last row ends.
-When a lane frees, the oldest waiting request leads the next batch; with fewer than `batch_size` of its kind
-waiting, the lane waits up to `gather_s` after that request's arrival for more. Requests that cannot share a
+When a lane frees, the oldest waiting request leads the next batch, with the others of its kind. Clients that
+just had an answer tend to send their next request at once, so while answers that ended within the last
+`gather_s` have not been followed by as many new requests, the lane waits for them (up to `gather_s` after
+the first of those ends, for at most `batch_size` rows): a lone client, whose next request follows its own
+answer, never waits. Requests that cannot share a
 batch run alone on a lane, as `generate` runs them: a Hugging Face model, a prompt ending with the pad id, the
 predict route's scoring (`work`).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +44,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: list[_Waiting] = []
         self._free = lanes
+        self._ends: deque[float] = deque(maxlen=batch_size)  # when the latest answers ended (time.monotonic)
+        self._gather_until = 0.0
         self.largest_batch = 0  # the most rows generated together so far (GET /health shows it)
         threading.Thread(target=self._dispatch, daemon=True, name="slimtune-schedule").start()
 
@@ -75,8 +81,7 @@ class Scheduler:
                     self._cond.wait()
                 batch = self._take()
                 if batch is None:  # gathering: wait for more requests of the head's kind, or the window's end
-                    head = self._waiting[0]
-                    self._cond.wait(max(0.0, head.since + self.gather_s - time.monotonic()))
+                    self._cond.wait(max(0.0, self._gather_until - time.monotonic()))
                     continue
                 self._free -= 1
             threading.Thread(target=self._run, args=(batch,), daemon=True, name="slimtune-lane").start()
@@ -99,11 +104,21 @@ class Scheduler:
                 continue
             batch.append(waiting)
             width, new = w, n
-        if len(batch) < self.batch_size and time.monotonic() < head.since + self.gather_s:
-            return None
+        now = time.monotonic()
+        recent = [t for t in self._ends if t >= now - self.gather_s]
+        if recent and len(batch) < self.batch_size:
+            # the requests already waiting when those answers ended, and one per answer to come back
+            expected = sum(w.since < recent[0] for w in batch) + len(recent)
+            if len(batch) < min(expected, self.batch_size):
+                self._gather_until = recent[0] + self.gather_s
+                return None
         for waiting in batch:
             self._waiting.remove(waiting)
         return batch
+
+    def _ended(self) -> None:
+        with self._cond:
+            self._ends.append(time.monotonic())
 
     def _run(self, batch: list[_Waiting]) -> None:
         try:
@@ -114,6 +129,7 @@ class Scheduler:
             ]
             if not rows:
                 batch[0].job.run(batch[0].work)
+                self._ended()
             elif len(rows) == 1:
                 row = rows[0]
                 batch[0].job.run(
@@ -128,15 +144,16 @@ class Scheduler:
                         stop_text=row.stop_text,
                     )
                 )
+                self._ended()
             else:
                 self.largest_batch = max(self.largest_batch, len(rows))
+
+                def finished(i: int, outcome: Outcome) -> None:
+                    self._ended()
+                    batch[i].job.end("end", outcome)
+
                 try:
-                    generate_batch(
-                        self.served,
-                        rows,
-                        lambda i, outcome: batch[i].job.end("end", outcome),
-                        batch[0].adapter,
-                    )
+                    generate_batch(self.served, rows, finished, batch[0].adapter)
                 except Exception as err:  # every row not yet answered gets the error; the server stays up
                     for waiting in batch:
                         waiting.job.end("error", err)
