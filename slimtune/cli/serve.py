@@ -41,8 +41,9 @@ def register(sub) -> None:
     p.add_argument(
         "--batch-wait",
         type=float,
-        default=10.0,
-        help="milliseconds a free generator waits for more requests to batch with the first (default 10)",
+        default=50.0,
+        help="milliseconds a free generator waits for the clients whose answers just ended to send their next "
+        "request, to batch them together (default 50)",
     )
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a slot (then 429)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds a request may take in all")

@@ -40,7 +40,7 @@ class Limits:
     parallel: int = 8
     queue_size: int = 16
     batch_size: int = 8  # rows generated together; 1: every request alone
-    batch_wait_s: float = 0.01  # how long a free lane waits for a batch to fill
+    batch_wait_s: float = 0.05  # how long a free lane waits for clients whose answers just ended
 
 
 class Gate:
