@@ -95,14 +95,6 @@ class Job:
         self.loop.call_soon_threadsafe(self._admission.release, time.monotonic() - self._start)
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
-    def run(self, work: Callable[[Callable[[str], None], threading.Event], Any]) -> None:
-        """Runs `work(emit, cancel)` on this thread and ends the job with its result."""
-        try:
-            result = ("end", work(self.emit, self.cancel))
-        except Exception as err:  # reported to the client as a 500 body; the server stays up
-            result = ("error", err)
-        self.end(*result)
-
     def stop(self) -> None:
         """The client is gone (or its answer is complete): the work ends at its next token."""
         self.cancel.set()

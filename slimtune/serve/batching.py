@@ -9,9 +9,8 @@ When a lane frees, the oldest waiting request leads the next batch, with the oth
 just had an answer tend to send their next request at once, so while answers that ended within the last
 `gather_s` have not been followed by as many new requests, the lane waits for them (up to `gather_s` after
 the first of those ends, for at most `batch_size` rows): a lone client, whose next request follows its own
-answer, never waits. Requests that cannot share a
-batch run alone on a lane, as `generate` runs them: a Hugging Face model, a prompt ending with the pad id, the
-predict route's scoring (`work`).
+answer, never waits. Requests that cannot share a batch run alone on a lane, as `generate` runs them: a
+Hugging Face model, a prompt ending with the pad id, the predict route's scoring (`work`).
 """
 
 from __future__ import annotations
@@ -116,9 +115,11 @@ class Scheduler:
             self._waiting.remove(waiting)
         return batch
 
-    def _ended(self) -> None:
+    def _finish(self, waiting: _Waiting, kind: str, value: Any) -> None:
+        """Ends a request; its end is noted first, since its client's next request may follow at once."""
         with self._cond:
             self._ends.append(time.monotonic())
+        waiting.job.end(kind, value)
 
     def _run(self, batch: list[_Waiting]) -> None:
         try:
@@ -127,36 +128,39 @@ class Scheduler:
                 for w in batch
                 if w.row is not None
             ]
-            if not rows:
-                batch[0].job.run(batch[0].work)
-                self._ended()
-            elif len(rows) == 1:
-                row = rows[0]
-                batch[0].job.run(
-                    lambda emit, cancel: generate(
+            if len(rows) > 1:
+                self.largest_batch = max(self.largest_batch, len(rows))
+                try:
+                    generate_batch(
+                        self.served,
+                        rows,
+                        lambda i, outcome: self._finish(batch[i], "end", outcome),
+                        batch[0].adapter,
+                    )
+                except Exception as err:  # every row not yet answered gets the error; the server stays up
+                    for waiting in batch:
+                        self._finish(waiting, "error", err)
+                return
+            alone, job = batch[0], batch[0].job
+            try:
+                if alone.row is None:
+                    result = alone.work(job.emit, job.cancel)
+                else:
+                    row = rows[0]
+                    result = generate(
                         self.served,
                         row.prompt_ids,
                         row.sampling,
-                        adapter=batch[0].adapter,
+                        adapter=alone.adapter,
                         emit=row.emit,
-                        cancel=cancel,
+                        cancel=row.cancel,
                         deadline=row.deadline,
                         stop_text=row.stop_text,
                     )
-                )
-                self._ended()
-            else:
-                self.largest_batch = max(self.largest_batch, len(rows))
-
-                def finished(i: int, outcome: Outcome) -> None:
-                    self._ended()
-                    batch[i].job.end("end", outcome)
-
-                try:
-                    generate_batch(self.served, rows, finished, batch[0].adapter)
-                except Exception as err:  # every row not yet answered gets the error; the server stays up
-                    for waiting in batch:
-                        waiting.job.end("error", err)
+            except Exception as err:  # reported to the client as a 500 body; the server stays up
+                self._finish(alone, "error", err)
+                return
+            self._finish(alone, "end", result)
         finally:
             with self._cond:
                 self._free += 1
