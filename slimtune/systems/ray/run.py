@@ -33,7 +33,7 @@ def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-def connect(name: str, system: Any, device: str) -> RayRunner:
+def connect(name: str, system: Any, device: str, loaded: Any = None) -> RayRunner:
     import ray
 
     where = f"systems.{name}"
