@@ -30,6 +30,14 @@ def check_remote_config(loaded: LoadedConfig, system_name: str, system: Any) -> 
 
     check_plan(loaded)
     check_system(system_name, system)
+    for plan in loaded.passes:
+        other = loaded.config.systems[plan.host] if plan.host else None
+        if other is not None and other.type != system.type:
+            raise UserError(
+                f"passes.{plan.name}.host: `{plan.host}` is a {other.type}, and the run's host (or target) "
+                f"`{system_name}` sends the whole workflow to one Azure ML job. To split the run, host it here "
+                f"(host and target a LocalSystem) and set `host: {system_name}` on the passes that go to Azure ML"
+            )
     if (system.instance_count or 1) * (system.process_count_per_instance or 1) > 1:
         raise UserError(
             f"systems.{system_name}.instance_count: a whole workflow runs as one process on one node (merging, "
