@@ -126,8 +126,6 @@ def tiny(tmp_path_factory):
 
 
 def test_system_keys_reach_the_job(tiny, tmp_path):
-    from azure.ai.ml import PyTorchDistribution
-
     from slimtune.systems.azureml.sdk import command_job, validate
 
     context = tmp_path / "docker"
@@ -136,7 +134,6 @@ def test_system_keys_reach_the_job(tiny, tmp_path):
     (tmp_path / "requirements.txt").write_text("peft\n")
     system = {
         "accelerators": ["gpu"],
-        "instance_count": 2,
         "resources": {"shm_size": "16g"},
         "tags": {"team": "nlp"},
         "aml_docker_config": {
@@ -150,7 +147,7 @@ def test_system_keys_reach_the_job(tiny, tmp_path):
     plan = plan_of(write_azure_config(tmp_path, tiny, system), tmp_path / "job" / "code")
     job = command_job(plan)
     validate(job)
-    assert isinstance(job.distribution, PyTorchDistribution) and job.resources.instance_count == 2
+    assert job.distribution is None and job.resources.instance_count == 1  # a whole workflow: one process
     assert job.resources.shm_size == "16g" and job.tags["team"] == "nlp"
     assert job.environment.build.path == str(context) and job.environment.version == "3"
     assert job.command.startswith("python -m pip install --quiet -r requirements.txt")
@@ -633,8 +630,8 @@ def test_a_job_output_that_does_not_match_its_manifest_is_not_used(tiny, azure, 
     path = split_config(tmp_path, tiny)
     config = yaml.safe_load(path.read_text())
     del config["passes"]["builder"]
-    path.write_text(yaml.safe_dump(config))
-    assert main(["run", "--config", str(path)]) == 1
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path)]) == 2  # a failed pass, as when it fails here
     err = capsys.readouterr().err
     assert "does not match its manifest" in err and "adapter_model.safetensors: content differs" in err
     assert any(n.endswith("adapter_model.safetensors") for n in outputs)
@@ -646,10 +643,98 @@ def test_whole_workflow_on_azure_with_a_pass_hosted_here_is_refused(tiny, tmp_pa
     config = yaml.safe_load(path.read_text())
     config.update(host="aml", target="aml")
     config["passes"]["merge"]["host"] = "here"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["run", "--config", str(path), "--print-job", str(tmp_path / "job")]) == 2
     assert "passes.merge.host: `here` is a LocalSystem" in capsys.readouterr().err
     assert not (tmp_path / "job").exists()
+
+
+def two_node_pass_job(model: Path, folder: Path):
+    """The LoRA pass as the engine hands it to a system (a PassJob), without running anything."""
+    from slimtune.models.ref import ModelMeta, ModelRef
+    from slimtune.passes.context import PassContext
+    from slimtune.systems import PassJob
+
+    context = PassContext(ModelRef(str(model), "hf"), ModelMeta(), folder / "o", folder / "w")
+    context.data_configs = {"emotion": emotion_data_config(40)}
+    params = {"r": 4, "train_data_config": "emotion"}
+    return PassJob("lora", "LoRA", params, context.to_json(), "0" * 64, str(folder / "cache"))
+
+
+def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, capsys):
+    """instance_count 2, process_count_per_instance 4: the pass's CommandJob, as the SDK builds, validates and
+    serialises it, runs 4 processes on each of 2 nodes; a whole workflow on such a system is refused."""
+    from azure.ai.ml import PyTorchDistribution
+
+    from slimtune.systems.azureml.pass_job import build_pass_plan
+    from slimtune.systems.azureml.sdk import command_job, validate
+
+    system = {"accelerators": ["gpu"], "instance_count": 2, "process_count_per_instance": 4}
+    system["resources"] = {"instance_type": "Standard_NC96ads_A100_v4", "shm_size": "16g"}
+    path = split_config(tmp_path, tiny, system)
+    loaded = load_config(path)
+    plan = build_pass_plan(
+        two_node_pass_job(tiny, tmp_path),
+        loaded,
+        "aml",
+        loaded.config.systems["aml"],
+        tmp_path / "job" / "code",
+    )
+    job = command_job(plan)
+    validate(job)
+    assert (
+        isinstance(job.distribution, PyTorchDistribution) and job.distribution.process_count_per_instance == 4
+    )
+    assert job.resources.instance_count == 2 and job.resources.instance_type == "Standard_NC96ads_A100_v4"
+    rest = job._to_rest_object().properties
+    assert (
+        rest.distribution.distribution_type == "PyTorch" and rest.distribution.process_count_per_instance == 4
+    )
+    assert rest.resources.instance_count == 2 and "--pass-job pass_job.json" in rest.command
+    written = json.loads((plan.code_dir / "pass_job.json").read_text())
+    assert written["context"]["input"]["path"] == "{{input:model}}" and "cache_root" not in written
+    assert "work_dir" not in written["context"] and "output_dir" not in written["context"]
+    # the whole workflow on that system: refused, with the way to train on several nodes
+    config = yaml.safe_load(path.read_text())
+    config.update(host="aml", target="aml")
+    del config["passes"]["lora"]["host"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path), "--print-job", str(tmp_path / "printed")]) == 2
+    err = capsys.readouterr().err
+    assert "systems.aml.instance_count: a whole workflow runs as one process" in err and "host: aml" in err
+    # two nodes without the processes per node: named before any pass runs
+    config.update(host="here", target="here")
+    config["passes"]["lora"]["host"] = "aml"
+    del config["systems"]["aml"]["process_count_per_instance"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path)]) == 2
+    assert "systems.aml.process_count_per_instance: with instance_count 2" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "entries").exists()
+
+
+def test_lora_on_two_azure_ml_nodes_trains_data_parallel(tiny, azure, tmp_path, capsys):
+    """The pass's job on two nodes of one process each, launched as Azure ML launches a PyTorch distribution
+    (two processes here, on loopback, gloo): both run the entry as ranks of the LoRA pass's data-parallel
+    training, rank 0 commits the entry, and it comes home."""
+    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants
+
+    RunHistoryConstants._WAIT_COMPLETION_POLLING_INTERVAL_MAX = 3
+    azure.execute = lambda service, job: run_uploaded_job(service, job, tmp_path / "azure")
+    path = split_config(tmp_path, tiny, {"instance_count": 2, "process_count_per_instance": 1})
+    config = yaml.safe_load(path.read_text())
+    config["passes"] = {"lora": config["passes"]["lora"]}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    (name,) = azure.jobs
+    body = azure.jobs[name].body["properties"]  # as the SDK sent it
+    assert body["distribution"] == {"distributionType": "PyTorch", "processCountPerInstance": 1}
+    assert body["resources"]["instanceCount"] == 2
+    assert "data-parallel over 2 workers" in out  # rank 0's log, streamed from the job
+    assert (tmp_path / "azure" / name / "wd1").is_dir()  # the second node ran from its own code folder
+    (lora,) = json.loads((tmp_path / "out" / "run.json").read_text())["passes"]
+    assert lora["metrics"]["world_size"] == 2 and lora["node"].endswith(", 2 ranks)")
+    assert (tmp_path / "cache" / "entries" / lora["key"] / "output" / "adapter_config.json").is_file()
 
 
 def test_hf_token_comes_from_the_workspace_key_vault_and_is_masked(azure, monkeypatch, capsys):

@@ -131,11 +131,11 @@ def run_pass_job(path: Path, inputs: dict[str, str], output: Path, cache_dir: st
     job.context["work_dir"] = str(cache.work_dir(job.key))
     job.context["options"]["compiled_dir"] = str(cache.compiled_dir())
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    node = f"Azure ML job {os.environ.get('AZUREML_RUN_ID', '?')} ({socket.gethostname()})"
+    node = f"Azure ML job {os.environ.get('AZUREML_RUN_ID', '?')} ({socket.gethostname()}"
     if world > 1:
-        run_ranks(job, world, rank, f"{node}, {world} ranks")
+        run_ranks(job, world, rank, f"{node}, {world} ranks)")  # rank 0's machine
     else:
-        run_job(job, node)
+        run_job(job, f"{node})")
     if rank == 0:
         target = output / "cache" / "entries" / job.key
         target.parent.mkdir(parents=True, exist_ok=True)
