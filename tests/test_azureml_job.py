@@ -91,6 +91,15 @@ def test_print_job_writes_a_folder_load_job_reads(seed_config, tmp_path):
     assert written["inputs"]["model"]["path"].startswith("azureml://registries/")
 
 
+LORA = {
+    "type": "LoRA",
+    "r": 4,
+    "alpha": 8,
+    "train_data_config": "emotion",
+    "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
+}
+
+
 def write_azure_config(folder: Path, model: Path, system: dict, **extra) -> Path:
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
@@ -99,13 +108,7 @@ def write_azure_config(folder: Path, model: Path, system: dict, **extra) -> Path
         "host": "aml",
         "target": "aml",
         "passes": {
-            "lora": {
-                "type": "LoRA",
-                "r": 4,
-                "alpha": 8,
-                "train_data_config": "emotion",
-                "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
-            },
+            "lora": dict(LORA),
             "merge": {"type": "MergeAdapterWeights"},
         },
         "evaluate_input_model": False,
@@ -488,14 +491,7 @@ def split_config(folder: Path, model: Path, system: dict | None = None) -> Path:
         "host": "here",
         "target": "here",
         "passes": {
-            "lora": {
-                "type": "LoRA",
-                "r": 4,
-                "alpha": 8,
-                "train_data_config": "emotion",
-                "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
-                "host": "aml",
-            },
+            "lora": {**LORA, "host": "aml"},
             "merge": {"type": "MergeAdapterWeights"},
             "builder": {"type": "ModelBuilder", "precision": "int4"},
         },
@@ -638,6 +634,19 @@ def test_a_job_output_that_does_not_match_its_manifest_is_not_used(tiny, azure, 
     assert not list((tmp_path / "cache" / "entries").glob("*"))
 
 
+def test_ctrl_c_while_a_pass_job_runs_asks_and_cancels_it(tiny, azure, tmp_path, monkeypatch, capsys):
+    from slimtune.systems.azureml import remote
+
+    azure.hold, azure.interrupt = True, True
+    questions = []
+    monkeypatch.setattr(remote, "ask", lambda question: questions.append(question) or True)  # the user's "y"
+    assert main(["run", "--config", str(split_config(tmp_path, tiny))]) == 130
+    (name,) = azure.jobs
+    assert questions == [f"\ncancel Azure ML job {name}? [y/N] "] and azure.jobs[name].status == "Canceled"
+    assert f"asked Azure ML to cancel job {name}" in capsys.readouterr().out
+    assert not list((tmp_path / "cache" / "entries").glob("*"))  # nothing came home
+
+
 def test_whole_workflow_on_azure_with_a_pass_hosted_here_is_refused(tiny, tmp_path, capsys):
     path = split_config(tmp_path, tiny)
     config = yaml.safe_load(path.read_text())
@@ -661,7 +670,7 @@ def two_node_pass_job(model: Path, folder: Path):
     return PassJob("lora", "LoRA", params, context.to_json(), "0" * 64, str(folder / "cache"))
 
 
-def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, capsys):
+def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, monkeypatch, capsys):
     """instance_count 2, process_count_per_instance 4: the pass's CommandJob, as the SDK builds, validates and
     serialises it, runs 4 processes on each of 2 nodes; a whole workflow on such a system is refused."""
     from azure.ai.ml import PyTorchDistribution
@@ -672,6 +681,13 @@ def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, capsys
     system = {"accelerators": ["gpu"], "instance_count": 2, "process_count_per_instance": 4}
     system["resources"] = {"instance_type": "Standard_NC96ads_A100_v4", "shm_size": "16g"}
     path = split_config(tmp_path, tiny, system)
+    config = yaml.safe_load(path.read_text())  # a value from the environment in the data config
+    monkeypatch.setenv("TONE_QUESTION", "### The tone is:")
+    template = config["data_configs"][0]["pre_process_data_config"]["text_template"]
+    config["data_configs"][0]["pre_process_data_config"]["text_template"] = template.replace(
+        "### The tone is:", "${TONE_QUESTION}"
+    )
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     loaded = load_config(path)
     plan = build_pass_plan(
         two_node_pass_job(tiny, tmp_path),
@@ -680,6 +696,9 @@ def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, capsys
         loaded.config.systems["aml"],
         tmp_path / "job" / "code",
     )
+    text = (plan.code_dir / "pass_job.json").read_text()
+    assert "${TONE_QUESTION}" in text and "### The tone is:" not in text  # travels as a reference ...
+    assert plan.environment_variables["TONE_QUESTION"] == "### The tone is:"  # ... its value in the job's env
     job = command_job(plan)
     validate(job)
     assert (

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_TOKEN"] = token
     output = Path(args.output)
     if args.pass_job:
-        return run_pass_job(Path(args.pass_job).resolve(), inputs, output, args.cache_dir)
+        return masked(run_pass_job, Path(args.pass_job).resolve(), inputs, output, args.cache_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SystemExit(
             "slimtune job: a whole workflow runs in one process; only a pass job runs data-parallel"
@@ -114,6 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     (output / EXIT_CODE_FILE).write_text(str(code))
     sys.stdout.flush()
     return 0 if code == EXIT_GOALS else code
+
+
+def masked(run, *args) -> int:
+    """`run(*args)` with every secret masked in what it prints and logs, and in its traceback (a whole workflow
+    gets that from `slimtune run`)."""
+    import logging
+    import traceback
+
+    from slimtune.redact import RedactingFilter, RedactingStream, redact_text
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    try:
+        return run(*args)
+    except Exception:
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def run_pass_job(path: Path, inputs: dict[str, str], output: Path, cache_dir: str | None) -> int:

@@ -104,17 +104,7 @@ def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Pa
     from slimtune.files import fingerprint
 
     identity = {"config": cfg, "inputs": {i.name: fingerprint(i.path) if i.local else i.path for i in inputs}}
-    label = loaded.config.workflow_id or (loaded.file.stem if loaded.file else "workflow")
-    return job_plan(
-        loaded,
-        system_name,
-        system,
-        code_dir,
-        inputs,
-        f"--config {CONFIG_NAME}",
-        identity,
-        f"slimtune {label}",
-    )
+    return job_plan(loaded, system_name, system, code_dir, inputs, f"--config {CONFIG_NAME}", identity)
 
 
 def job_plan(
@@ -125,11 +115,12 @@ def job_plan(
     inputs: list[JobInput],
     entry_args: str,
     identity: dict[str, Any],
-    display_name: str,
+    part: str | None = None,
 ) -> JobPlan:
     """The job around a code folder that holds what the entry runs (`entry_args`): slimtune's wheel, the
     requirements, the environment, the command. `identity`: what the job computes, besides the code and the
-    machine (its name is a hash of both, so the same work finds the same job)."""
+    machine (its name is a hash of both, so the same work finds the same job); `part`: the pass it runs, when
+    it runs one (shown in the studio)."""
     from slimtune.systems.azureml.wheel import write_wheel
 
     wheel = write_wheel(code_dir)
@@ -163,7 +154,7 @@ def job_plan(
         resources=dict(system.resources or {}),
         tags=tags,
         environment_variables=env_vars,
-        display_name=display_name,
+        display_name=f"slimtune {label}" + (f": {part}" if part else ""),
         experiment=_experiment(loaded, label),
         client=client,
     )

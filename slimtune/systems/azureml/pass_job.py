@@ -59,17 +59,8 @@ def build_pass_plan(
     text = _as_references(json.dumps(data, indent=2), loaded)
     (code_dir / PASS_JOB).write_text(text)
     identity = {"pass_key": job.key, "pass_job": json.loads(text)}
-    label = loaded.config.workflow_id or (loaded.file.stem if loaded.file else "workflow")
-    return job_plan(
-        loaded,
-        system_name,
-        system,
-        code_dir,
-        inputs,
-        f"--pass-job {PASS_JOB}",
-        identity,
-        f"slimtune {label}: {job.pass_name}",
-    )
+    entry = f"--pass-job {PASS_JOB}"
+    return job_plan(loaded, system_name, system, code_dir, inputs, entry, identity, job.pass_name)
 
 
 def _rewrite_model(context: dict[str, Any], inputs: list[JobInput]) -> None:
