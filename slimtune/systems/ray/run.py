@@ -69,13 +69,16 @@ def connect(name: str, system: Any, device: str, loaded: Any = None) -> RayRunne
 
 
 def _signal_handlers() -> dict[int, Any]:
-    """SIGINT's and SIGTERM's handlers now (only the main thread may set them back)."""
+    """The handlers of the signals Ray's driver takes over, as they are now (only the main thread may set them
+    back): SIGTERM (ray.init), SIGINT and SIGUSR1 (Ray Train's fit, through Ray Tune, which puts SIGINT's back
+    only when a SIGINT arrives: after a data-parallel pass, Ctrl-C would stop being a KeyboardInterrupt)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    return {sig: signal.getsignal(sig) for sig in wanted}
 
 
 class RayRunner:
@@ -184,8 +187,8 @@ class RayRunner:
 
     @staticmethod
     def close_with(handlers: dict[int, Any]) -> None:
-        """Shut Ray down and give SIGINT and SIGTERM back the handlers they had before ray.init (its driver's
-        would outlive it: a later Ctrl-C in the same process would not raise KeyboardInterrupt)."""
+        """Shut Ray down and give the signals back the handlers they had before ray.init (its driver's would
+        outlive it: a later Ctrl-C in the same process would not raise KeyboardInterrupt)."""
         import signal
         import threading
 
