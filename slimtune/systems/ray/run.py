@@ -70,8 +70,9 @@ def connect(name: str, system: Any, device: str, loaded: Any = None) -> RayRunne
 
 def _signal_handlers() -> dict[int, Any]:
     """The handlers of the signals Ray's driver takes over, as they are now (only the main thread may set them
-    back): SIGTERM (ray.init), SIGINT and SIGUSR1 (Ray Train's fit, through Ray Tune, which puts SIGINT's back
-    only when a SIGINT arrives: after a data-parallel pass, Ctrl-C would stop being a KeyboardInterrupt)."""
+    back): SIGTERM (ray.init), SIGINT (Ray Train's fit registers one that asks its controller to abort, and
+    leaves it: after a data-parallel pass, a Ctrl-C in this process would no longer be a KeyboardInterrupt),
+    SIGUSR1 (Ray Tune's)."""
     import signal
     import threading
 
