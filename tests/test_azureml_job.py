@@ -604,6 +604,9 @@ def test_lora_on_azure_ml_merge_and_export_here(tiny, azure, tmp_path, capsys):
     assert [p["cache_hit"] for p in again["passes"]] == [True, True, True]
     assert [p["key"] for p in again["passes"]] == [p["key"] for p in record["passes"]]
     assert len(job_puts(azure)) == 1
+    # `slimtune jobs download` on a pass's job says how its output is taken instead
+    assert main(["jobs", "download", name, "--config", str(path)]) == 2
+    assert "ran one pass of a run hosted here" in capsys.readouterr().err
 
 
 def test_a_job_output_that_does_not_match_its_manifest_is_not_used(tiny, azure, tmp_path, capsys):

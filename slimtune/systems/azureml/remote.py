@@ -223,6 +223,11 @@ def download(ml: Any, name: str, output_dir: Path, cache_dir: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="slimtune-download-") as tmp:
         ml.jobs.download(name, download_path=tmp, output_name=OUTPUT)
         found = [p for p in Path(tmp).rglob(EXIT_CODE_FILE)]
+        if not found and list(Path(tmp).rglob("cache/entries/*/entry.json")):
+            raise UserError(
+                f"Azure ML job {name} ran one pass of a run hosted here (`host` on the pass): run that workflow "
+                "again, it finds the job and takes the pass's output into its cache"
+            )
         if not found:
             raise UserError(
                 f"Azure ML job {name}: its output holds no slimtune run ({EXIT_CODE_FILE} missing)"
