@@ -715,6 +715,13 @@ def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, monkey
     assert rest.resources.instance_count == 2 and "--pass-job pass_job.json" in rest.command
     written = json.loads((plan.code_dir / "pass_job.json").read_text())
     assert written["context"]["input"]["path"] == "{{input:model}}" and "cache_root" not in written
+    # a pass that does not train data-parallel is refused on such a system (before anything is uploaded)
+    from slimtune.errors import UserError
+    from slimtune.systems.azureml.runner import check_pass
+
+    check_pass("aml", loaded.config.systems["aml"], "lora", "LoRA")
+    with pytest.raises(UserError, match="MergeAdapterWeights does not train data-parallel"):
+        check_pass("aml", loaded.config.systems["aml"], "merge", "MergeAdapterWeights")
     assert "work_dir" not in written["context"] and "output_dir" not in written["context"]
     # the whole workflow on that system: refused, with the way to train on several nodes
     config = yaml.safe_load(path.read_text())

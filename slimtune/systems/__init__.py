@@ -62,9 +62,8 @@ class Runner(Protocol):
 @dataclass(frozen=True)
 class SystemSpec:
     type: str  # the name configs use (`type` of a system)
-    connect: (
-        str  # "module:function", imported only when used: connect(name, System, device, loaded) -> Runner
-    )
+    # "module:function", imported only when used: connect(name, System, device, LoadedConfig) -> Runner
+    connect: str
     summary: str
     # checks before the run, without connecting: (name, System) -> None, raising UserError
     check: Callable[[str, Any], None] | None = None
