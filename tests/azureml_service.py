@@ -9,7 +9,8 @@ for those host names, signed by a CA the client trusts through REQUESTS_CA_BUNDL
 The routes answer the requests the SDK made in a recorded session (`Service.requests` keeps them: method, host,
 path); each handler says what it stands for. A job "runs" when it is created: its stdout log is the text the
 test gives, its outputs the files the test gives, and its status moves Running -> Completed (or Failed) on the
-first poll after creation.
+first poll after creation. With `Service.execute`, a job runs for real instead: the test's function lays out the
+uploaded code and inputs (`materialize`) and runs the job's command; the job completes when it returns.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Job:
     body: dict[str, Any]
     status: str = "Running"
     polls: int = 0
+    worker: threading.Thread | None = None  # the replay of its command (Service.execute), while it runs
 
 
 @dataclass
@@ -120,6 +122,9 @@ class Service:
     interrupt: bool = False  # the first poll of a run's details interrupts the client's main thread (Ctrl-C)
     blocks: dict[tuple[str, str], bytes] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    # run each created job for real: (service, job) -> (exit code, log, output files); the job runs until it
+    # returns, then completes (or fails, for a non-zero exit code) with that log and those outputs
+    execute: Any = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -316,13 +321,63 @@ def arm(service: Service, method: str, path: str, query: dict, body: bytes):
         data["properties"]["services"] = {
             "Studio": {"endpoint": f"https://ml.azure.com/runs/{name}", "jobServiceType": "Studio"}
         }
-        service.jobs[name] = Job(name, data)
-        for rel, content in service.outputs.items():
-            service.blobs[f"azureml-blobstore/azureml/{name}/output/{rel}"] = content
-        service.blobs[f"azureml/ExperimentRun/dcid.{name}/user_logs/std_log.txt"] = service.log.encode()
+        job = service.jobs[name] = Job(name, data)
+        if service.execute is not None:
+            job.worker = threading.Thread(target=_execute, args=(service, job), daemon=True)
+            job.worker.start()
+            return _json(data, 201)
+        _finish(service, job, service.outputs, service.log)
         return _json(data, 201)
     service.unknown.append((method, "management.azure.com", path))
     return 404, JSON, json.dumps({"error": {"code": "NotFound", "message": f"{method} {path}"}}).encode()
+
+
+def _finish(service: Service, job: Job, outputs: dict[str, bytes], log: str) -> None:
+    for rel, content in outputs.items():
+        service.blobs[f"azureml-blobstore/azureml/{job.name}/output/{rel}"] = content
+    service.blobs[f"azureml/ExperimentRun/dcid.{job.name}/user_logs/std_log.txt"] = log.encode()
+
+
+def _execute(service: Service, job: Job) -> None:
+    try:
+        code, log, outputs = service.execute(service, job)
+    except Exception:  # the stand-in's own failure: the job fails with it, the test sees it in the log
+        import traceback
+
+        code, log, outputs = 1, traceback.format_exc(), {}
+        service.unknown.append(("EXECUTE", job.name, log))
+    if code != 0:
+        service.fail = f"Execution failed. User process exited with status code {code}."
+    _finish(service, job, outputs, log)
+    job.worker = None
+
+
+def materialize(service: Service, uri: str, target: Path) -> Path:
+    """What an input's `azureml://datastores/NAME/paths/P` (or a code asset's blob URL) holds, copied from the
+    stored blobs into `target` (a folder; a single file keeps its name inside it, as a uri_file mount does).
+    Returns the path the job would see."""
+    if uri.startswith("azureml://"):
+        store, _, rel = uri.split("/datastores/", 1)[1].partition("/paths/")
+        container = datastore(store)["properties"]["containerName"]
+    else:  # https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH
+        container, _, rel = urlparse(uri).path.lstrip("/").partition("/")
+    prefix = f"{container}/{unquote(rel)}"
+    if prefix in service.blobs:  # one file
+        target.mkdir(parents=True, exist_ok=True)
+        (target / Path(prefix).name).write_bytes(service.blobs[prefix])
+        return target / Path(prefix).name
+    found: dict[str, bytes] = {}
+    # the code snapshot went up through its pending upload's SAS URL: blob() read that path's upload id as
+    # the container, so it is stored under ID/code/ rather than azureml-blobstore/LocalUpload/ID/code/
+    for stored in (prefix, prefix.partition("/LocalUpload/")[2]):
+        folder = stored.rstrip("/") + "/"
+        found = found or {k[len(folder) :]: v for k, v in service.blobs.items() if k.startswith(folder)}
+    if not found:
+        raise FileNotFoundError(f"nothing stored at {uri}")
+    for rel_path, content in found.items():
+        (target / rel_path).parent.mkdir(parents=True, exist_ok=True)
+        (target / rel_path).write_bytes(content)
+    return target
 
 
 def regional(service: Service, method: str, path: str, query: dict, body: bytes):
@@ -439,7 +494,7 @@ def key_vault(service: Service, method: str, path: str, headers: Any):
 def job_view(service: Service, job: Job) -> dict[str, Any]:
     """Running on the first look after creation, then Completed (or Failed with the test's error)."""
     job.polls += 1
-    if job.polls > 2 and job.status == "Running" and not service.hold:
+    if job.polls > 2 and job.status == "Running" and not service.hold and job.worker is None:
         job.status = "Failed" if service.fail else "Completed"
     job.body["properties"]["status"] = job.status
     if job.status == "Failed":

@@ -91,6 +91,15 @@ def test_print_job_writes_a_folder_load_job_reads(seed_config, tmp_path):
     assert written["inputs"]["model"]["path"].startswith("azureml://registries/")
 
 
+LORA = {
+    "type": "LoRA",
+    "r": 4,
+    "alpha": 8,
+    "train_data_config": "emotion",
+    "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
+}
+
+
 def write_azure_config(folder: Path, model: Path, system: dict, **extra) -> Path:
     config = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
@@ -99,13 +108,7 @@ def write_azure_config(folder: Path, model: Path, system: dict, **extra) -> Path
         "host": "aml",
         "target": "aml",
         "passes": {
-            "lora": {
-                "type": "LoRA",
-                "r": 4,
-                "alpha": 8,
-                "train_data_config": "emotion",
-                "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
-            },
+            "lora": dict(LORA),
             "merge": {"type": "MergeAdapterWeights"},
         },
         "evaluate_input_model": False,
@@ -126,8 +129,6 @@ def tiny(tmp_path_factory):
 
 
 def test_system_keys_reach_the_job(tiny, tmp_path):
-    from azure.ai.ml import PyTorchDistribution
-
     from slimtune.systems.azureml.sdk import command_job, validate
 
     context = tmp_path / "docker"
@@ -136,7 +137,6 @@ def test_system_keys_reach_the_job(tiny, tmp_path):
     (tmp_path / "requirements.txt").write_text("peft\n")
     system = {
         "accelerators": ["gpu"],
-        "instance_count": 2,
         "resources": {"shm_size": "16g"},
         "tags": {"team": "nlp"},
         "aml_docker_config": {
@@ -150,7 +150,7 @@ def test_system_keys_reach_the_job(tiny, tmp_path):
     plan = plan_of(write_azure_config(tmp_path, tiny, system), tmp_path / "job" / "code")
     job = command_job(plan)
     validate(job)
-    assert isinstance(job.distribution, PyTorchDistribution) and job.resources.instance_count == 2
+    assert job.distribution is None and job.resources.instance_count == 1  # a whole workflow: one process
     assert job.resources.shm_size == "16g" and job.tags["team"] == "nlp"
     assert job.environment.build.path == str(context) and job.environment.version == "3"
     assert job.command.startswith("python -m pip install --quiet -r requirements.txt")
@@ -470,15 +470,300 @@ def test_no_credentials_exit_2_before_any_upload(replayed, tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-def test_one_pass_hosted_on_azure_is_refused(tiny, tmp_path, capsys):
-    path = write_azure_config(tmp_path, tiny, {"accelerators": ["cpu"]})
+# ---------------------------------------------------------------- one pass on Azure ML, the rest here
+
+
+def split_config(folder: Path, model: Path, system: dict | None = None) -> Path:
+    """LoRA on Azure ML (`host: aml` on the pass), merge and ModelBuilder here (the run's host)."""
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "data_configs": [emotion_data_config(40)],
+        "systems": {
+            "aml": {
+                "type": "AzureML",
+                "aml_compute": "gpu-cluster",
+                "accelerators": ["cpu"],
+                "azureml_client": WORKSPACE,
+                **(system or {}),
+            },
+            "here": {"type": "LocalSystem", "accelerators": ["cpu"]},
+        },
+        "host": "here",
+        "target": "here",
+        "passes": {
+            "lora": {**LORA, "host": "aml"},
+            "merge": {"type": "MergeAdapterWeights"},
+            "builder": {"type": "ModelBuilder", "precision": "int4"},
+        },
+        "evaluate_input_model": False,
+        "cache_dir": str(folder / "cache"),
+        "output_dir": str(folder / "out"),
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_uploaded_job(service, job, folder: Path) -> tuple[int, str, dict[str, bytes]]:
+    """What Azure ML does with a submitted job, from what the SDK uploaded: the code snapshot into a working
+    folder, each input from its blobs at a mount path of its own, `${{inputs.X}}` / `${{outputs.X}}` replaced, the
+    job's environment variables set; with a PyTorch distribution, instance_count x process_count_per_instance
+    processes (each node its own working folder, the output folder shared as a mount is), with the variables
+    Azure ML sets for it (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK, LOCAL_RANK)."""
+    import socket
+
+    from azureml_service import materialize
+
+    props = job.body["properties"]
+    code_uri = service.assets[props["codeId"]]["body"]["properties"]["codeUri"]
+    mounts = folder / job.name
+    command = props["command"]
+    for name, spec in props["inputs"].items():
+        path = materialize(service, spec["uri"], mounts / f"INPUT_{name}")
+        command = command.replace(f"${{{{inputs.{name}}}}}", str(path))
+    output = mounts / "OUTPUT_output"
+    output.mkdir(parents=True)
+    command = command.replace("${{outputs.output}}", str(output))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.lower().endswith("_proxy")}
+    env.update(props.get("environmentVariables") or {})
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["AZUREML_RUN_ID"] = job.name
+    nodes = props["resources"]["instanceCount"]
+    per_node = (props.get("distribution") or {}).get("processCountPerInstance", 1)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    runs = []
+    for rank in range(nodes * per_node):
+        node, local = divmod(rank, per_node)
+        work = mounts / f"wd{node}"
+        if not work.exists():
+            materialize(service, code_uri, work)
+        rank_env = dict(env)
+        if nodes * per_node > 1:
+            rank_env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                WORLD_SIZE=str(nodes * per_node),
+                NODE_RANK=str(node),
+                RANK=str(rank),
+                LOCAL_RANK=str(local),
+            )
+        runs.append(
+            subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=work,
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = [run.communicate()[0] for run in runs]
+    code = max(run.returncode for run in runs)
+    outputs = {p.relative_to(output).as_posix(): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    return code, "\n".join(logs), outputs
+
+
+def test_lora_on_azure_ml_merge_and_export_here(tiny, azure, tmp_path, capsys):
+    """The split run: the LoRA pass alone goes to Azure ML as a job of its own (run here from what the SDK
+    uploaded), its committed entry comes home into the local cache under the pass's key, the merge and the
+    ModelBuilder pass run here on it; a second run finds everything in the cache and submits nothing."""
+    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants
+
+    RunHistoryConstants._WAIT_COMPLETION_POLLING_INTERVAL_MAX = 3  # the stand-in's job ends in seconds
+    azure.execute = lambda service, job: run_uploaded_job(service, job, tmp_path / "azure")
+    path = split_config(tmp_path, tiny)
+    assert main(["run", "--config", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    (name,) = {p.rsplit("/", 1)[1] for p in job_puts(azure)}
+    assert f"submitted Azure ML job {name}" in out and azure.unknown == []
+    assert "slimtune job: lora (LoRA) committed as cache entry" in out  # the job's log, streamed
+    body = azure.jobs[name].body["properties"]
+    assert "--pass-job pass_job.json" in body["command"] and "distribution" not in body
+    assert set(body["inputs"]) == {"model", "data_emotion"}  # the input model and the data file, uploaded
+    uploaded = "\n".join(azure.blobs)
+    assert "pass_job.json" in uploaded and "model.safetensors" in uploaded and "data.jsonl" in uploaded
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    lora, merge, builder = record["passes"]
+    assert [p["cache_hit"] for p in record["passes"]] == [False, False, False]
+    assert lora["node"] == f"Azure ML job {name} ({os.uname().nodename})"  # made by the job's entry
+    assert merge["node"] != lora["node"] and builder["node"] == merge["node"]  # these ran here
+    assert lora["metrics"]["loss_curve"]  # the training's own record came home with the entry
+    # the merge read the adapter that came home, under the key the job committed it with
+    cache = tmp_path / "cache" / "entries"
+    entry = json.loads((cache / lora["key"] / "entry.json").read_text())
+    assert entry["key"] == lora["key"] and entry["pass_name"] == "lora"
+    assert (cache / lora["key"] / "output" / "adapter_config.json").is_file()
+    merged = json.loads((cache / merge["key"] / "entry.json").read_text())
+    assert merged["input"]["path"] == str(cache / lora["key"] / "output")
+    assert (tmp_path / "out" / "model" / "genai_config.json").is_file()
+    # again: every pass from the cache, nothing submitted
+    assert main(["run", "--config", str(path)]) == 0
+    again = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert [p["cache_hit"] for p in again["passes"]] == [True, True, True]
+    assert [p["key"] for p in again["passes"]] == [p["key"] for p in record["passes"]]
+    assert len(job_puts(azure)) == 1
+    # `slimtune jobs download` on a pass's job says how its output is taken instead
+    assert main(["jobs", "download", name, "--config", str(path)]) == 2
+    assert "ran one pass of a run hosted here" in capsys.readouterr().err
+
+
+def test_a_job_output_that_does_not_match_its_manifest_is_not_used(tiny, azure, tmp_path, capsys):
+    """A file of the downloaded entry changed on the way: the pass fails, naming the file, and nothing enters
+    the cache."""
+    outputs = {}
+
+    def tampered(service, job):
+        code, log, files = run_uploaded_job(service, job, tmp_path / "azure")
+        for name in files:
+            if name.endswith("adapter_model.safetensors"):
+                files[name] = files[name][:-1] + bytes([files[name][-1] ^ 1])
+        outputs.update(files)
+        return code, log, files
+
+    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants
+
+    RunHistoryConstants._WAIT_COMPLETION_POLLING_INTERVAL_MAX = 3
+    azure.execute = tampered
+    path = split_config(tmp_path, tiny)
     config = yaml.safe_load(path.read_text())
-    config.update(host=None, target=None)
+    del config["passes"]["builder"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path)]) == 2  # a failed pass, as when it fails here
+    err = capsys.readouterr().err
+    assert "does not match its manifest" in err and "adapter_model.safetensors: content differs" in err
+    assert any(n.endswith("adapter_model.safetensors") for n in outputs)
+    assert not list((tmp_path / "cache" / "entries").glob("*"))
+
+
+def test_ctrl_c_while_a_pass_job_runs_asks_and_cancels_it(tiny, azure, tmp_path, monkeypatch, capsys):
+    from slimtune.systems.azureml import remote
+
+    azure.hold, azure.interrupt = True, True
+    questions = []
+    monkeypatch.setattr(remote, "ask", lambda question: questions.append(question) or True)  # the user's "y"
+    assert main(["run", "--config", str(split_config(tmp_path, tiny))]) == 130
+    (name,) = azure.jobs
+    assert questions == [f"\ncancel Azure ML job {name}? [y/N] "] and azure.jobs[name].status == "Canceled"
+    assert f"asked Azure ML to cancel job {name}" in capsys.readouterr().out
+    assert not list((tmp_path / "cache" / "entries").glob("*"))  # nothing came home
+
+
+def test_whole_workflow_on_azure_with_a_pass_hosted_here_is_refused(tiny, tmp_path, capsys):
+    path = split_config(tmp_path, tiny)
+    config = yaml.safe_load(path.read_text())
+    config.update(host="aml", target="aml")
+    config["passes"]["merge"]["host"] = "here"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path), "--print-job", str(tmp_path / "job")]) == 2
+    assert "passes.merge.host: `here` is a LocalSystem" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
+def two_node_pass_job(model: Path, folder: Path):
+    """The LoRA pass as the engine hands it to a system (a PassJob), without running anything."""
+    from slimtune.models.ref import ModelMeta, ModelRef
+    from slimtune.passes.context import PassContext
+    from slimtune.systems import PassJob
+
+    context = PassContext(ModelRef(str(model), "hf"), ModelMeta(), folder / "o", folder / "w")
+    context.data_configs = {"emotion": emotion_data_config(40)}
+    params = {"r": 4, "train_data_config": "emotion"}
+    return PassJob("lora", "LoRA", params, context.to_json(), "0" * 64, str(folder / "cache"))
+
+
+def test_a_pass_on_two_nodes_is_a_pytorch_distributed_job(tiny, tmp_path, monkeypatch, capsys):
+    """instance_count 2, process_count_per_instance 4: the pass's CommandJob, as the SDK builds, validates and
+    serialises it, runs 4 processes on each of 2 nodes; a whole workflow on such a system is refused."""
+    from azure.ai.ml import PyTorchDistribution
+
+    from slimtune.systems.azureml.pass_job import build_pass_plan
+    from slimtune.systems.azureml.sdk import command_job, validate
+
+    system = {"accelerators": ["gpu"], "instance_count": 2, "process_count_per_instance": 4}
+    system["resources"] = {"instance_type": "Standard_NC96ads_A100_v4", "shm_size": "16g"}
+    path = split_config(tmp_path, tiny, system)
+    config = yaml.safe_load(path.read_text())  # a value from the environment in the data config
+    monkeypatch.setenv("TONE_QUESTION", "### The tone is:")
+    template = config["data_configs"][0]["pre_process_data_config"]["text_template"]
+    config["data_configs"][0]["pre_process_data_config"]["text_template"] = template.replace(
+        "### The tone is:", "${TONE_QUESTION}"
+    )
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    loaded = load_config(path)
+    plan = build_pass_plan(
+        two_node_pass_job(tiny, tmp_path),
+        loaded,
+        "aml",
+        loaded.config.systems["aml"],
+        tmp_path / "job" / "code",
+    )
+    text = (plan.code_dir / "pass_job.json").read_text()
+    assert "${TONE_QUESTION}" in text and "### The tone is:" not in text  # travels as a reference ...
+    assert plan.environment_variables["TONE_QUESTION"] == "### The tone is:"  # ... its value in the job's env
+    job = command_job(plan)
+    validate(job)
+    assert (
+        isinstance(job.distribution, PyTorchDistribution) and job.distribution.process_count_per_instance == 4
+    )
+    assert job.resources.instance_count == 2 and job.resources.instance_type == "Standard_NC96ads_A100_v4"
+    rest = job._to_rest_object().properties
+    assert (
+        rest.distribution.distribution_type == "PyTorch" and rest.distribution.process_count_per_instance == 4
+    )
+    assert rest.resources.instance_count == 2 and "--pass-job pass_job.json" in rest.command
+    written = json.loads((plan.code_dir / "pass_job.json").read_text())
+    assert written["context"]["input"]["path"] == "{{input:model}}" and "cache_root" not in written
+    # a pass that does not train data-parallel is refused on such a system (before anything is uploaded)
+    from slimtune.errors import UserError
+    from slimtune.systems.azureml.runner import check_pass
+
+    check_pass("aml", loaded.config.systems["aml"], "lora", "LoRA")
+    with pytest.raises(UserError, match="MergeAdapterWeights does not train data-parallel"):
+        check_pass("aml", loaded.config.systems["aml"], "merge", "MergeAdapterWeights")
+    assert "work_dir" not in written["context"] and "output_dir" not in written["context"]
+    # the whole workflow on that system: refused, with the way to train on several nodes
+    config = yaml.safe_load(path.read_text())
+    config.update(host="aml", target="aml")
+    del config["passes"]["lora"]["host"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path), "--print-job", str(tmp_path / "printed")]) == 2
+    err = capsys.readouterr().err
+    assert "systems.aml.instance_count: a whole workflow runs as one process" in err and "host: aml" in err
+    # two nodes without the processes per node: named before any pass runs
+    config.update(host="here", target="here")
     config["passes"]["lora"]["host"] = "aml"
-    path.write_text(yaml.safe_dump(config))
+    del config["systems"]["aml"]["process_count_per_instance"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["run", "--config", str(path)]) == 2
-    assert "passes.lora.host: `aml` is AzureML" in capsys.readouterr().err
-    assert not (tmp_path / "cache").exists()
+    assert "systems.aml.process_count_per_instance: with instance_count 2" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "entries").exists()
+
+
+def test_lora_on_two_azure_ml_nodes_trains_data_parallel(tiny, azure, tmp_path, capsys):
+    """The pass's job on two nodes of one process each, launched as Azure ML launches a PyTorch distribution
+    (two processes here, on loopback, gloo): both run the entry as ranks of the LoRA pass's data-parallel
+    training, rank 0 commits the entry, and it comes home."""
+    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants
+
+    RunHistoryConstants._WAIT_COMPLETION_POLLING_INTERVAL_MAX = 3
+    azure.execute = lambda service, job: run_uploaded_job(service, job, tmp_path / "azure")
+    path = split_config(tmp_path, tiny, {"instance_count": 2, "process_count_per_instance": 1})
+    config = yaml.safe_load(path.read_text())
+    config["passes"] = {"lora": config["passes"]["lora"]}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", "--config", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    (name,) = azure.jobs
+    body = azure.jobs[name].body["properties"]  # as the SDK sent it
+    assert body["distribution"] == {"distributionType": "PyTorch", "processCountPerInstance": 1}
+    assert body["resources"]["instanceCount"] == 2
+    assert "data-parallel over 2 workers" in out  # rank 0's log, streamed from the job
+    assert (tmp_path / "azure" / name / "wd1").is_dir()  # the second node ran from its own code folder
+    (lora,) = json.loads((tmp_path / "out" / "run.json").read_text())["passes"]
+    assert lora["metrics"]["world_size"] == 2 and lora["node"].endswith(", 2 ranks)")
+    assert (tmp_path / "cache" / "entries" / lora["key"] / "output" / "adapter_config.json").is_file()
 
 
 def test_hf_token_comes_from_the_workspace_key_vault_and_is_masked(azure, monkeypatch, capsys):

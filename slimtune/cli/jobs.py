@@ -19,7 +19,7 @@ def _jobs(args) -> int:
     from pathlib import Path
 
     from slimtune.errors import EXIT_OK, UserError
-    from slimtune.systems.azureml import remote_system
+    from slimtune.systems.azureml import REMOTE_TYPE, remote_system
     from slimtune.systems.azureml.remote import (
         RUNNING,
         download,
@@ -38,7 +38,10 @@ def _jobs(args) -> int:
         from slimtune.config.load import load_config
 
         loaded = load_config(args.config)
-        remote = remote_system(loaded.config)
+        systems = loaded.config.systems  # the run's, else one that a pass alone goes to
+        remote = remote_system(loaded.config) or next(
+            ((n, s) for n, s in systems.items() if s.type == REMOTE_TYPE), None
+        )
         client = (remote[1].azureml_client if remote else None) or loaded.config.azureml_client
         output_dir = output_dir or loaded.config.output_dir
         cache_dir = cache_dir or loaded.config.cache_dir

@@ -380,6 +380,9 @@ class System(Strict):
         None, description="the workspace key vault's secret `hf-token` as HF_TOKEN in the job (never logged)"
     )
     instance_count: int | None = Field(None, gt=0, description="nodes; more than 1: PyTorch distribution")
+    process_count_per_instance: int | None = Field(
+        None, gt=0, description="AzureML: ranks per node of a data-parallel pass (one per GPU of the VM size)"
+    )
     resources: dict[str, Any] | None = Field(
         None, description="job resources: instance_type, shm_size, docker_args, properties ..."
     )

@@ -159,6 +159,23 @@ class Cache:
         }
         return self._place(key, attempt, info)
 
+    def adopt(self, key: str, folder: Path) -> Entry:
+        """An entry committed elsewhere (entry.json beside output/, e.g. downloaded from a job's output) placed
+        under `key`, after every file was checked against its manifest. `folder` must be on the cache's file
+        system (it is renamed into place). Raises ValueError naming what does not match."""
+        try:
+            info = json.loads((folder / "entry.json").read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{folder / 'entry.json'}: unreadable ({err})") from None
+        if info.get("key") != key or not isinstance(info.get("files"), dict):
+            raise ValueError(f"{folder / 'entry.json'}: not the manifest of cache entry {key}")
+        problems = self.problems(Entry(key, folder, info), contents=True)
+        if problems:
+            raise ValueError("; ".join(problems[:5]))
+        for name, expected in info["files"].items():  # this copy's times: later lookups need not read it all
+            expected["mtime_ns"] = (folder / "output" / name).stat().st_mtime_ns
+        return self._place(key, folder, info)
+
     def _place(self, key: str, attempt: Path, info: dict[str, Any]) -> Entry:
         """Write `info` as the attempt's entry.json and rename the attempt into entries/<key>."""
         (attempt / "entry.json").write_text(json.dumps(info, indent=2, default=str))

@@ -28,7 +28,7 @@ from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec, get_pass
 from slimtune.redact import mask_secret_keys, redact
 from slimtune.storage.fs import is_remote_url
-from slimtune.systems import PassJob, get_system, host_of, needs_runner, this_node
+from slimtune.systems import PassJob, get_system, host_of, needs_runner, pass_device, this_node
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Session:
             if name not in self.runners:
                 system = cfg.systems[name]
                 connect = get_system(system.type).load_connect()
-                self.runners[name] = connect(name, system, self.device)
+                self.runners[name] = connect(name, system, self.device, self.loaded)
             return self.runners[name]
 
     def width(self) -> int:
@@ -200,7 +200,7 @@ def pass_key(session: Session, plan: PassPlan, fingerprint: str, input_kind: str
         },
         libraries={**session.libraries, **library_versions(spec.libraries)},
         extra={
-            "device": session.device,
+            "device": pass_device(session.loaded.config, plan.host, session.device),
             "execution_provider": session.ep,
             "input_kind": input_kind,
             # how the passes load the input model (dtype, attention, remote code) shapes their output
@@ -275,7 +275,7 @@ def pass_context(session: Session, spec: PassSpec, plan: PassPlan, previous: Sta
         meta=meta,
         output_dir=attempt / "output",
         work_dir=session.cache.work_dir(key),
-        device=session.device,
+        device=pass_device(cfg, plan.host, session.device),
         execution_provider=session.ep,
         data_configs={c.name: c.model_dump(mode="json") for c in _data_configs(session, spec, plan).values()},
         model_load=cfg.input_model.load_kwargs.model_dump(mode="json"),

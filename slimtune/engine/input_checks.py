@@ -44,7 +44,7 @@ def check_before_run(loaded: LoadedConfig) -> Any:
     device, ep = preflight.device_for(loaded)
     preflight.check_pass_devices(loaded, device)
     if model is not None:
-        check_memory(loaded, model, device, cached=_cached_passes(loaded))
+        check_memory(loaded, model, device, cached=_cached_passes(loaded) | _hosted_elsewhere(loaded))
     return preflight.Ready(model, device, ep)
 
 
@@ -68,6 +68,15 @@ def check_storage_folders(loaded: LoadedConfig) -> None:
             raise StorageError(url, f"{key}: {problem}") from None
         except Exception as err:
             raise storage_error(err, url, connection) from None
+
+
+def _hosted_elsewhere(loaded: LoadedConfig) -> set[str]:
+    """Passes that alone run on another machine's system (`host` on the pass): that machine's memory, not
+    this one's, is what they need."""
+    from slimtune.systems import needs_runner
+
+    cfg = loaded.config
+    return {p.name for p in loaded.passes if p.host and p.host != cfg.host and needs_runner(cfg, p.host)}
 
 
 def _cached_passes(loaded: LoadedConfig) -> set[str]:

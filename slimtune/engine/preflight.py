@@ -12,7 +12,7 @@ from pathlib import Path
 from slimtune.config.load import LoadedConfig
 from slimtune.config.resolve import is_remote
 from slimtune.errors import UserError
-from slimtune.systems import needs_runner
+from slimtune.systems import needs_runner, pass_device
 
 _NOT_YET = "is not implemented in this version of slimtune"
 
@@ -27,32 +27,20 @@ def check_systems(loaded: LoadedConfig) -> None:
         if name is None:
             continue
         system = cfg.systems[name]
+        if system.type == "AzureML" and not role.startswith("passes."):
+            # `slimtune run` sends these to a job (slimtune.systems.azureml) before the engine sees them
+            raise UserError(
+                f"{role} system `{name}` is AzureML: the run goes to an Azure ML job, not this machine "
+                f"(`slimtune run` submits it; `slimtune run --print-job DIR` writes it). Point `{role}` at a "
+                f"LocalSystem to run here, or set `host: {name}` on one pass to run that pass alone there."
+            )
         spec = get_system(system.type)
         if spec is not None:  # a registered system checks its own settings
             if spec.check is not None:
                 spec.check(name, system)
             continue
-        if system.type == "AzureML" and role.startswith("passes."):
-            raise UserError(
-                f"{role}: `{name}` is AzureML, and one pass alone cannot go to Azure ML in this version: set "
-                f"`host: {name}` for the whole workflow (it runs as one Azure ML job)"
-            )
-        if system.type == "AzureML":  # `slimtune run` sends these to a job (slimtune.systems.azureml)
-            raise UserError(
-                f"{role} system `{name}` is AzureML: the run goes to an Azure ML job, not this machine "
-                f"(`slimtune run` submits it; `slimtune run --print-job DIR` writes it). Point `{role}` at a "
-                "LocalSystem to run here."
-            )
         if system.type in ("Docker", "PythonEnvironment"):
             raise UserError(f"{role} system `{name}` is {system.type}, which {_NOT_YET}; use a LocalSystem")
-    for pass_name, entry in (loaded.migrated.get("passes") or {}).items():
-        for alternative in entry if isinstance(entry, list) else [entry]:
-            host = alternative.get("host") if isinstance(alternative, dict) else None
-            if host and cfg.systems[host].type == "AzureML":
-                raise UserError(
-                    f"passes.{pass_name}.host: `{host}` is AzureML, and one pass alone cannot go to Azure ML in "
-                    f"this version: set `host: {host}` for the whole workflow (it runs as one Azure ML job)"
-                )
 
 
 def check_remote_inputs(loaded: LoadedConfig) -> None:
@@ -228,12 +216,13 @@ def check_tokenizer_files(loaded: LoadedConfig, folder: Path) -> None:
 _DEVICE_WORDS = {"cpu": "the CPU", "cuda": "a CUDA GPU"}
 
 
-def check_pass_devices(loaded: LoadedConfig, device: str) -> None:
+def check_pass_devices(loaded: LoadedConfig, run_device: str) -> None:
     """Each pass runs where its spec says it can (PassSpec.devices), on the device this run has."""
     from slimtune.passes.registry import get_pass
 
     for plan in loaded.passes:
         spec = get_pass(plan.type)
+        device = pass_device(loaded.config, plan.host, run_device)  # a pass hosted elsewhere: that machine's
         if spec is None or device in spec.devices:
             continue
         needs = " or ".join(_DEVICE_WORDS.get(d, d) for d in spec.devices)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 # modules that register the built-in systems (one line per system); imported on first lookup
-SYSTEM_MODULES = ["slimtune.systems.ray"]
+SYSTEM_MODULES = ["slimtune.systems.ray", "slimtune.systems.azureml"]
 LOCAL = "LocalSystem"
 
 
@@ -62,7 +62,8 @@ class Runner(Protocol):
 @dataclass(frozen=True)
 class SystemSpec:
     type: str  # the name configs use (`type` of a system)
-    connect: str  # "module:function", imported only when used: connect(name, System, device) -> Runner
+    # "module:function", imported only when used: connect(name, System, device, LoadedConfig) -> Runner
+    connect: str
     summary: str
     # checks before the run, without connecting: (name, System) -> None, raising UserError
     check: Callable[[str, Any], None] | None = None
@@ -95,6 +96,15 @@ def get_system(type_name: str) -> SystemSpec | None:
 def host_of(config: Any, pass_host: str | None) -> str | None:
     """The name of the system that runs a pass: its own `host`, else the run's."""
     return pass_host or config.host
+
+
+def pass_device(config: Any, pass_host: str | None, run_device: str) -> str:
+    """The device a pass runs on: the run's, unless the pass alone goes to another machine's system, whose
+    accelerators then say (a pass trained on an Azure ML GPU from a CPU laptop is a CUDA pass)."""
+    if not pass_host or pass_host == config.host or not needs_runner(config, pass_host):
+        return run_device
+    accelerators = config.systems[pass_host].accelerators
+    return "cuda" if any(a.device in ("gpu", "cuda") for a in accelerators) else "cpu"
 
 
 def needs_runner(config: Any, name: str | None) -> bool:

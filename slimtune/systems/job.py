@@ -7,6 +7,7 @@ from typing import Any
 
 from slimtune.engine.cache import Cache
 from slimtune.engine.execute import execute
+from slimtune.models.ref import ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import get_pass
 from slimtune.systems import PassJob
@@ -23,3 +24,12 @@ def run_job(job: PassJob, node: str) -> dict[str, Any]:
     spec = get_pass(job.pass_type)
     params = spec.params.model_validate(job.params)
     return execute(spec, params, ctx, cache, job.key, attempt, job.info, node).info
+
+
+def adopt_rank_result(ctx: PassContext, out: dict[str, Any], world: int) -> ModelRef:
+    """Rank 0's result of a data-parallel run (the pass's `train_rank`: {ref, metrics, meta}) as this pass's
+    outcome: its metrics and metadata into `ctx`, its model."""
+    ctx.metrics.update(out["metrics"], world_size=world)
+    for name, value in out["meta"].items():
+        setattr(ctx.meta, name, value)
+    return ModelRef.from_json(out["ref"])

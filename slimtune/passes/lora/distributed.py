@@ -78,7 +78,8 @@ def one_batch_for_all_ranks(ctx: PassContext, params: LoRAParams, world: int) ->
 
         if not torch.cuda.is_available():
             return params  # the ranks run on other machines (a cluster's GPUs): each chooses on its own GPU
-        smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(max(world, 1)))
+        here = range(min(max(world, 1), torch.cuda.device_count()))  # ranks on other nodes: the same VM size
+        smallest = min(torch.cuda.get_device_properties(i).total_memory for i in here)
     choice = choose_batch(ctx, params, None, available=smallest)
     return params.model_copy(update={"training_args": choice.training_args(params.training_args)})
 

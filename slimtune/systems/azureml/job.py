@@ -76,7 +76,7 @@ class JobPlan:
     environment: EnvironmentPlan
     compute: str | None
     instance_count: int
-    gpus_per_instance: int
+    processes_per_instance: int  # with instance_count: the ranks of a data-parallel pass
     resources: dict[str, Any]
     tags: dict[str, str]
     environment_variables: dict[str, str]
@@ -88,8 +88,6 @@ class JobPlan:
 
 def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Path) -> JobPlan:
     """Write the code folder (config, wheel, user scripts, requirements) into `code_dir` and describe the job."""
-    from slimtune.systems.azureml.wheel import write_wheel
-
     code_dir.mkdir(parents=True, exist_ok=True)
     cfg, _ = migrate(loaded.raw)  # `${ENV}` references stay references: no secret enters the code folder
     inputs: list[JobInput] = []
@@ -103,6 +101,28 @@ def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Pa
     if loaded.config.skip_memory_check:  # `--no-memory-check` given here holds there too
         cfg["skip_memory_check"] = True
     (code_dir / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+    from slimtune.files import fingerprint
+
+    identity = {"config": cfg, "inputs": {i.name: fingerprint(i.path) if i.local else i.path for i in inputs}}
+    return job_plan(loaded, system_name, system, code_dir, inputs, f"--config {CONFIG_NAME}", identity)
+
+
+def job_plan(
+    loaded: LoadedConfig,
+    system_name: str,
+    system: Any,
+    code_dir: Path,
+    inputs: list[JobInput],
+    entry_args: str,
+    identity: dict[str, Any],
+    part: str | None = None,
+) -> JobPlan:
+    """The job around a code folder that holds what the entry runs (`entry_args`): slimtune's wheel, the
+    requirements, the environment, the command. `identity`: what the job computes, besides the code and the
+    machine (its name is a hash of both, so the same work finds the same job); `part`: the pass it runs, when
+    it runs one (shown in the studio)."""
+    from slimtune.systems.azureml.wheel import write_wheel
+
     wheel = write_wheel(code_dir)
     requirements = None
     if system.requirements_file:
@@ -116,9 +136,8 @@ def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Pa
     env_vars.update(_env_references(loaded))
     if system.hf_token and client is not None and client.keyvault_name:
         env_vars["SLIMTUNE_KEYVAULT"] = client.keyvault_name
-    command = _command(inputs, wheel.name, requirements is not None, bool(system.hf_token))
-    gpus = sum(1 for a in system.accelerators if a.device in ("gpu", "cuda")) or 0
-    key = _workflow_key(cfg, inputs, wheel, environment, system)
+    command = _command(inputs, wheel.name, requirements is not None, bool(system.hf_token), entry_args)
+    key = _job_key(identity, wheel, environment, system)
     label = loaded.config.workflow_id or (loaded.file.stem if loaded.file else "workflow")
     tags = {"slimtune_workflow_key": key, "slimtune_version": _version(), **(system.tags or {})}
     return JobPlan(
@@ -131,11 +150,11 @@ def build_plan(loaded: LoadedConfig, system_name: str, system: Any, code_dir: Pa
         environment=environment,
         compute=system.aml_compute,
         instance_count=system.instance_count or 1,
-        gpus_per_instance=max(gpus, 1),
+        processes_per_instance=system.process_count_per_instance or 1,
         resources=dict(system.resources or {}),
         tags=tags,
         environment_variables=env_vars,
-        display_name=f"slimtune {label}",
+        display_name=f"slimtune {label}" + (f": {part}" if part else ""),
         experiment=_experiment(loaded, label),
         client=client,
     )
@@ -229,8 +248,9 @@ def _rewrite_pass_adapters(loaded: LoadedConfig, cfg: dict[str, Any], inputs: li
             entry["adapter_path"] = placeholder(name)
 
 
-def _copy_user_scripts(loaded: LoadedConfig, cfg: dict[str, Any], code_dir: Path) -> None:
-    """user_script / script_dir files travel in the code folder, under user/, at the same relative paths."""
+def _copy_user_scripts(loaded: LoadedConfig, cfg: dict[str, Any], code_dir: Path, prefix: str = "") -> None:
+    """user_script / script_dir files travel in the code folder, under user/, at the same relative paths
+    (written as `prefix` + that path)."""
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
@@ -244,7 +264,7 @@ def _copy_user_scripts(loaded: LoadedConfig, cfg: dict[str, Any], code_dir: Path
                         shutil.copytree(source, target, dirs_exist_ok=True)
                     elif source.is_file():
                         shutil.copy2(source, target)
-                    node[key] = relative.as_posix()
+                    node[key] = prefix + relative.as_posix()
                 else:
                     walk(value)
         elif isinstance(node, list):
@@ -335,14 +355,12 @@ def default_conda_file() -> str:
     )
 
 
-def _command(inputs: list[JobInput], wheel: str, requirements: bool, hf_token: bool) -> str:
+def _command(inputs: list[JobInput], wheel: str, requirements: bool, hf_token: bool, entry_args: str) -> str:
     steps = []
     if requirements:
         steps.append("python -m pip install --quiet -r requirements.txt")
     steps.append(f"python -m pip install --quiet --no-deps --no-index --target {LIB_DIR} {wheel}")
-    run = [
-        f"PYTHONPATH={LIB_DIR}:$PYTHONPATH python -m slimtune.systems.azureml.entry --config {CONFIG_NAME}"
-    ]
+    run = [f"PYTHONPATH={LIB_DIR}:$PYTHONPATH python -m slimtune.systems.azureml.entry {entry_args}"]
     run += [f"--input {i.name}=${{{{inputs.{i.name}}}}}" for i in inputs]
     run.append(f"--output ${{{{outputs.{OUTPUT}}}}}")
     if hf_token:
@@ -351,19 +369,17 @@ def _command(inputs: list[JobInput], wheel: str, requirements: bool, hf_token: b
     return " && ".join(steps)
 
 
-def _workflow_key(
-    cfg: dict[str, Any], inputs: list[JobInput], wheel: Path, environment: EnvironmentPlan, system: Any
-) -> str:
-    """Everything that shapes what the job computes: the same workflow has the same key, hence the same job."""
-    from slimtune.files import fingerprint, sha256_file
+def _job_key(identity: dict[str, Any], wheel: Path, environment: EnvironmentPlan, system: Any) -> str:
+    """Everything that shapes what the job computes: the same work has the same key, hence the same job."""
+    from slimtune.files import sha256_file
 
     parts = {
-        "config": cfg,
-        "inputs": {i.name: fingerprint(i.path) if i.local else i.path for i in inputs},
+        **identity,
         "slimtune": sha256_file(wheel),
         "environment": environment.as_dict() | _file_hashes(environment),
         "compute": system.aml_compute,
         "instance_count": system.instance_count,
+        "process_count_per_instance": system.process_count_per_instance,
         "resources": system.resources,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -16,6 +16,7 @@ from typing import Any
 
 from slimtune.config.load import LoadedConfig
 from slimtune.errors import EXIT_INTERNAL, EXIT_OK, UserError
+from slimtune.systems.azureml import check_system
 from slimtune.systems.azureml.entry import EXIT_CODE_FILE, PATHS_FILE
 from slimtune.systems.azureml.job import OUTPUT, JobPlan, build_plan
 
@@ -28,9 +29,21 @@ def check_remote_config(loaded: LoadedConfig, system_name: str, system: Any) -> 
     from slimtune.engine.input_checks import check_plan
 
     check_plan(loaded)
-    if not system.aml_compute:
+    check_system(system_name, system)
+    for plan in loaded.passes:
+        other = loaded.config.systems[plan.host] if plan.host else None
+        if other is not None and other.type != system.type:
+            raise UserError(
+                f"passes.{plan.name}.host: `{plan.host}` is a {other.type}, and the run's host (or target) "
+                f"`{system_name}` sends the whole workflow to one Azure ML job. To split the run, host it here "
+                f"(host and target a LocalSystem) and set `host: {system_name}` on the passes that go to Azure ML"
+            )
+    if (system.instance_count or 1) * (system.process_count_per_instance or 1) > 1:
         raise UserError(
-            f"systems.{system_name}.aml_compute: not given; name the Azure ML compute cluster the job runs on"
+            f"systems.{system_name}.instance_count: a whole workflow runs as one process on one node (merging, "
+            "export and evaluation do not spread over nodes). To train on several nodes, host the training pass "
+            f"alone on Azure ML (`host: {system_name}` on the LoRA pass, the run's host and target a LocalSystem): "
+            "that pass's job runs one rank per process"
         )
 
 
@@ -111,11 +124,7 @@ def follow(ml: Any, name: str, loaded: LoadedConfig | None) -> int:
     try:
         error = stream(ml, name)
     except KeyboardInterrupt:
-        if ask(f"\ncancel Azure ML job {name}? [y/N] "):
-            ml.jobs.begin_cancel(name)
-            print(f"asked Azure ML to cancel job {name}")
-        else:
-            print(f"job {name} keeps running; `slimtune jobs logs {name}` follows it again")
+        offer_cancel(ml, name)
         return 130
     job = ml.jobs.get(name)
     if status(job) != "Completed":
@@ -127,6 +136,15 @@ def follow(ml: Any, name: str, loaded: LoadedConfig | None) -> int:
         return EXIT_OK
     cfg = loaded.config
     return download(ml, name, Path(cfg.output_dir), Path(cfg.cache_dir))
+
+
+def offer_cancel(ml: Any, name: str) -> None:
+    """After Ctrl-C: cancel the job if the user says so (without a terminal to ask on, it keeps running)."""
+    if ask(f"\ncancel Azure ML job {name}? [y/N] "):
+        ml.jobs.begin_cancel(name)
+        print(f"asked Azure ML to cancel job {name}")
+    else:
+        print(f"job {name} keeps running; `slimtune jobs logs {name}` follows it again")
 
 
 def stream(ml: Any, name: str) -> str | None:
@@ -205,6 +223,11 @@ def download(ml: Any, name: str, output_dir: Path, cache_dir: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="slimtune-download-") as tmp:
         ml.jobs.download(name, download_path=tmp, output_name=OUTPUT)
         found = [p for p in Path(tmp).rglob(EXIT_CODE_FILE)]
+        if not found and list(Path(tmp).rglob("cache/entries/*/entry.json")):
+            raise UserError(
+                f"Azure ML job {name} ran one pass of a run hosted here (`host` on the pass): run that workflow "
+                "again, it finds the job and takes the pass's output into its cache"
+            )
         if not found:
             raise UserError(
                 f"Azure ML job {name}: its output holds no slimtune run ({EXIT_CODE_FILE} missing)"

@@ -28,7 +28,7 @@ def import_sdk() -> Any:
 
 def command_job(plan: JobPlan) -> Any:
     """The `CommandJob`: code folder, command, inputs (local paths the SDK uploads, URIs as they are), the output
-    folder, environment, compute, nodes (PyTorch distribution beyond one) and tags."""
+    folder, environment, compute, nodes and processes (PyTorch distribution beyond one) and tags."""
     sdk = import_sdk()
     from azure.ai.ml.entities import CommandJob, JobResourceConfiguration
 
@@ -39,10 +39,11 @@ def command_job(plan: JobPlan) -> Any:
     inputs = {i.name: sdk.Input(type=i.type, path=i.path, mode=_mode(i)) for i in plan.inputs}
     resources = JobResourceConfiguration(instance_count=plan.instance_count, **_resources(plan.resources))
     distribution = None
-    if plan.instance_count > 1:
-        # one slimtune per node; its LoRA pass starts one process per GPU (torchrun) and reads the node's rank
-        # and the master's address from the variables this distribution sets
-        distribution = sdk.PyTorchDistribution(process_count_per_instance=1)
+    if plan.instance_count * plan.processes_per_instance > 1:
+        # Azure ML starts process_count_per_instance processes on each of instance_count nodes and sets
+        # MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK: each runs the entry as one rank of the pass's
+        # data-parallel training (only a pass job gets here: a whole workflow with several ranks is refused)
+        distribution = sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_instance)
     return CommandJob(
         name=plan.name,
         display_name=plan.display_name,

@@ -33,7 +33,7 @@ def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-def connect(name: str, system: Any, device: str) -> RayRunner:
+def connect(name: str, system: Any, device: str, loaded: Any = None) -> RayRunner:
     import ray
 
     where = f"systems.{name}"
@@ -43,6 +43,7 @@ def connect(name: str, system: Any, device: str) -> RayRunner:
     shown = address or "a new local cluster"
     print(f"ray: connecting to {shown} ({where})", flush=True)
     _check_reachable(where, address)
+    handlers = _signal_handlers()  # ray.init installs its own; close() puts these back
     try:
         ray.init(
             address=address,
@@ -60,14 +61,33 @@ def connect(name: str, system: Any, device: str) -> RayRunner:
         if "runtime_env" in str(err) or "runtime env" in str(err).lower():
             raise UserError(f"{where}.runtime_env: {_first_line(err)}") from None
         raise UserError(f"{where}: Ray refused the settings: {_first_line(err)}") from None
-    return RayRunner(name, system, device)
+    try:
+        return RayRunner(name, system, device, handlers)
+    except BaseException:  # refused (no node holds a worker): nothing of Ray stays behind
+        RayRunner.close_with(handlers)
+        raise
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """The handlers of the signals Ray's driver takes over, as they are now (only the main thread may set them
+    back): SIGTERM (ray.init), SIGINT (Ray Train's fit registers one that asks its controller to abort, and
+    leaves it: after a data-parallel pass, a Ctrl-C in this process would no longer be a KeyboardInterrupt),
+    SIGUSR1 (Ray Tune's)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    return {sig: signal.getsignal(sig) for sig in wanted}
 
 
 class RayRunner:
-    def __init__(self, name: str, system: Any, device: str) -> None:
+    def __init__(self, name: str, system: Any, device: str, handlers: dict[int, Any] | None = None) -> None:
         import ray
 
         self.name, self.system, self.device = name, system, device
+        self.handlers = handlers or {}
         self.use_gpu = device == "cuda"
         wanted = dict(system.resources_per_worker or {})
         self.need = {
@@ -163,10 +183,24 @@ class RayRunner:
             ) from None
 
     def close(self) -> None:
+        self.close_with(self.handlers)
+        self.handlers = {}
+
+    @staticmethod
+    def close_with(handlers: dict[int, Any]) -> None:
+        """Shut Ray down and give the signals back the handlers they had before ray.init (its driver's would
+        outlive it: a later Ctrl-C in the same process would not raise KeyboardInterrupt)."""
+        import signal
+        import threading
+
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def _check_reachable(where: str, address: str | None) -> None:

@@ -23,6 +23,7 @@ from slimtune.models.ref import ModelRef
 from slimtune.passes.context import PassContext
 from slimtune.passes.registry import PassSpec
 from slimtune.systems import PassJob
+from slimtune.systems.job import adopt_rank_result
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -99,11 +100,7 @@ def train_data_parallel(runner: Any, job: PassJob, spec: PassSpec) -> dict[str, 
             raise PassFailed(f"passes.{job.pass_name}: Ray Train finished without rank 0's result")
         ranks = sorted(nodes.glob("*.json"), key=lambda p: int(p.stem))
         ran_on.extend(dict.fromkeys(json.loads(p.read_text())["node"] for p in ranks))
-        out = json.loads(result.read_text())
-        ctx.metrics.update(out["metrics"], world_size=world)
-        for name, value in out["meta"].items():
-            setattr(ctx.meta, name, value)
-        return ModelRef.from_json(out["ref"])
+        return adopt_rank_result(ctx, json.loads(result.read_text()), world)
 
     entry = execute(spec, params, ctx, cache, job.key, attempt, job.info, lambda: ",".join(ran_on), run=run)
     return entry.info
