@@ -237,6 +237,48 @@ def run_row(row: str, model_dir: Path, tokenizer, order, steps, micro, device, c
     return result
 
 
+def bf16_update_probe(model_dir: Path, batch: dict, steps=(3e-4, 3e-3)) -> list[str]:
+    """How much of an adapter update bf16 autocast sees: the adapter's B matrices set to Adam's first step
+    (-lr x sign of the gradient at B = 0, dropout off), and the batch's loss before and after it, in fp32
+    and under bf16 autocast. A drop bf16 does not see is an update its forward rounds away."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    transformers.set_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+
+    def loss(bf16: bool) -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return float(model(**batch).loss)
+
+    model(**batch).loss.backward()
+    before = {bf16: loss(bf16) for bf16 in (False, True)}
+    lines = []
+    for lr in steps:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(-lr * torch.sign(p.grad))
+        after = {bf16: loss(bf16) for bf16 in (False, True)}
+        lines.append(
+            f"| {lr:g} | {before[False]:.4f} -> {after[False]:.4f} ({before[False] - after[False]:.4f}) | "
+            f"{before[True]:.4f} -> {after[True]:.4f} ({before[True] - after[True]:.4f}) |"
+        )
+    return [
+        "| B = -lr x sign(grad), lr | fp32: loss (drop) | bf16 autocast: loss (drop) |",
+        "| ---: | --- | --- |",
+    ] + lines
+
+
 def mean_abs(a: list[float], b: list[float]) -> float:
     return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
 
@@ -300,7 +342,9 @@ def summary_table(summary: list[dict]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for s in summary:
-        ratio = "" if s["row"].startswith("baseline") else f" ({s['held_out_vs_noise']:.1f}x)"
+        ratio = (
+            "" if s["row"] in ("baseline-seed0", "baseline-seed1") else f" ({s['held_out_vs_noise']:.1f}x)"
+        )
         lines.append(
             f"| {s['row']} | {s['mean_abs_diff']:.4f} | {s['mean_signed_diff']:+.4f} | {s['last_block_loss']:.3f} | "
             f"{s['held_out']:.4f} | {s['held_out_diff']:+.4f}{ratio} | {s['seconds']:.0f} | {s['verdict']} |"
@@ -327,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="default: the prepared smollm2-135m-instruct")
     parser.add_argument("--json", type=Path, help="also write the curves and the summary here")
     parser.add_argument("--no-docs", action="store_true", help="print only")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="only measure how much of one adapter update bf16 autocast sees (bf16_update_probe), on the CPU",
+    )
     opts = parser.parse_args(argv)
     import torch
     import transformers
@@ -349,6 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     held = example_rows(tokenizer, 1, ROOT / "examples/emotion/heldout.jsonl")
     held = held[: opts.held_out or len(held)]
     order = training_order(samples, opts.steps * opts.micro_batch)
+    if opts.probe:
+        table = "\n".join(bf16_update_probe(opts.model_dir, olive_collate(order[:8], tokenizer.pad_token_id)))
+        print(table)
+        if not opts.no_docs:
+            append_section(
+                "How much of an adapter update bf16 autocast sees",
+                f"Machine: {machine()}. `benchmarks/loss_real_weights.py --probe`: SmolLM2-135M-Instruct, the first "
+                f"8 training rows of the loss run, LoRA r 16 / alpha 32 on all linear layers with B set to Adam's "
+                f"first step (-lr x sign of the gradient at B = 0).\n\n{table}\n",
+            )
+        return 0
     load_before = os.getloadavg()
     results = []
     eval_model = eval_model_for(opts.model_dir, device)
