@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 
-def example_rows(tokenizer, epochs: int) -> list[dict]:
-    rows = [
-        json.loads(line) for line in (ROOT / "examples/emotion/data.jsonl").read_text().splitlines() if line
-    ]
+def example_rows(tokenizer, epochs: int, path: Path = ROOT / "examples/emotion/data.jsonl") -> list[dict]:
+    """The example's rows (or `path`'s, e.g. its heldout.jsonl) through its template, loss on the answer only."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     samples = []
     for row in rows:
         prompt = TEMPLATE.split("{tone}")[0].format(phrase=row["phrase"])
