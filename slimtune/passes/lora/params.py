@@ -38,7 +38,7 @@ class LoRAParams(Strict):
         "AMX, Arm BF16), float32 on other CPUs. With bfloat16 training runs under bf16 autocast and the "
         "adapters and optimizer state stay in float32. bf16 rounds away part of the first updates: on the "
         "real 135M default model its loss trailed float32's early in training (docs/benchmarks.md, 'Loss on "
-        "real weights'); float32 keeps the reference loss at about half the speed",
+        "real weights'); float32 keeps the reference loss, more slowly",
     )
     train_data_config: str = Field(description="name of the training data config")
     eval_data_config: str | None = Field(None, description="name of the evaluation data config")
