@@ -29,6 +29,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import decode_limits as limits
 from common import ROOT, append_section, machine, versions
@@ -59,6 +60,8 @@ SESSION_VARIANTS = {
         {"enable_cpu_mem_arena": False, "enable_mem_pattern": False},
     ),
 }
+# the example's own export: the quantization-aware adapter kept apart (LoRA products beside each int4 one)
+EXAMPLE = "onnx int4, base + adapter unmerged (the example's export)"
 GGUF_BUILDS = {f"llama.cpp {q}": q for q in ("q4_0", "q4_k_m", "q8_0")}
 QUICK = [DEFAULT, "onnx int4 defaults, no spinning", "onnx int4 block 128", "llama.cpp q4_k_m"]
 MERGED = "merged model (transformers fp32)"
@@ -68,9 +71,10 @@ TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 LABELS = ["fear", "joy", "sadness", "surprise"]
 
 
-def merged_model(cache: Path) -> tuple[Path, list[dict]]:
-    """(merged folder, held-out rows): the example's config (data, quantization-aware LoRA) with a
-    MergeAdapterWeights pass in place of the ModelBuilder; slimtune's cache makes a second call instant."""
+def merged_model(cache: Path) -> tuple[Path, list[dict], Any]:
+    """(merged folder, held-out rows, the adapter as a ModelRef): the example's config (data,
+    quantization-aware LoRA) with a MergeAdapterWeights pass in place of the ModelBuilder; slimtune's cache
+    makes a second call instant."""
     import yaml
 
     from slimtune.cli.main import main
@@ -80,14 +84,18 @@ def merged_model(cache: Path) -> tuple[Path, list[dict]]:
     config = yaml.safe_load((ROOT / "examples/emotion/config.yaml").read_text())
     config["data_configs"][0]["load_dataset_config"]["data_files"] = str(ROOT / "examples/emotion/data.jsonl")
     config["passes"] = {"lora": config["passes"]["lora"], "merge": {"type": "MergeAdapterWeights"}}
-    config.pop("evaluators"), config.pop("evaluator")
+    # size only: this file measures accuracy and speed itself (the run still records its held-out rows)
+    config["evaluators"] = {"quality": {"metrics": [{"name": "size", "type": "size"}]}}
     config.update(cache_dir=str(cache), output_dir=str(work / "out"), evaluate_input_model=False)
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if main(["run", "--config", str(work / "config.yaml")]) != 0:
         raise SystemExit("the training run failed")
     record = json.loads((work / "out" / "run.json").read_text())
-    merged = Path(next(s["path"] for s in record["stages"] if s["name"] == "merge"))
-    return merged, heldout_rows(record["evaluation"]["data"]["indices"])
+    from slimtune.models.ref import ModelRef
+
+    stages = {s["name"]: s for s in record["stages"]}
+    adapter = ModelRef(stages["lora"]["path"], "adapter", base_path=stages["lora"]["base_path"])
+    return Path(stages["merge"]["path"]), heldout_rows(record["evaluation"]["data"]["indices"]), adapter
 
 
 def heldout_rows(indices: list[int]) -> list[dict]:
@@ -96,24 +104,26 @@ def heldout_rows(indices: list[int]) -> list[dict]:
     return [every[i] for i in indices]
 
 
-def export(merged: Path, name: str, out: Path) -> tuple[Path, str, float]:
+def export(source, name: str, out: Path) -> tuple[Path, str, float]:
+    """`source`: the merged folder, or for EXAMPLE the adapter's ModelRef."""
     from slimtune.models.ref import ModelMeta, ModelRef
     from slimtune.passes.context import PassContext
 
     out.mkdir(parents=True)
+    ref = source if isinstance(source, ModelRef) else ModelRef(str(source), "hf")
     ctx = PassContext(
-        input=ModelRef(str(merged), "hf"),
-        meta=ModelMeta.load(merged) or ModelMeta(),
+        input=ref,
+        meta=ModelMeta.load(ref.path) or ModelMeta(),
         output_dir=out,
         work_dir=out.with_suffix(".work"),
         log=lambda _: None,
     )
     start = time.perf_counter()
-    if name in ONNX_BUILDS:
+    if name in ONNX_BUILDS or name == EXAMPLE:
         from slimtune.passes.model_builder import ModelBuilderParams
         from slimtune.passes.model_builder.run import run
 
-        ref = run(ctx, ModelBuilderParams(**ONNX_BUILDS[name]))
+        ref = run(ctx, ModelBuilderParams(**ONNX_BUILDS.get(name, {"precision": "int4"})))
     else:
         from slimtune.passes.gguf_export import GGUFExportParams
         from slimtune.passes.gguf_export.run import run
@@ -242,6 +252,7 @@ def main() -> int:
     started = time.perf_counter()
     from slimtune.models.ref import ModelRef
 
+    adapter = None  # known when this run trains it
     if args.merged:
         merged = args.merged
         if args.heldout_from:
@@ -250,14 +261,14 @@ def main() -> int:
             held = ROOT / "examples/emotion/heldout.jsonl"
             rows = [json.loads(x) for x in held.read_text().splitlines() if x.strip()]
     else:
-        merged, rows = merged_model(args.cache)
+        merged, rows, adapter = merged_model(args.cache)
     if args.quick:
         rows = rows[:24]
     config = json.loads((merged / "config.json").read_text())
     load_before = os.getloadavg()
-    wanted = [*ONNX_BUILDS, *SESSION_VARIANTS, *GGUF_BUILDS]
+    wanted = [*ONNX_BUILDS, *SESSION_VARIANTS, *([EXAMPLE] if adapter else []), *GGUF_BUILDS]
     names = [n for n in wanted if not args.only or n in args.only]
-    builds = [n for n in [*ONNX_BUILDS, *GGUF_BUILDS] if n in names]
+    builds = [n for n in [*ONNX_BUILDS, EXAMPLE, *GGUF_BUILDS] if n in names]
     builds += [
         SESSION_VARIANTS[n][0]
         for n in names
@@ -270,7 +281,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         built: dict[str, Path] = {}
         for index, name in enumerate(builds):
-            path, kind, seconds = export(merged, name, Path(tmp) / f"v{index}")
+            path, kind, seconds = export(
+                adapter if name == EXAMPLE else merged, name, Path(tmp) / f"v{index}"
+            )
             built[name] = path
             refs[name] = ModelRef(str(path), kind)
             table[name] = {"kind": kind, "export_s": seconds}
