@@ -120,7 +120,7 @@ def test_quick_run_on_a_tiny_model(tiny, tmp_path):
     memory, speeds with all cores and one, the bandwidth ceiling and the profile; nothing written to docs."""
     out = tmp_path / "result.json"
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
-    only = [cpu_decode.DEFAULT, "onnx int4 defaults, no spinning", "onnx int4 block 128"]
+    only = [cpu_decode.DEFAULT, "onnx int4 default, no memory arena", "onnx int4 block 128"]
     done = subprocess.run(
         [
             sys.executable,
@@ -146,7 +146,7 @@ def test_quick_run_on_a_tiny_model(tiny, tmp_path):
         for threads in {str(os.cpu_count()), "1"}:
             assert table[name][threads]["decode_tps"] > 0 and table[name][threads]["ttft_ms"] > 0
         assert table[name]["peak_memory"] > 0 and 0 <= table[name]["accuracy"] <= 1
-    assert table["onnx int4 defaults, no spinning"]["accuracy"] == table[cpu_decode.DEFAULT]["accuracy"]
+    assert table["onnx int4 default, no memory arena"]["accuracy"] == table[cpu_decode.DEFAULT]["accuracy"]
     assert all(bandwidth > 1e8 for bandwidth in result["bandwidth"].values())
     ops = dict((op, share) for op, share, _ in result["profile"]["ops"])
     assert "MatMulNBits (layers)" in ops and 0 < sum(ops.values()) <= 1
