@@ -37,7 +37,7 @@ register_pass(
         "ModelBuilder",
         ModelBuilderParams,
         "slimtune.passes.model_builder.run:run",
-        version=2,  # 2: CPU models' genai_config.json says threads do not spin (run.CPU_SESSION_OPTIONS)
+        version=1,
         summary="ONNX export for onnxruntime-genai",
         input_kinds=("hf", "adapter"),
         output_kind="onnx",

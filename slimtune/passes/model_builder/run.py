@@ -52,12 +52,6 @@ PARAM_OPTIONS = {
     "exclude_lm_head": "exclude_lm_head",
     "enable_cuda_graph": "enable_cuda_graph",
 }
-# Written into a CPU model's genai_config.json unless the pass's session_options says otherwise. With threads
-# that spin between operators, a 2-core machine running one other busy process decoded the example's model
-# 1.5-1.8x slower at 2 threads (62 against 93 and 52 against 96 tokens/s; docs/benchmarks.md, "CPU decode"): a
-# spinning thread holds a core the other process needs, and an operator waits for the thread it preempted.
-CPU_SESSION_OPTIONS = {"session.intra_op.allow_spinning": "0"}
-
 LEGACY_ALIASES = {
     f"int4_{name}": name
     for name in (
@@ -101,13 +95,8 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     shutil.copyfile(log_path, output_dir / LOG_NAME)
 
     _verify_output(output_dir, options, params.metadata_only, output_dir / LOG_NAME)
-    session = (
-        CPU_SESSION_OPTIONS
-        if params.session_options is None and provider == "cpu"
-        else params.session_options
-    )
-    if session:
-        _add_session_options(output_dir / "genai_config.json", session)
+    if params.session_options:
+        _add_session_options(output_dir / "genai_config.json", params.session_options)
     size = folder_size(output_dir) - (output_dir / LOG_NAME).stat().st_size
     ctx.log(f"ModelBuilder: done in {seconds:.1f} s, {fmt_bytes(size)}")
     ctx.metrics.update(
@@ -115,7 +104,7 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         precision=params.precision,
         execution_provider=provider,
         builder_options=dict(options),
-        session_options=dict(session or {}),
+        session_options=dict(params.session_options),
         build_seconds=round(seconds, 2),
         builder_version=_builder_version(),
     )
