@@ -236,3 +236,22 @@ def test_a_builder_failure_names_the_log_that_survives_it(tiny, tmp_path):
     with pytest.raises(PassFailed, match=r"multi_cache.*work/builder.log"):
         build(tmp_path, ModelRef(str(broken), "hf"))
     assert "Traceback" in (tmp_path / "work" / "builder.log").read_text()
+
+
+def test_session_options_reach_genai_config_and_onnxruntime_genai_runs_them(tiny, tmp_path):
+    """Nothing is added by default (the builder's session_options stay as written); given options are added,
+    a config key ONNX Runtime reads (allow_spinning) among them, and the run record says which."""
+    ref = ModelRef(str(tiny["llama"]), "hf")
+    out, ctx = build(tmp_path / "default", ref)
+    options = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert set(options) == {"log_id", "provider_options"} and ctx.metrics["session_options"] == {}
+
+    given = {
+        "session.intra_op.allow_spinning": "0",
+        "graph_optimization_level": "ORT_ENABLE_BASIC",
+        "enable_cpu_mem_arena": False,
+    }
+    out, ctx = build(tmp_path / "given", ref, session_options=given)
+    options = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert {k: options[k] for k in given} == given and ctx.metrics["session_options"] == given
+    assert len(generate_exactly(out, 4)) == 4

@@ -40,6 +40,13 @@ class ModelBuilderParams(Strict):
         None, description="export base + this unmerged adapter (LoRA weights as inputs)"
     )
     extra_options: dict[str, Any] = Field(default_factory=dict, description="passed to the builder as given")
+    session_options: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="added to genai_config.json's decoder session_options: ONNX Runtime session settings "
+        "(intra_op_num_threads, graph_optimization_level, enable_cpu_mem_arena) or config keys such as "
+        '"session.intra_op.allow_spinning": "0" (threads sleep between operators: faster where other programs '
+        "keep the cores busy, slower on an idle machine; docs/benchmarks.md, CPU decode)",
+    )
     metadata_only: bool = Field(False, description="write genai_config.json and tokenizer files only")
 
     @field_validator("extra_options")

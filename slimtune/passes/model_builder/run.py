@@ -95,6 +95,8 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     shutil.copyfile(log_path, output_dir / LOG_NAME)
 
     _verify_output(output_dir, options, params.metadata_only, output_dir / LOG_NAME)
+    if params.session_options:
+        _add_session_options(output_dir / "genai_config.json", params.session_options)
     size = folder_size(output_dir) - (output_dir / LOG_NAME).stat().st_size
     ctx.log(f"ModelBuilder: done in {seconds:.1f} s, {fmt_bytes(size)}")
     ctx.metrics.update(
@@ -102,6 +104,7 @@ def run(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         precision=params.precision,
         execution_provider=provider,
         builder_options=dict(options),
+        session_options=dict(params.session_options),
         build_seconds=round(seconds, 2),
         builder_version=_builder_version(),
     )
@@ -294,6 +297,16 @@ def _verify_output(output_dir: Path, options: dict[str, str], metadata_only: boo
         json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ModelError(f"the builder wrote an unreadable {config_path}: {err}") from err
+
+
+def _add_session_options(config_path: Path, session: dict[str, Any]) -> None:
+    """Add `session` to the decoder's session_options in genai_config.json (what onnxruntime-genai reads when it
+    opens the model; a key it does not know by name goes to ONNX Runtime as a session config entry)."""
+    from slimtune.files import write_json_atomic
+
+    config = json.loads(config_path.read_text())
+    config["model"]["decoder"].setdefault("session_options", {}).update(session)
+    write_json_atomic(config_path, config, indent=4)
 
 
 def _builder_version() -> str:
