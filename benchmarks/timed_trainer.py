@@ -40,6 +40,7 @@ def _instrument(record: dict) -> None:
     def counted_step(self, model, inputs, *args, **kwargs):
         mask = inputs.get("attention_mask")
         record["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        record["positions"] += int(inputs["input_ids"].numel())  # what the step computes over, padding included
         record["micro_batches"] += 1
         return training_step(self, model, inputs, *args, **kwargs)
 
@@ -49,7 +50,7 @@ def _instrument(record: dict) -> None:
 
 def main() -> int:
     out, tool, *argv = sys.argv[1:]
-    record = {"tool": tool, "step_s": [], "loss": [], "tokens": 0, "micro_batches": 0}
+    record = {"tool": tool, "step_s": [], "loss": [], "tokens": 0, "positions": 0, "micro_batches": 0}
     _instrument(record)
     start = time.perf_counter()
     sys.argv = [tool, *argv]
