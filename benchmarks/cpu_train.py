@@ -258,7 +258,7 @@ def main() -> int:
 
 def summarize(records: dict[str, list[dict]], rows: list[str], args) -> str:
     lines = [
-        "| row | dtype | s/step (median, steps after the first) | tokens/s as counted | speed vs olive (s/step) "
+        "| row | dtype | s/step (median, steps after the first) | tokens/s as counted | speed vs olive (positions/s) "
         "| process wall s (mean) | loss per step (round 1) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -270,11 +270,19 @@ def summarize(records: dict[str, list[dict]], rows: list[str], args) -> str:
         tokens_per_step = records[row][0]["tokens"] / max(1, len(records[row][0]["step_s"]))
         step_s[row] = statistics.median(steps)
         speed[row] = tokens_per_step / step_s[row]
+
+    def rate(row: str) -> float:
+        """Positions (padding included: what a step computes over) per second; step rate for older records."""
+        first = records[row][0]
+        if first.get("positions"):
+            return first["positions"] / max(1, len(first["step_s"])) / step_s[row]
+        return 1 / step_s[row]
+
     for row in rows:
         first = records[row][0]
         steps = [s for r in records[row] for s in (r["step_s"][1:] or r["step_s"])]
         dtype = first["dtype"].replace("torch.", "") + (" + bf16 autocast" if first["bf16"] else "")
-        ratio = f"{step_s['olive'] / step_s[row]:.2f}x" if "olive" in step_s else "-"
+        ratio = f"{rate(row) / rate('olive'):.2f}x" if "olive" in step_s else "-"
         wall = statistics.mean(r["wall_s"] for r in records[row])
         losses = ", ".join(f"{x[1]:.4f}" for x in first["loss"])
         lines.append(
