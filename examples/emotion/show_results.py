@@ -35,6 +35,13 @@ def main(run_dir: str) -> int:
             m = stage["metrics"]
             acc = m.get("accuracy")
             print(f"  {stage['stage']:10} {stage['kind']:8} {'-' if acc is None else f'{acc:.1%}':>7}")
+    for goal in run.get("goals") or []:
+        # the run's quality gate: a missed goal is a result to read, not a crash (slimtune run exits 3)
+        print(
+            f"\ngoal {goal['metric']} ({goal['type']} {goal['value']} vs {goal['baseline_stage']}) on "
+            f"{goal['stage']}: {goal['actual']:.4f} against {goal['baseline']:.4f}: "
+            f"{'met' if goal['met'] else 'MISSED'} (margin {goal['margin']:+.4f})"
+        )
 
     model = Path(run["final_model"]["path"])
     meta = ModelMeta.load(model)
