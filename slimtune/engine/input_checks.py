@@ -73,10 +73,9 @@ def check_storage_folders(loaded: LoadedConfig) -> None:
 def _hosted_elsewhere(loaded: LoadedConfig) -> set[str]:
     """Passes that alone run on another machine's system (`host` on the pass): that machine's memory, not
     this one's, is what they need."""
-    from slimtune.systems import needs_runner
+    from slimtune.systems import hosted_elsewhere
 
-    cfg = loaded.config
-    return {p.name for p in loaded.passes if p.host and p.host != cfg.host and needs_runner(cfg, p.host)}
+    return {p.name for p in loaded.passes if hosted_elsewhere(loaded.config, p.host)}
 
 
 def _cached_passes(loaded: LoadedConfig) -> set[str]:

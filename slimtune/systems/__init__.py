@@ -98,10 +98,15 @@ def host_of(config: Any, pass_host: str | None) -> str | None:
     return pass_host or config.host
 
 
+def hosted_elsewhere(config: Any, pass_host: str | None) -> bool:
+    """Whether a pass alone (its own `host`) runs on a system outside this process."""
+    return bool(pass_host) and pass_host != config.host and needs_runner(config, pass_host)
+
+
 def pass_device(config: Any, pass_host: str | None, run_device: str) -> str:
     """The device a pass runs on: the run's, unless the pass alone goes to another machine's system, whose
     accelerators then say (a pass trained on an Azure ML GPU from a CPU laptop is a CUDA pass)."""
-    if not pass_host or pass_host == config.host or not needs_runner(config, pass_host):
+    if not hosted_elsewhere(config, pass_host):
         return run_device
     accelerators = config.systems[pass_host].accelerators
     return "cuda" if any(a.device in ("gpu", "cuda") for a in accelerators) else "cpu"
