@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         r["held_out"] = held_out_loss(eval_model, r.pop("weights"), held, device)
         results.append(r)
+        if opts.json:  # after every row: a run cut short keeps the rows it finished
+            opts.json.write_text(json.dumps({"date": now(), "partial": True, "results": results}))
         print(
             f"    {r['seconds']:.0f} s, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, "
             f"held-out {r['held_out']:.4f}; {r['setup']}",

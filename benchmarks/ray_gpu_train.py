@@ -104,6 +104,9 @@ def config(model: Path, data: Path, steps: int, batch: int, way: str) -> dict:
         "cache_dir": "cache",
         "output_dir": "out",
     }
+    # Olive's default accelerator is the CPU: the GPU is asked for, as a user's config does
+    cfg["systems"] = {"gpu": {"type": "LocalSystem", "accelerators": [{"device": "gpu"}]}}
+    cfg["host"] = "gpu"
     if way == "Ray, 2 GPU workers":
         cfg["systems"] = {
             "cluster": {
@@ -142,6 +145,8 @@ def run_once(folder: Path, cfg: dict, timeout: float) -> dict:
     record = json.loads((folder / "out" / "run.json").read_text())
     lora = record["passes"][0]
     metrics = lora["metrics"]
+    if metrics.get("device") != "cuda":
+        raise SystemExit(f"run in {folder} trained on {metrics.get('device')}, not on the GPU")
     curve = metrics.get("loss_curve") or [{"loss": float("nan")}]
     return {
         "process_s": wall,

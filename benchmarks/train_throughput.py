@@ -157,11 +157,15 @@ class Timer:
                 outer.times.append(time.perf_counter())
                 if outer.profiler is not None and state.global_step == outer.profile_from + 2:
                     outer.profiler.__exit__(None, None, None)
+                    averages = outer.profiler.key_averages()
+                    gpu_us = sum(e.self_device_time_total for e in averages)
+                    wall = outer.times[-1] - outer.times[-3] if len(outer.times) >= 3 else float("nan")
                     print(
-                        outer.profiler.key_averages().table(
-                            sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=60
-                        )
+                        f"rank {os.environ.get('RANK', '0')}: profiled 2 steps: {wall:.3f} s wall, {gpu_us / 1e6:.3f} s of GPU kernel time"
                     )
+                    for key in ("self_cuda_time_total", "self_cpu_time_total"):
+                        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0's tables only
+                            print(averages.table(sort_by=key, row_limit=18, max_name_column_width=60))
                     outer.profiler = None
 
             def on_log(self, args, state, control, logs=None, **kwargs):

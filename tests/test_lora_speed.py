@@ -178,3 +178,17 @@ def test_cudnn_attention_is_off_while_training_and_restored_after():
         assert torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.parametrize("given", [None, True])
+def test_data_parallel_ranks_do_not_resend_the_frozen_base_unless_asked(tmp_path, given):
+    """The fp8 base keeps its weights as buffers; DDP's default broadcast re-sent them before every forward."""
+    from slimtune.passes.lora.train import training_argument_values
+
+    extra = {} if given is None else {"ddp_broadcast_buffers": given}
+    params = LoRAParams(train_data_config="d", training_args={"max_steps": 1, **extra})
+    args = training_argument_values(params, tmp_path, "cuda", has_eval=False, world=2)
+    assert args["ddp_broadcast_buffers"] is (False if given is None else given)
+    assert args["ddp_find_unused_parameters"] is False
+    alone = training_argument_values(params, tmp_path, "cuda", has_eval=False, world=1)
+    assert alone.get("ddp_broadcast_buffers") == extra.get("ddp_broadcast_buffers")
