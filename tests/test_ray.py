@@ -14,7 +14,10 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 import json
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -195,6 +198,39 @@ def test_search_spreads_over_both_nodes_and_survives_losing_one(tiny, cluster, t
     assert again["passes"][-1]["key"] == record["passes"][-1]["key"]
     assert onnx_files(path.parent / "out" / "model") == onnx_files(tmp_path / "whole" / "out" / "model")
     assert_cache_whole(path.parent / "cache")
+
+
+def cluster_node_names(cluster) -> set[str]:
+    """run.json's `node` of each live node of the test cluster (systems.ray.node_name's form)."""
+    return {f"{n.node_ip_address}/{n.node_id[:12]}" for n in cluster.list_all_nodes()}
+
+
+def test_no_address_starts_a_cluster_of_its_own(tiny, cluster, tmp_path):
+    # a cluster runs on this machine (the fixture's, written where `ray.init()` looks): left out, the address
+    # still means a new cluster here, stopped when the run ends. In its own process, as a user runs it: a
+    # process that started a cluster and then joins another one cannot start Ray Train there (its
+    # controller is pinned to the driver's node of the first), which would break the training tests below
+    cfg = {
+        "input_model": {"model_path": str(tiny)},
+        "data_configs": [emotion_data_config(40)],
+        "systems": {"here": {"type": "Ray"}},
+        "host": "here",
+        "passes": {"builder": {"type": "ModelBuilder"}},
+        "evaluate_input_model": False,
+    }
+    path = write(tmp_path, cfg)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "ray: connecting to a new local cluster (systems.here)" in done.stdout
+    node = run_json(path)["passes"][0]["node"]
+    assert re.fullmatch(r"[0-9.]+/[0-9a-f]{12}", node) and node not in cluster_node_names(cluster)
 
 
 # ---------------------------------------------------------------- training across workers
