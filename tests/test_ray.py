@@ -205,6 +205,108 @@ def cluster_node_names(cluster) -> set[str]:
     return {f"{n.node_ip_address}/{n.node_id[:12]}" for n in cluster.list_all_nodes()}
 
 
+PROGRESS = re.compile(r"^search: (\d+) running, (\d+) done, (\d+) failed$", re.M)
+
+
+def test_tpe_on_the_cluster_keeps_a_bounded_number_in_flight_and_names_a_failed_candidates_node(
+    tiny, cluster, tmp_path, capsys, monkeypatch
+):
+    from slimtune.search.samplers import TPESampler
+
+    asked: list[int] = []  # after each ask: how many candidates were asked and not yet told
+    suggest = TPESampler.suggest
+
+    def counted(self):
+        candidate = suggest(self)
+        asked.append(len(self.trials))
+        return candidate
+
+    monkeypatch.setattr(TPESampler, "suggest", counted)
+    builder = {
+        "type": "ModelBuilder",
+        "int4_algo_config": {"search": ["no_such_algorithm", "rtn"]},
+        "int4_block_size": {"search": [32, 64]},
+    }
+    cfg = search_config(tiny, cluster.address)
+    cfg["passes"] = {"lora": LORA, "builder": builder}
+    cfg["search_strategy"] = {"sampler": "tpe", "seed": 0}
+    path = write(tmp_path, cfg)
+    assert main(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    record = run_json(path)
+    assert record["search"]["strategy"]["sampler"] == "tpe"
+    candidates = record["candidates"]
+    assert len(candidates) == 4  # the whole finite space, each point once
+    # two candidates were in flight at once (the cluster's two CPUs), never more
+    assert "search: up to 2 candidates at once" in out
+    assert max(asked) == 2
+    failed = [c for c in candidates if c["status"] == "failed"]
+    assert len(failed) == 2 and record["search"]["failed"] == 2
+    nodes = cluster_node_names(cluster)
+    for candidate in failed:
+        assert candidate["params"]["builder"]["int4_algo_config"] == "no_such_algorithm"
+        assert "no_such_algorithm" in candidate["reason"]
+        stopped = candidate["passes"][-1]
+        assert stopped["name"] == "builder" and stopped["failed"]
+        assert stopped["node"] in nodes  # the Ray node it failed on, not the driver's host
+    ok = [c for c in candidates if c["status"] == "ok"]
+    assert len(ok) == 2 and any(c["chosen"] for c in ok)
+    assert all(p["node"] in nodes for c in ok for p in c["passes"] if not p["cache_hit"])
+    lora = [p for c in candidates for p in c["passes"] if p["name"] == "lora"]
+    assert [p["cache_hit"] for p in lora].count(False) == 1  # the shared prefix ran once
+    # progress after each result: never more running than the bound, and the end counts every candidate
+    progress = [tuple(map(int, m)) for m in PROGRESS.findall(out)]
+    assert progress and all(running <= 2 for running, _, _ in progress)
+    assert progress[-1] == (0, 2, 2)
+    assert_cache_whole(path.parent / "cache")
+
+
+def test_a_killed_driver_leaves_a_rerun_only_what_is_missing(tiny, cluster, tmp_path, monkeypatch):
+    # `address: auto` joins the running cluster (RAY_ADDRESS, as `ray job submit` and KubeRay's head set it)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    path = write(tmp_path, search_config(tiny, "auto"))
+    entries = tmp_path / "cache" / "entries"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed = False
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            merged = any(entries.glob("*/output/model.safetensors"))
+            if merged and any(raylet_children_running(n, "run_on_node") for n in cluster.list_all_nodes()):
+                driver.kill()  # SIGKILL: no handler, no cleanup of its own
+                killed = True
+                break
+            time.sleep(0.2)
+    finally:
+        if driver.poll() is None and not killed:
+            driver.kill()
+        driver.wait()
+    assert killed, "the driver finished before a candidate's build started: the test did not test a fault"
+    # the driver's tasks end with it (Ray ends a job's workers when its driver is gone)
+    deadline = time.time() + 60
+    while any(raylet_children_running(n, "run_on_node") for n in cluster.list_all_nodes()):
+        assert time.time() < deadline, "a task of the killed driver still runs after 60 s"
+        time.sleep(0.5)
+    before = {p.name for p in entries.iterdir()}
+    assert len(before) >= 2  # LoRA and the merge at least
+
+    assert main(["run", "--config", str(path)]) == 0
+    record = run_json(path)
+    assert all(c["status"] == "ok" for c in record["candidates"])
+    passes = [p for c in record["candidates"] for p in c["passes"]]
+    # what the killed driver committed is reused, and only what was missing is run, once each
+    assert all(p["cache_hit"] for p in passes if p["key"] in before)
+    redone = [p["key"] for p in passes if not p["cache_hit"]]
+    assert redone and len(redone) == len(set(redone)) and not set(redone) & before
+    assert {p["name"] for p in passes if not p["cache_hit"]} == {"builder"}
+    assert {p["node"] for p in passes if not p["cache_hit"]} <= cluster_node_names(cluster)
+    assert_cache_whole(tmp_path / "cache")
+
+
 def test_no_address_starts_a_cluster_of_its_own(tiny, cluster, tmp_path):
     # a cluster runs on this machine (the fixture's, written where `ray.init()` looks): left out, the address
     # still means a new cluster here, stopped when the run ends. In its own process, as a user runs it: a
