@@ -64,10 +64,25 @@ def tiny(tmp_path_factory):
     return make_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama")
 
 
+def free_port() -> int:
+    """A port nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and a second node on this machine, one CPU each; the second one is `cluster.second`."""
-    started = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    """A head node and a second node on this machine, one CPU each; the second one is `cluster.second`. The
+    head serves Ray Client (`ray://`) on `cluster.client_port`, as `ray start --head` does."""
+    client_port = free_port()
+    started = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "ray_client_server_port": client_port},
+    )
+    started.client_port = client_port
     try:
         started.second = started.add_node(num_cpus=1)
         started.wait_for_nodes()
@@ -307,20 +322,20 @@ def test_a_killed_driver_leaves_a_rerun_only_what_is_missing(tiny, cluster, tmp_
     assert_cache_whole(tmp_path / "cache")
 
 
-def test_no_address_starts_a_cluster_of_its_own(tiny, cluster, tmp_path):
-    # a cluster runs on this machine (the fixture's, written where `ray.init()` looks): left out, the address
-    # still means a new cluster here, stopped when the run ends. In its own process, as a user runs it: a
-    # process that started a cluster and then joins another one cannot start Ray Train there (its
-    # controller is pinned to the driver's node of the first), which would break the training tests below
-    cfg = {
-        "input_model": {"model_path": str(tiny)},
+def build_alone(model: Path, system: dict) -> dict:
+    """One ModelBuilder pass on the input model (the cheapest pass), hosted on `system`."""
+    return {
+        "input_model": {"model_path": str(model)},
         "data_configs": [emotion_data_config(40)],
-        "systems": {"here": {"type": "Ray"}},
+        "systems": {"here": system},
         "host": "here",
         "passes": {"builder": {"type": "ModelBuilder"}},
         "evaluate_input_model": False,
     }
-    path = write(tmp_path, cfg)
+
+
+def run_in_own_process(path: Path) -> subprocess.CompletedProcess:
+    """`slimtune run` as a user starts it, without RAY_ADDRESS."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
         [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
@@ -330,6 +345,26 @@ def test_no_address_starts_a_cluster_of_its_own(tiny, cluster, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def test_a_ray_client_address_runs_the_passes_on_that_cluster(tiny, cluster, tmp_path):
+    # in its own process: a Ray Client connection is process-wide, like a second cluster (below)
+    address = f"ray://127.0.0.1:{cluster.client_port}"
+    path = write(tmp_path, build_alone(tiny, {"type": "Ray", "config": {"address": address}}))
+    done = run_in_own_process(path)
+    assert f"ray: connecting to {address} (systems.here)" in done.stdout
+    assert run_json(path)["passes"][0]["node"] in cluster_node_names(cluster)
+    assert_cache_whole(tmp_path / "cache")
+
+
+def test_no_address_starts_a_cluster_of_its_own(tiny, cluster, tmp_path):
+    # a cluster runs on this machine (the fixture's, written where `ray.init()` looks): left out, the address
+    # still means a new cluster here, stopped when the run ends. In its own process, as a user runs it: a
+    # process that started a cluster and then joins another one cannot start Ray Train there (its
+    # controller is pinned to the driver's node of the first), which would break the training tests below
+    path = write(tmp_path, build_alone(tiny, {"type": "Ray"}))
+    done = run_in_own_process(path)
     assert "ray: connecting to a new local cluster (systems.here)" in done.stdout
     node = run_json(path)["passes"][0]["node"]
     assert re.fullmatch(r"[0-9.]+/[0-9a-f]{12}", node) and node not in cluster_node_names(cluster)
@@ -438,11 +473,7 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(tiny, cluster
 
 
 def test_an_unreachable_cluster_is_named(tiny, tmp_path, capsys):
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     path = write(tmp_path, training_config(tiny, f"ray://127.0.0.1:{port}"))
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
