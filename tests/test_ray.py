@@ -497,6 +497,7 @@ def test_resources_no_node_has_are_named_with_what_the_cluster_has(tiny, cluster
     err = capsys.readouterr().err
     assert "systems.cluster.resources_per_worker" in err and "CPU 8" in err
     assert "2 nodes" in err and "CPU 1" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_a_runtime_env_that_does_not_build_is_named(tiny, cluster, tmp_path, capsys):
