@@ -14,7 +14,10 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 import json
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,10 +64,25 @@ def tiny(tmp_path_factory):
     return make_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama")
 
 
+def free_port() -> int:
+    """A port nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and a second node on this machine, one CPU each; the second one is `cluster.second`."""
-    started = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    """A head node and a second node on this machine, one CPU each; the second one is `cluster.second`. The
+    head serves Ray Client (`ray://`) on `cluster.client_port`, as `ray start --head` does."""
+    client_port = free_port()
+    started = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "ray_client_server_port": client_port},
+    )
+    started.client_port = client_port
     try:
         started.second = started.add_node(num_cpus=1)
         started.wait_for_nodes()
@@ -197,6 +215,161 @@ def test_search_spreads_over_both_nodes_and_survives_losing_one(tiny, cluster, t
     assert_cache_whole(path.parent / "cache")
 
 
+def cluster_node_names(cluster) -> set[str]:
+    """run.json's `node` of each live node of the test cluster (systems.ray.node_name's form)."""
+    return {f"{n.node_ip_address}/{n.node_id[:12]}" for n in cluster.list_all_nodes()}
+
+
+PROGRESS = re.compile(r"^search: (\d+) running, (\d+) done, (\d+) failed$", re.M)
+
+
+def test_tpe_on_the_cluster_keeps_a_bounded_number_in_flight_and_names_a_failed_candidates_node(
+    tiny, cluster, tmp_path, capsys, monkeypatch
+):
+    from slimtune.search.samplers import TPESampler
+
+    asked: list[int] = []  # after each ask: how many candidates were asked and not yet told
+    suggest = TPESampler.suggest
+
+    def counted(self):
+        candidate = suggest(self)
+        asked.append(len(self.trials))
+        return candidate
+
+    monkeypatch.setattr(TPESampler, "suggest", counted)
+    builder = {
+        "type": "ModelBuilder",
+        "int4_algo_config": {"search": ["no_such_algorithm", "rtn"]},
+        "int4_block_size": {"search": [32, 64]},
+    }
+    cfg = search_config(tiny, cluster.address)
+    cfg["passes"] = {"lora": LORA, "builder": builder}
+    cfg["search_strategy"] = {"sampler": "tpe", "seed": 0}
+    path = write(tmp_path, cfg)
+    assert main(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    record = run_json(path)
+    assert record["search"]["strategy"]["sampler"] == "tpe"
+    candidates = record["candidates"]
+    assert len(candidates) == 4  # the whole finite space, each point once
+    # two candidates were in flight at once (the cluster's two CPUs), never more
+    assert "search: up to 2 candidates at once" in out
+    assert max(asked) == 2
+    failed = [c for c in candidates if c["status"] == "failed"]
+    assert len(failed) == 2 and record["search"]["failed"] == 2
+    nodes = cluster_node_names(cluster)
+    for candidate in failed:
+        assert candidate["params"]["builder"]["int4_algo_config"] == "no_such_algorithm"
+        assert "no_such_algorithm" in candidate["reason"]
+        stopped = candidate["passes"][-1]
+        assert stopped["name"] == "builder" and stopped["failed"]
+        assert stopped["node"] in nodes  # the Ray node it failed on, not the driver's host
+    ok = [c for c in candidates if c["status"] == "ok"]
+    assert len(ok) == 2 and any(c["chosen"] for c in ok)
+    assert all(p["node"] in nodes for c in ok for p in c["passes"] if not p["cache_hit"])
+    lora = [p for c in candidates for p in c["passes"] if p["name"] == "lora"]
+    assert [p["cache_hit"] for p in lora].count(False) == 1  # the shared prefix ran once
+    # progress after each result: never more running than the bound, and the end counts every candidate
+    progress = [tuple(map(int, m)) for m in PROGRESS.findall(out)]
+    assert progress and all(running <= 2 for running, _, _ in progress)
+    assert progress[-1] == (0, 2, 2)
+    assert_cache_whole(path.parent / "cache")
+
+
+def test_a_killed_driver_leaves_a_rerun_only_what_is_missing(tiny, cluster, tmp_path, monkeypatch):
+    # `address: auto` joins the running cluster (RAY_ADDRESS, as `ray job submit` and KubeRay's head set it)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    path = write(tmp_path, search_config(tiny, "auto"))
+    entries = tmp_path / "cache" / "entries"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed = False
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            merged = any(entries.glob("*/output/model.safetensors"))
+            if merged and any(raylet_children_running(n, "run_on_node") for n in cluster.list_all_nodes()):
+                driver.kill()  # SIGKILL: no handler, no cleanup of its own
+                killed = True
+                break
+            time.sleep(0.2)
+    finally:
+        if driver.poll() is None and not killed:
+            driver.kill()
+        driver.wait()
+    assert killed, "the driver finished before a candidate's build started: the test did not test a fault"
+    # the driver's tasks end with it (Ray ends a job's workers when its driver is gone)
+    deadline = time.time() + 60
+    while any(raylet_children_running(n, "run_on_node") for n in cluster.list_all_nodes()):
+        assert time.time() < deadline, "a task of the killed driver still runs after 60 s"
+        time.sleep(0.5)
+    before = {p.name for p in entries.iterdir()}
+    assert len(before) >= 2  # LoRA and the merge at least
+
+    assert main(["run", "--config", str(path)]) == 0
+    record = run_json(path)
+    assert all(c["status"] == "ok" for c in record["candidates"])
+    passes = [p for c in record["candidates"] for p in c["passes"]]
+    # what the killed driver committed is reused, and only what was missing is run, once each
+    assert all(p["cache_hit"] for p in passes if p["key"] in before)
+    redone = [p["key"] for p in passes if not p["cache_hit"]]
+    assert redone and len(redone) == len(set(redone)) and not set(redone) & before
+    assert {p["name"] for p in passes if not p["cache_hit"]} == {"builder"}
+    assert {p["node"] for p in passes if not p["cache_hit"]} <= cluster_node_names(cluster)
+    assert_cache_whole(tmp_path / "cache")
+
+
+def build_alone(model: Path, system: dict) -> dict:
+    """One ModelBuilder pass on the input model (the cheapest pass), hosted on `system`."""
+    return {
+        "input_model": {"model_path": str(model)},
+        "data_configs": [emotion_data_config(40)],
+        "systems": {"here": system},
+        "host": "here",
+        "passes": {"builder": {"type": "ModelBuilder"}},
+        "evaluate_input_model": False,
+    }
+
+
+def run_in_own_process(path: Path) -> subprocess.CompletedProcess:
+    """`slimtune run` as a user starts it, without RAY_ADDRESS."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def test_a_ray_client_address_runs_the_passes_on_that_cluster(tiny, cluster, tmp_path):
+    # in its own process: a Ray Client connection is process-wide, like a second cluster (below)
+    address = f"ray://127.0.0.1:{cluster.client_port}"
+    path = write(tmp_path, build_alone(tiny, {"type": "Ray", "config": {"address": address}}))
+    done = run_in_own_process(path)
+    assert f"ray: connecting to {address} (systems.here)" in done.stdout
+    assert run_json(path)["passes"][0]["node"] in cluster_node_names(cluster)
+    assert_cache_whole(tmp_path / "cache")
+
+
+def test_no_address_starts_a_cluster_of_its_own(tiny, cluster, tmp_path):
+    # a cluster runs on this machine (the fixture's, written where `ray.init()` looks): left out, the address
+    # still means a new cluster here, stopped when the run ends. In its own process, as a user runs it: a
+    # process that started a cluster and then joins another one cannot start Ray Train there (its
+    # controller is pinned to the driver's node of the first), which would break the training tests below
+    path = write(tmp_path, build_alone(tiny, {"type": "Ray"}))
+    done = run_in_own_process(path)
+    assert "ray: connecting to a new local cluster (systems.here)" in done.stdout
+    node = run_json(path)["passes"][0]["node"]
+    assert re.fullmatch(r"[0-9.]+/[0-9a-f]{12}", node) and node not in cluster_node_names(cluster)
+
+
 # ---------------------------------------------------------------- training across workers
 
 
@@ -255,9 +428,12 @@ def test_two_workers_train_as_one_process_does(trained):
     assert losses(two) == pytest.approx(losses(one), rel=1e-3)
     lora = two["passes"][0]
     assert lora["metrics"]["world_size"] == 2
-    assert (
-        lora["metrics"]["batch"]["effective_batch"] * 2
-        == one["passes"][0]["metrics"]["batch"]["effective_batch"]
+    # the effective batch is the config's whatever the worker count: each worker steps on half of it
+    single, both = one["passes"][0]["metrics"]["batch"], lora["metrics"]["batch"]
+    assert single["effective_batch"] == both["effective_batch"] == 4
+    assert (single["ranks"], single["accumulation"]) == (1, 2) and (both["ranks"], both["accumulation"]) == (
+        2,
+        1,
     )
     assert len(lora["node"].split(",")) == 2  # one worker on each node (one CPU each)
 
@@ -285,7 +461,9 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(tiny, cluster
     watcher.join()
     assert killed, "no worker was killed: the test did not test a fault"
     lora = run_json(path)["passes"][0]
-    assert lora["metrics"]["resumed_from"] is not None  # not from step 0
+    # restarted from a checkpoint before the last step (the first attempt's work folder was empty): the
+    # restarted group trained the remaining steps, not all 6 and not none
+    assert lora["metrics"]["resumed_from"] in ("checkpoint-2", "checkpoint-4")
     assert lora["metrics"]["steps"] == 6
     assert losses(run_json(path)) == pytest.approx(losses(trained["two"]), rel=1e-3)
     assert_cache_whole(tmp_path / "cache")
@@ -295,11 +473,7 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(tiny, cluster
 
 
 def test_an_unreachable_cluster_is_named(tiny, tmp_path, capsys):
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     path = write(tmp_path, training_config(tiny, f"ray://127.0.0.1:{port}"))
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
@@ -323,6 +497,7 @@ def test_resources_no_node_has_are_named_with_what_the_cluster_has(tiny, cluster
     err = capsys.readouterr().err
     assert "systems.cluster.resources_per_worker" in err and "CPU 8" in err
     assert "2 nodes" in err and "CPU 1" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_a_runtime_env_that_does_not_build_is_named(tiny, cluster, tmp_path, capsys):

@@ -60,8 +60,10 @@ class BatchChoice:
             text += f"; estimate {gib(self.needed)} of {gib(self.available)} available"
         return text
 
-    def metrics(self) -> dict[str, Any]:
-        return {**asdict(self), "effective_batch": self.effective}
+    def metrics(self, ranks: int = 1) -> dict[str, Any]:
+        """`ranks`: the data-parallel world; each rank steps on its own micro-batches, so the optimiser's
+        batch is this rank's times the ranks."""
+        return {**asdict(self), "ranks": ranks, "effective_batch": self.effective * ranks}
 
 
 def sequence_length(pre: Any, longest: int | None) -> tuple[int, str]:

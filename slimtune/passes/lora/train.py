@@ -61,7 +61,7 @@ def train(ctx: PassContext, params: LoRAParams) -> ModelRef:
     choice = choose_batch(ctx, params, task.longest)  # before the weights load: what is free now
     params = params.model_copy(update={"training_args": choice.training_args(params.training_args)})
     ctx.log(f"      batch: {choice.describe()}")
-    ctx.metrics["batch"] = choice.metrics()
+    ctx.metrics["batch"] = choice.metrics(int(os.environ.get("WORLD_SIZE", "1")))
     model = load_base_model(base, params, ctx.device, **loading)
     if params.quantized:
         # the merge rebuilds this 4-bit image of the base and merges into its dequantized weights

@@ -46,7 +46,9 @@ def connect(name: str, system: Any, device: str, loaded: Any = None) -> RayRunne
     handlers = _signal_handlers()  # ray.init installs its own; close() puts these back
     try:
         ray.init(
-            address=address,
+            # "local": a new cluster even where one runs on this machine (Ray's own default, None, would join
+            # the latest one started here, or RAY_ADDRESS's)
+            address=address or "local",
             runtime_env=system.runtime_env,
             logging_level=logging.WARNING,
             configure_logging=True,
