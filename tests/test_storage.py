@@ -7,8 +7,10 @@ service runs here. Whole runs on remote data are in tests/test_storage_runs.py."
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -169,6 +171,63 @@ def test_http_errors_name_the_url(tmp_path, cache):
         dl.fetch("http://no-such-host.invalid/x.jsonl")
 
 
+def test_a_server_error_and_a_tls_failure_are_not_a_missing_file(tmp_path, cache, capsys):
+    """fsspec's HTTP filesystem turns every failed request into FileNotFoundError; a 503 and an https:// URL
+    for a plain-http server are said as what they are, and a 503 lets the copy fetched before stand in."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "train.jsonl").write_text(ROWS)
+    with http_file_server(root) as server:
+        url = f"{server.url}/train.jsonl"
+        assert rows_of(url) == 12
+        (root / "_status").write_text("503")
+        with pytest.raises(
+            StorageError, match=rf"{server.url}/new.jsonl: server error \(503\) from 127.0.0.1"
+        ):
+            dl.fetch(f"{server.url}/new.jsonl")
+        dl.set_download_root(cache.parent)  # a new run while the server fails
+        capsys.readouterr()
+        assert rows_of(url) == 12
+        assert f"{url} cannot be reached (server error (503)" in capsys.readouterr().err
+        (root / "_status").unlink()
+        tls = f"https://127.0.0.1:{server.port}/train.jsonl"
+        with pytest.raises(StorageError) as info:
+            dl.fetch(tls)
+    assert str(info.value).startswith(f"{tls}: the TLS handshake with 127.0.0.1:{server.port} failed")
+    assert "not found" not in str(info.value)
+
+
+def test_a_server_without_ranged_reads(tmp_path, cache, monkeypatch, capsys):
+    """A server that ignores Range (200 with the whole file, no ETag): the object is read once, not once per
+    chunk, also when a .part from an earlier run is resumed; its Last-Modified is the version."""
+    root = tmp_path / "site"
+    root.mkdir()
+    payload = os.urandom(600 << 10)
+    (root / "big.bin").write_bytes(payload)
+    (root / "_norange").write_text("")
+    monkeypatch.setattr(dl, "CHUNK", 64 << 10)
+    transfers = Transfers(monkeypatch)
+    with http_file_server(root) as server:
+        url = f"{server.url}/big.bin"
+        assert dl.fetch(url).read_bytes() == payload
+        assert len(transfers.reads) == 1
+        [meta] = list(cache.rglob("meta.json"))
+        assert not json.loads(meta.read_text())["md5_checked"]  # nothing to check against: sha256 recorded
+        shutil.rmtree(meta.parent)
+        meta.parent.mkdir()
+        (meta.parent / "big.bin.part").write_bytes(payload[: 200 << 10])  # left by an interrupted run
+        transfers.reads.clear()
+        dl.set_download_root(cache.parent)
+        capsys.readouterr()
+        assert dl.fetch(url).read_bytes() == payload
+        assert f"resuming {url} at byte {200 << 10:,}" in capsys.readouterr().err
+        assert len(transfers.reads) == 1
+        dl.set_download_root(cache.parent)
+        transfers.reads.clear()
+        dl.fetch(url)
+        assert transfers.reads == []  # the same Last-Modified: nothing fetched
+
+
 # ---------------------------------------------------------------- S3 (moto)
 
 
@@ -220,6 +279,10 @@ def test_s3_files_globs_folders_and_missing_keys(moto, server_env, cache, monkey
     with pytest.raises(StorageError) as info:
         rows_of(f"s3://{bucket}/parts/part-3.jsonl")
     assert f"s3://{bucket}/parts/part-3.jsonl: not found (404)" in str(info.value)
+    assert re.search(r"nearest names in that folder: part-[12].jsonl, part-[12].jsonl$", str(info.value))
+    with pytest.raises(StorageError) as info:
+        rows_of(f"s3://{bucket}/parts/*.json")  # a glob: the names in its folder, not the folder's name
+    assert f"s3://{bucket}/parts/*.json: no object matches this pattern" in str(info.value)
     assert re.search(r"nearest names in that folder: part-[12].jsonl, part-[12].jsonl$", str(info.value))
 
 

@@ -350,8 +350,8 @@ def _download(fs: Any, remote: Remote, connection: Connection, local: Path) -> N
                 data = fs.cat_file(remote.path, start=offset, end=end)
                 if not data:
                     break
-                if offset and len(data) > end - offset:  # the server ignored the range: it sent everything
-                    data = data[offset:end]
+                if len(data) > end - offset:  # the server ignored the range and sent it all: keep the rest
+                    data = data[offset:]
                 out.write(data)
                 out.flush()
                 md5.update(data)
