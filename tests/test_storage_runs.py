@@ -188,6 +188,71 @@ def test_sas_tokens_and_a_hub_token_reach_no_output_and_no_cache_key(
     assert len(list((tmp_path / "cache" / "downloads" / "objects").rglob("tones.jsonl"))) == 1
 
 
+def test_storage_options_credentials_reach_no_output_and_no_cache_key(
+    tiny_phi3, tmp_path, moto, capsys, monkeypatch
+):
+    """Credentials given in the config's storage_options, the AWS_* variables unset: S3 key and secret as
+    `${ENV}` values, an HTTP Authorization header (eval data) written in the config itself. Two users with their
+    own credentials share one cache entry; no credential is printed or written (run.json, report, cache entry,
+    downloads)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"opts-{uuid.uuid4().hex[:8]}"
+    s3_client(moto).create_bucket(Bucket=bucket)
+    rows = "Sentence,Label\n" + "".join(f"{r['phrase']},{r['tone']}\n" for r in ROWS)
+    s3_client(moto).put_object(Bucket=bucket, Key="csv/tones.csv", Body=rows.encode())
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "eval.csv").write_text(rows)
+    config = tmp_path / "config.json"
+    seen = []
+    with http_file_server(site) as server:
+        for user in ("alice", "bob"):
+            key_id, secret, bearer = (
+                f"AKIA{user.upper()}KEYID01",
+                f"{user}-s3-secret-0042",
+                f"{user}BearerLiteral77",
+            )
+            monkeypatch.setenv("USER_AWS_KEY", key_id)
+            monkeypatch.setenv("USER_AWS_SECRET", secret)
+            cfg = emotion_config(tiny_phi3, f"s3://{bucket}/csv/tones.csv", tmp_path)
+            cfg["data_configs"][0]["load_dataset_config"].update(
+                data_name="csv",
+                storage_options={
+                    "key": "${USER_AWS_KEY}",
+                    "secret": "${USER_AWS_SECRET}",
+                    "endpoint_url": moto.url,
+                },
+            )
+            cfg["data_configs"][0]["pre_process_data_config"]["text_template"] = (
+                "### Text: {Sentence}\n### The tone is:\n{Label}"
+            )
+            held_out = json.loads(json.dumps(cfg["data_configs"][0]))
+            held_out["name"] = "held_out"
+            held_out["load_dataset_config"] = {
+                "data_name": "csv",
+                "data_files": f"{server.url}/eval.csv",
+                "storage_options": {"headers": {"Authorization": f"Bearer {bearer}"}},
+            }
+            cfg["data_configs"].append(held_out)
+            cfg["passes"]["lora"]["eval_data_config"] = "held_out"
+            config.write_text(json.dumps(cfg))
+            code, text = cli(["--verbose", "run", "--config", str(config)], capsys)
+            assert code in (0, 3), text
+            run = json.loads((tmp_path / "out" / "run.json").read_text())
+            seen.append(run["passes"][0]["key"])
+            for value in (key_id, secret, bearer):
+                assert value not in text, f"{value} printed"
+                leaked = [
+                    str(p)
+                    for p in [*tmp_path.joinpath("out").rglob("*"), *tmp_path.joinpath("cache").rglob("*")]
+                    if p.is_file() and value.encode() in p.read_bytes()
+                ]
+                assert not leaked, f"{value} written to {leaked}"
+    assert seen[0] == seen[1] and run["passes"][0]["cache_hit"], "other credentials made another cache key"
+
+
 @pytest.mark.parametrize("problem", ["refused", "missing", "unknown-host"])
 def test_unreadable_remote_data_stops_the_run_named_and_writes_nothing(tiny_phi3, tmp_path, problem, capsys):
     root = tmp_path / "site"
