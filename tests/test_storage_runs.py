@@ -7,6 +7,7 @@ own tokens share cache entries; a resource that cannot be read stops the run wit
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -322,3 +323,34 @@ def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["passes"][0]["name"] == "lora" and not run["passes"][0]["cache_hit"]
     assert list((tmp_path / "cache" / "downloads" / "folders").glob("*/config.json"))
+
+
+def test_evaluate_and_generate_take_a_model_at_a_url(tiny_phi3, tmp_path, moto, server_env, capsys):
+    """`evaluate --model` and `generate --model` read a model folder in storage as `run` does (docs/cloud.md);
+    a missing folder names its neighbours; a folder over http(s), which cannot be listed, is refused by name."""
+    server_env(moto)
+    bucket = f"cmd-{uuid.uuid4().hex[:8]}"
+    s3 = s3_client(moto)
+    s3.create_bucket(Bucket=bucket)
+    for path in tiny_phi3.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(tiny_phi3)}")
+    s3.put_object(Bucket=bucket, Key="tones.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    model = f"s3://{bucket}/models/tiny/"
+    template = "### Text: {phrase}\\n### The tone is:\\n{tone}"
+    code, text = cli(
+        ["evaluate", "--model", model, "--data", f"s3://{bucket}/tones.jsonl", "--template", template]
+        + ["--max-rows", "2"],
+        capsys,
+    )
+    assert code == 0 and "2 rows" in text, text
+    code, text = cli(["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "2"], capsys)
+    assert code == 0, text
+    code, text = cli(["generate", "--model", f"s3://{bucket}/models/tiyn/", "--prompt", "hi"], capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"s3://{bucket}/models/tiyn/: not found (404); nearest names in that folder: tiny" in text
+    root = tmp_path / "site"
+    shutil.copytree(tiny_phi3, root / "tiny")
+    with http_file_server(root) as server:
+        code, text = cli(["generate", "--model", f"{server.url}/tiny/", "--prompt", "hi"], capsys)
+    assert code == 2 and f"{server.url}/tiny/: a folder cannot be listed over http(s)" in text, text

@@ -204,11 +204,19 @@ def fetch_all(url: str, storage_options: dict | None = None) -> list[Path]:
 def fetch_folder(url: str, storage_options: dict | None = None) -> Path:
     """A local folder with the tree under `url` (a model folder): each object cached once, linked into a folder
     named by the URL and the objects' versions."""
+    if urlsplit(url).scheme.lower() in ("http", "https"):
+        raise StorageError(
+            url,
+            "a folder cannot be listed over http(s): an http(s) URL names one file (a .gguf model); put the "
+            "model folder in S3, Azure Blob/ADLS or an Azure ML datastore, or download it",
+        )
     connection, offline = _connect(url, storage_options)
     if offline is not None:
         return offline[0]
     try:
         fs = filesystem(connection, url)
+        if not fs.exists(connection.path):
+            raise StorageError(url, "not found (404)" + nearest_names(fs, connection.path, connection))
         if not fs.isdir(connection.path):
             raise StorageError(
                 url, "is not a folder (a model folder URL names the folder holding config.json)"
