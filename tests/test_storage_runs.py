@@ -354,3 +354,8 @@ def test_evaluate_and_generate_take_a_model_at_a_url(tiny_phi3, tmp_path, moto, 
     with http_file_server(root) as server:
         code, text = cli(["generate", "--model", f"{server.url}/tiny/", "--prompt", "hi"], capsys)
     assert code == 2 and f"{server.url}/tiny/: a folder cannot be listed over http(s)" in text, text
+
+
+def test_data_inspect_names_a_scheme_it_does_not_read(capsys):
+    code, text = cli(["data", "inspect", "gs://bucket/tones.csv"], capsys)
+    assert code == 2 and "gs://bucket/tones.csv: gs:// is not read by slimtune" in text, text
