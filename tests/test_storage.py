@@ -561,3 +561,26 @@ def test_a_gguf_file_at_a_url_goes_through_the_local_handling(tmp_path, cache, m
             resolve_model(f"{server.url}/odd.gguf")  # downloaded, then read like a local .gguf file
     [local] = list(cache.rglob("odd.gguf"))
     assert local.read_bytes() == (root / "odd.gguf").read_bytes()
+
+
+def test_a_token_in_the_query_is_no_part_of_the_data_key(tmp_path, cache, monkeypatch):
+    """`?token=` / `?api_key=` / `?code=` are masked as secrets in every record, so, like a SAS signature, they
+    are not what is read: two users with their own tokens get the same data fingerprint, fetched once."""
+    from slimtune.config.schema import DataConfig
+    from slimtune.data.fingerprint import data_fingerprint
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "train.jsonl").write_text(ROWS)
+    transfers = Transfers(monkeypatch)
+    prints = []
+    with http_file_server(root) as server:
+        for user in ("alice", "bob"):
+            url = f"{server.url}/train.jsonl?split=all&token={user}Token01&api_key={user}Key02&code={user}Code03"
+            dl.set_download_root(cache.parent)
+            config = DataConfig(name="d", load_dataset_config={"data_name": "json", "data_files": url})
+            prints.append(data_fingerprint(config))
+    assert prints[0] == prints[1]
+    assert transfers.bytes == len(ROWS)
+    for path in cache.rglob("*"):
+        assert not path.is_file() or b"alice" not in path.read_bytes(), path

@@ -53,6 +53,8 @@ _SIGNATURE_PARAMS = {
     "sks",
 }
 _SIGNATURE_PARAMS |= {"skv", "sdd", "sip", "si", "rscc", "rscd", "rsce", "rscl", "rsct"}
+# the other query parameters redact.py masks as secrets: who reads, not what is read
+_SIGNATURE_PARAMS |= {"signature", "token", "access_token", "api_key", "apikey", "code"}
 
 _root: Path | None = None
 _checked: dict[str, list[Path]] = {}  # URLs whose version was checked in this run: asked once per run
