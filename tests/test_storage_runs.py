@@ -359,3 +359,30 @@ def test_evaluate_and_generate_take_a_model_at_a_url(tiny_phi3, tmp_path, moto, 
 def test_data_inspect_names_a_scheme_it_does_not_read(capsys):
     code, text = cli(["data", "inspect", "gs://bucket/tones.csv"], capsys)
     assert code == 2 and "gs://bucket/tones.csv: gs:// is not read by slimtune" in text, text
+
+
+def test_a_wrong_key_in_storage_options_stops_the_run_named(
+    tiny_phi3, tmp_path, azurite, capsys, monkeypatch
+):
+    """Checked by: bad credentials give exit 2 with the resource and the credential named (never its value),
+    before anything is written."""
+    box = container(azurite)
+    box.upload_blob("tones.jsonl", "".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    wrong_key = "V3JvbmdLZXlGb3JUaGVUZXN0" * 3
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv(
+        "TEAM_STORAGE", azurite.env["AZURE_STORAGE_CONNECTION_STRING"].replace(AZURITE_KEY, wrong_key)
+    )
+    cfg = emotion_config(tiny_phi3, f"az://{box.container_name}/tones.jsonl", tmp_path)
+    cfg["data_configs"][0]["load_dataset_config"]["storage_options"] = {
+        "connection_string": "${TEAM_STORAGE}"
+    }
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    code, text = cli(["run", "--config", str(config)], capsys)
+    assert code == 2, text
+    assert (
+        f"az://{box.container_name}/tones.jsonl: access denied (403) with the connection string from " in text
+    )
+    assert "storage_options" in text and wrong_key not in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
