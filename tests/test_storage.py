@@ -29,6 +29,7 @@ from tests.servers import (  # noqa: F401 - fixtures
     free_port,
     http_file_server,
     moto,
+    moto_server,
     server_env,
 )
 
@@ -284,6 +285,45 @@ def test_s3_files_globs_folders_and_missing_keys(moto, server_env, cache, monkey
         rows_of(f"s3://{bucket}/parts/*.json")  # a glob: the names in its folder, not the folder's name
     assert f"s3://{bucket}/parts/*.json: no object matches this pattern" in str(info.value)
     assert re.search(r"nearest names in that folder: part-[12].jsonl, part-[12].jsonl$", str(info.value))
+
+
+def test_wrong_s3_credentials_say_which_credential_was_refused(cache, monkeypatch):
+    """A moto server that checks credentials (the shared `moto` fixture accepts any key): a wrong secret and an
+    unknown key id are refused with 403, said with the credential's source and what it lacks, never the secret."""
+    import boto3
+
+    with moto_server(unchecked_requests=3) as server:  # three unchecked requests make the user and its key
+        iam = boto3.client("iam", endpoint_url=server.url, **_aws(server))
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        policy = (
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+        )
+        iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=policy)
+        right = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        s3 = boto3.client(
+            "s3", endpoint_url=server.url, region_name="us-east-1", **{k.lower(): v for k, v in right.items()}
+        )
+        s3.create_bucket(Bucket="checked")
+        s3.put_object(Bucket="checked", Key="train.jsonl", Body=ROWS.encode())
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for key_id, secret in ((key["AccessKeyId"], "wrong-secret-0042"), ("AKIANOSUCHKEY0000001", "x" * 40)):
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+            dl.set_download_root(cache.parent)
+            with pytest.raises(StorageError) as info:
+                rows_of("s3://checked/train.jsonl")
+            message = str(info.value)
+            assert message.startswith(
+                "s3://checked/train.jsonl: access denied (403) with the key in AWS_ACCESS_KEY_ID; it lacks read "
+                "access to the object (s3:GetObject)"
+            ), message
+            assert secret not in message
+        for name, value in right.items():
+            monkeypatch.setenv(name, value)
+        dl.set_download_root(cache.parent)
+        assert rows_of("s3://checked/train.jsonl") == 12  # the right key reads it
 
 
 def test_a_model_folder_on_s3_loads_as_a_local_folder(moto, server_env, cache, tmp_path):
