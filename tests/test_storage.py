@@ -118,10 +118,12 @@ def test_http_download_resumes_after_the_server_is_killed(tmp_path, cache, monke
 
     transfers.reads.clear()
     capsys.readouterr()
+    monkeypatch.setattr(dl, "PROGRESS_MIN", 1 << 20)  # a progress bar for this 3 MiB object
     with http_file_server(root, port=port):
         local = dl.fetch(url)
     assert local.read_bytes() == payload
-    assert f"resuming {url} at byte {kept:,}" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"resuming {url} at byte {kept:,}" in said and "downloading big.bin" in said
     assert transfers.reads[0][0] == kept  # the first read after the restart was ranged from where it stopped
     assert transfers.bytes == len(payload) - kept  # nothing fetched twice
     assert not list(cache.rglob("*.part"))
