@@ -152,6 +152,22 @@ def emotion_config(model: Path, data_files: str, folder: Path, *, hub_token: str
     }
 
 
+def run_keeping_secrets(config: Path, folder: Path, capsys, secrets: list[str]) -> dict:
+    """`slimtune --verbose run`; none of `secrets` printed, nor written under folder/out or folder/cache.
+    The run's run.json."""
+    code, text = cli(["--verbose", "run", "--config", str(config)], capsys)
+    assert code in (0, 3), text
+    for secret in secrets:
+        assert secret not in text, f"{secret} printed"
+        leaked = [
+            str(p)
+            for p in [*folder.joinpath("out").rglob("*"), *folder.joinpath("cache").rglob("*")]
+            if p.is_file() and secret.encode() in p.read_bytes()
+        ]
+        assert not leaked, f"{secret} written to {leaked}"
+    return json.loads((folder / "out" / "run.json").read_text())
+
+
 def test_sas_tokens_and_a_hub_token_reach_no_output_and_no_cache_key(
     tiny_phi3, tmp_path, azurite, capsys, monkeypatch
 ):
@@ -169,18 +185,8 @@ def test_sas_tokens_and_a_hub_token_reach_no_output_and_no_cache_key(
         monkeypatch.setenv("SECRET_TOKEN", token)
         cfg = emotion_config(tiny_phi3, url, tmp_path, hub_token="${SECRET_TOKEN}")
         config.write_text(json.dumps(cfg))
-        code, text = cli(["--verbose", "run", "--config", str(config)], capsys)
-        assert code in (0, 3), text
-        run = json.loads((tmp_path / "out" / "run.json").read_text())
+        run = run_keeping_secrets(config, tmp_path, capsys, [signature, token, AZURITE_KEY])
         seen.append(run["passes"][0]["key"])
-        for secret in (signature, token, AZURITE_KEY):
-            assert secret not in text, f"{secret} printed"
-            leaked = [
-                str(p)
-                for p in [*tmp_path.joinpath("out").rglob("*"), *tmp_path.joinpath("cache").rglob("*")]
-                if p.is_file() and secret.encode() in p.read_bytes()
-            ]
-            assert not leaked, f"{secret} written to {leaked}"
         if user == "bob":
             assert run["passes"][0]["cache_hit"], "a different token made a different cache key"
     assert seen[0] == seen[1]
@@ -239,18 +245,8 @@ def test_storage_options_credentials_reach_no_output_and_no_cache_key(
             cfg["data_configs"].append(held_out)
             cfg["passes"]["lora"]["eval_data_config"] = "held_out"
             config.write_text(json.dumps(cfg))
-            code, text = cli(["--verbose", "run", "--config", str(config)], capsys)
-            assert code in (0, 3), text
-            run = json.loads((tmp_path / "out" / "run.json").read_text())
+            run = run_keeping_secrets(config, tmp_path, capsys, [key_id, secret, bearer])
             seen.append(run["passes"][0]["key"])
-            for value in (key_id, secret, bearer):
-                assert value not in text, f"{value} printed"
-                leaked = [
-                    str(p)
-                    for p in [*tmp_path.joinpath("out").rglob("*"), *tmp_path.joinpath("cache").rglob("*")]
-                    if p.is_file() and value.encode() in p.read_bytes()
-                ]
-                assert not leaked, f"{value} written to {leaked}"
     assert seen[0] == seen[1] and run["passes"][0]["cache_hit"], "other credentials made another cache key"
 
 
@@ -303,17 +299,21 @@ def test_data_inspect_and_evaluate_read_s3(tiny_phi3, tmp_path, moto, server_env
     assert "3 rows" in text
 
 
-def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto, server_env, capsys):
-    server_env(moto)
-    bucket = f"run-{uuid.uuid4().hex[:8]}"
+def bucket_with_model(moto, model: Path, prefix: str, data_key: str) -> str:
+    """A new bucket holding `model` under models/tiny/ and the ROWS at `data_key`: its name."""
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
     s3 = s3_client(moto)
     s3.create_bucket(Bucket=bucket)
-    for path in tiny_phi3.rglob("*"):
+    for path in model.rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(tiny_phi3)}")
-    s3.put_object(
-        Bucket=bucket, Key="data/tones.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    )
+            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(model)}")
+    s3.put_object(Bucket=bucket, Key=data_key, Body="".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    return bucket
+
+
+def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto, server_env, capsys):
+    server_env(moto)
+    bucket = bucket_with_model(moto, tiny_phi3, "run", "data/tones.jsonl")
     cfg = emotion_config(tiny_phi3, f"s3://{bucket}/data/*.jsonl", tmp_path)
     cfg["input_model"]["model_path"] = f"s3://{bucket}/models/tiny/"
     config = tmp_path / "config.json"
@@ -329,13 +329,7 @@ def test_evaluate_and_generate_take_a_model_at_a_url(tiny_phi3, tmp_path, moto, 
     """`evaluate --model` and `generate --model` read a model folder in storage as `run` does (docs/cloud.md);
     a missing folder names its neighbours; a folder over http(s), which cannot be listed, is refused by name."""
     server_env(moto)
-    bucket = f"cmd-{uuid.uuid4().hex[:8]}"
-    s3 = s3_client(moto)
-    s3.create_bucket(Bucket=bucket)
-    for path in tiny_phi3.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(tiny_phi3)}")
-    s3.put_object(Bucket=bucket, Key="tones.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    bucket = bucket_with_model(moto, tiny_phi3, "cmd", "tones.jsonl")
     model = f"s3://{bucket}/models/tiny/"
     template = "### Text: {phrase}\\n### The tone is:\\n{tone}"
     code, text = cli(
