@@ -16,11 +16,12 @@ MASK = "***"
 MIN_LENGTH = 4  # shorter values ("1", "cpu") are no secrets, and masking them everywhere would garble text
 
 _SECRET_KEY = re.compile(
-    r"^(?:.*_)?(?:token|auth_token|access_token|sas_token|secret|client_secret|secret_key|password|passwd"
-    r"|api_?key|access_?key|account_?key|connection_string|credentials?)$",
+    r"^(?:.*[_-])?(?:token|auth_token|access_token|sas_token|secret|client_secret|secret_key|password|passwd"
+    r"|api[_-]?key|access_?key|account_?key|connection_string|credentials?"
+    r"|authorization|cookie|subscription[_-]key)$",  # HTTP headers (storage_options.headers) too
     re.IGNORECASE,
 )
-_NOT_SECRET = re.compile(r"^(?:pad|bos|eos|unk|sep|cls|mask|special|max_new|max)_tokens?$", re.IGNORECASE)
+_NOT_SECRET = re.compile(r"^(?:pad|bos|eos|unk|sep|cls|mask|special|max_new|max)[_-]tokens?$", re.IGNORECASE)
 
 # secrets carried inside URLs: SAS signatures, presigned S3 query parameters, tokens, user:password@
 _URL_QUERY_SECRET = re.compile(

@@ -4,6 +4,10 @@ Serves GET and HEAD for files under ROOT with the headers a download needs to be
 file's MD5), Content-Length, Content-MD5 (base64, as Azure and S3 send it), Accept-Ranges and `Range: bytes=N-`
 (206 Partial Content; `bytes=N-M` sends bytes N to M). RATE > 0 sends at most RATE bytes per second, so a test can kill the server mid-download.
 A folder answers with a JSON list of its entries (what an object store's listing gives). Listens on 127.0.0.1 only.
+
+Misbehaviour on demand, switched by files the test writes into ROOT (read at each request): `ROOT/_status` holding
+a status code (e.g. 503) answers every request with it; `ROOT/_norange` serves like a server without range
+support (every GET answers 200 with the whole file; Last-Modified, but no ETag, Content-MD5 or Accept-Ranges).
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ class Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _serve(self, *, body: bool) -> None:
+        forced = ROOT / "_status"
+        if forced.is_file():
+            self._send(int(forced.read_text()), b"server trouble", "text/plain", body)
+            return
         path = self._target()
         if path is None:
             self._send(404, b'{"error": "not found"}', "application/json", body)
@@ -55,8 +63,9 @@ class Handler(BaseHTTPRequestHandler):
         digest = hashlib.md5(data).digest()
         start = 0
         status = 200
+        ranged = not (ROOT / "_norange").is_file()
         rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
+        if ranged and rng and rng.startswith("bytes="):
             first, _, last = rng[len("bytes=") :].partition("-")
             start = int(first or 0)
             if start >= len(data):
@@ -68,11 +77,14 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(part)))
-        self.send_header("ETag", f'"{digest.hex()}"')
-        self.send_header("Accept-Ranges", "bytes")
+        if ranged:
+            self.send_header("ETag", f'"{digest.hex()}"')
+            self.send_header("Accept-Ranges", "bytes")
+        else:  # what a plain static server says of a file's version
+            self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{start + len(part) - 1}/{len(data)}")
-        else:
+        elif ranged:
             self.send_header("Content-MD5", base64.b64encode(digest).decode())
         self.end_headers()
         if not body:

@@ -133,13 +133,19 @@ def azurite_server() -> Iterator[Server]:
 
 
 @contextmanager
-def moto_server() -> Iterator[Server]:
-    """The moto server (S3 and friends) on a free loopback port. `env` holds test credentials and the endpoint."""
+def moto_server(*, unchecked_requests: int | None = None) -> Iterator[Server]:
+    """The moto server (S3 and friends) on a free loopback port. `env` holds test credentials and the endpoint.
+    `unchecked_requests`: moto checks every request's credentials (IAM users and their keys) after this many
+    (its INITIAL_NO_AUTH_ACTION_COUNT); by default it accepts any key."""
     port = free_port()
+    env = dict(os.environ)
+    if unchecked_requests is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unchecked_requests)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         wait_for_port(port, proc, "moto server")

@@ -247,3 +247,29 @@ def test_a_hub_name_like_a_known_model_is_the_hub_model(hub, model_files, hf_hom
     done = slimtune(["-m", "slimtune", "validate", str(config)], hub, hf_home, tmp_path)
     assert done.returncode == 0, done.stderr
     assert any(r.startswith("GET /api/models/HuggingFaceTB/SmolLM2-135M-Instruct/") for r in hub.requests)
+
+
+def test_evaluate_and_generate_take_a_hub_model_id(hub, model_files, hf_home, tmp_path):
+    """docs/cloud.md: every command that takes a model takes a hub id, evaluate and generate too."""
+    hub.add("org/commands", model_files)
+    evaluated = slimtune(
+        ["-m", "slimtune", "evaluate", "--model", "org/commands@main", "--data", str(EMOTION_DATA)]
+        + ["--template", EMOTION_TEMPLATE, "--max-rows", "2", "--metrics", "perplexity"],
+        hub,
+        hf_home,
+        tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "2 rows" in evaluated.stdout
+    generated = slimtune(
+        ["-m", "slimtune", "generate", "--model", "org/commands", "--prompt", "hi", "--max-new-tokens", "2"],
+        hub,
+        hf_home,
+        tmp_path,
+    )
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert any(r.startswith("GET /org/commands/resolve/") for r in hub.requests)
+    missing = slimtune(
+        ["-m", "slimtune", "generate", "--model", "org/nothing", "--prompt", "hi"], hub, hf_home, tmp_path
+    )
+    assert "org/nothing" in failure(missing)

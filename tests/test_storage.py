@@ -7,8 +7,10 @@ service runs here. Whole runs on remote data are in tests/test_storage_runs.py."
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -27,6 +29,7 @@ from tests.servers import (  # noqa: F401 - fixtures
     free_port,
     http_file_server,
     moto,
+    moto_server,
     server_env,
 )
 
@@ -115,10 +118,12 @@ def test_http_download_resumes_after_the_server_is_killed(tmp_path, cache, monke
 
     transfers.reads.clear()
     capsys.readouterr()
+    monkeypatch.setattr(dl, "PROGRESS_MIN", 1 << 20)  # a progress bar for this 3 MiB object
     with http_file_server(root, port=port):
         local = dl.fetch(url)
     assert local.read_bytes() == payload
-    assert f"resuming {url} at byte {kept:,}" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"resuming {url} at byte {kept:,}" in said and "downloading big.bin" in said
     assert transfers.reads[0][0] == kept  # the first read after the restart was ranged from where it stopped
     assert transfers.bytes == len(payload) - kept  # nothing fetched twice
     assert not list(cache.rglob("*.part"))
@@ -167,6 +172,63 @@ def test_http_errors_name_the_url(tmp_path, cache):
         StorageError, match=r"no-such-host.invalid/x.jsonl: unknown host no-such-host.invalid"
     ):
         dl.fetch("http://no-such-host.invalid/x.jsonl")
+
+
+def test_a_server_error_and_a_tls_failure_are_not_a_missing_file(tmp_path, cache, capsys):
+    """fsspec's HTTP filesystem turns every failed request into FileNotFoundError; a 503 and an https:// URL
+    for a plain-http server are said as what they are, and a 503 lets the copy fetched before stand in."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "train.jsonl").write_text(ROWS)
+    with http_file_server(root) as server:
+        url = f"{server.url}/train.jsonl"
+        assert rows_of(url) == 12
+        (root / "_status").write_text("503")
+        with pytest.raises(
+            StorageError, match=rf"{server.url}/new.jsonl: server error \(503\) from 127.0.0.1"
+        ):
+            dl.fetch(f"{server.url}/new.jsonl")
+        dl.set_download_root(cache.parent)  # a new run while the server fails
+        capsys.readouterr()
+        assert rows_of(url) == 12
+        assert f"{url} cannot be reached (server error (503)" in capsys.readouterr().err
+        (root / "_status").unlink()
+        tls = f"https://127.0.0.1:{server.port}/train.jsonl"
+        with pytest.raises(StorageError) as info:
+            dl.fetch(tls)
+    assert str(info.value).startswith(f"{tls}: the TLS handshake with 127.0.0.1:{server.port} failed")
+    assert "not found" not in str(info.value)
+
+
+def test_a_server_without_ranged_reads(tmp_path, cache, monkeypatch, capsys):
+    """A server that ignores Range (200 with the whole file, no ETag): the object is read once, not once per
+    chunk, also when a .part from an earlier run is resumed; its Last-Modified is the version."""
+    root = tmp_path / "site"
+    root.mkdir()
+    payload = os.urandom(600 << 10)
+    (root / "big.bin").write_bytes(payload)
+    (root / "_norange").write_text("")
+    monkeypatch.setattr(dl, "CHUNK", 64 << 10)
+    transfers = Transfers(monkeypatch)
+    with http_file_server(root) as server:
+        url = f"{server.url}/big.bin"
+        assert dl.fetch(url).read_bytes() == payload
+        assert len(transfers.reads) == 1
+        [meta] = list(cache.rglob("meta.json"))
+        assert not json.loads(meta.read_text())["md5_checked"]  # nothing to check against: sha256 recorded
+        shutil.rmtree(meta.parent)
+        meta.parent.mkdir()
+        (meta.parent / "big.bin.part").write_bytes(payload[: 200 << 10])  # left by an interrupted run
+        transfers.reads.clear()
+        dl.set_download_root(cache.parent)
+        capsys.readouterr()
+        assert dl.fetch(url).read_bytes() == payload
+        assert f"resuming {url} at byte {200 << 10:,}" in capsys.readouterr().err
+        assert len(transfers.reads) == 1
+        dl.set_download_root(cache.parent)
+        transfers.reads.clear()
+        dl.fetch(url)
+        assert transfers.reads == []  # the same Last-Modified: nothing fetched
 
 
 # ---------------------------------------------------------------- S3 (moto)
@@ -221,6 +283,49 @@ def test_s3_files_globs_folders_and_missing_keys(moto, server_env, cache, monkey
         rows_of(f"s3://{bucket}/parts/part-3.jsonl")
     assert f"s3://{bucket}/parts/part-3.jsonl: not found (404)" in str(info.value)
     assert re.search(r"nearest names in that folder: part-[12].jsonl, part-[12].jsonl$", str(info.value))
+    with pytest.raises(StorageError) as info:
+        rows_of(f"s3://{bucket}/parts/*.json")  # a glob: the names in its folder, not the folder's name
+    assert f"s3://{bucket}/parts/*.json: no object matches this pattern" in str(info.value)
+    assert re.search(r"nearest names in that folder: part-[12].jsonl, part-[12].jsonl$", str(info.value))
+
+
+def test_wrong_s3_credentials_say_which_credential_was_refused(cache, monkeypatch):
+    """A moto server that checks credentials (the shared `moto` fixture accepts any key): a wrong secret and an
+    unknown key id are refused with 403, said with the credential's source and what it lacks, never the secret."""
+    import boto3
+
+    with moto_server(unchecked_requests=3) as server:  # three unchecked requests make the user and its key
+        iam = boto3.client("iam", endpoint_url=server.url, **_aws(server))
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        policy = (
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+        )
+        iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=policy)
+        right = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        s3 = boto3.client(
+            "s3", endpoint_url=server.url, region_name="us-east-1", **{k.lower(): v for k, v in right.items()}
+        )
+        s3.create_bucket(Bucket="checked")
+        s3.put_object(Bucket="checked", Key="train.jsonl", Body=ROWS.encode())
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for key_id, secret in ((key["AccessKeyId"], "wrong-secret-0042"), ("AKIANOSUCHKEY0000001", "x" * 40)):
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+            dl.set_download_root(cache.parent)
+            with pytest.raises(StorageError) as info:
+                rows_of("s3://checked/train.jsonl")
+            message = str(info.value)
+            assert message.startswith(
+                "s3://checked/train.jsonl: access denied (403) with the key in AWS_ACCESS_KEY_ID; it lacks read "
+                "access to the object (s3:GetObject)"
+            ), message
+            assert secret not in message
+        for name, value in right.items():
+            monkeypatch.setenv(name, value)
+        dl.set_download_root(cache.parent)
+        assert rows_of("s3://checked/train.jsonl") == 12  # the right key reads it
 
 
 def test_a_model_folder_on_s3_loads_as_a_local_folder(moto, server_env, cache, tmp_path):
@@ -498,3 +603,26 @@ def test_a_gguf_file_at_a_url_goes_through_the_local_handling(tmp_path, cache, m
             resolve_model(f"{server.url}/odd.gguf")  # downloaded, then read like a local .gguf file
     [local] = list(cache.rglob("odd.gguf"))
     assert local.read_bytes() == (root / "odd.gguf").read_bytes()
+
+
+def test_a_token_in_the_query_is_no_part_of_the_data_key(tmp_path, cache, monkeypatch):
+    """`?token=` / `?api_key=` / `?code=` are masked as secrets in every record, so, like a SAS signature, they
+    are not what is read: two users with their own tokens get the same data fingerprint, fetched once."""
+    from slimtune.config.schema import DataConfig
+    from slimtune.data.fingerprint import data_fingerprint
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "train.jsonl").write_text(ROWS)
+    transfers = Transfers(monkeypatch)
+    prints = []
+    with http_file_server(root) as server:
+        for user in ("alice", "bob"):
+            url = f"{server.url}/train.jsonl?split=all&token={user}Token01&api_key={user}Key02&code={user}Code03"
+            dl.set_download_root(cache.parent)
+            config = DataConfig(name="d", load_dataset_config={"data_name": "json", "data_files": url})
+            prints.append(data_fingerprint(config))
+    assert prints[0] == prints[1]
+    assert transfers.bytes == len(ROWS)
+    for path in cache.rglob("*"):
+        assert not path.is_file() or b"alice" not in path.read_bytes(), path

@@ -7,6 +7,7 @@ own tokens share cache entries; a resource that cannot be read stops the run wit
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -151,6 +152,22 @@ def emotion_config(model: Path, data_files: str, folder: Path, *, hub_token: str
     }
 
 
+def run_keeping_secrets(config: Path, folder: Path, capsys, secrets: list[str]) -> dict:
+    """`slimtune --verbose run`; none of `secrets` printed, nor written under folder/out or folder/cache.
+    The run's run.json."""
+    code, text = cli(["--verbose", "run", "--config", str(config)], capsys)
+    assert code in (0, 3), text
+    for secret in secrets:
+        assert secret not in text, f"{secret} printed"
+        leaked = [
+            str(p)
+            for p in [*folder.joinpath("out").rglob("*"), *folder.joinpath("cache").rglob("*")]
+            if p.is_file() and secret.encode() in p.read_bytes()
+        ]
+        assert not leaked, f"{secret} written to {leaked}"
+    return json.loads((folder / "out" / "run.json").read_text())
+
+
 def test_sas_tokens_and_a_hub_token_reach_no_output_and_no_cache_key(
     tiny_phi3, tmp_path, azurite, capsys, monkeypatch
 ):
@@ -168,24 +185,69 @@ def test_sas_tokens_and_a_hub_token_reach_no_output_and_no_cache_key(
         monkeypatch.setenv("SECRET_TOKEN", token)
         cfg = emotion_config(tiny_phi3, url, tmp_path, hub_token="${SECRET_TOKEN}")
         config.write_text(json.dumps(cfg))
-        code, text = cli(["--verbose", "run", "--config", str(config)], capsys)
-        assert code in (0, 3), text
-        run = json.loads((tmp_path / "out" / "run.json").read_text())
+        run = run_keeping_secrets(config, tmp_path, capsys, [signature, token, AZURITE_KEY])
         seen.append(run["passes"][0]["key"])
-        for secret in (signature, token, AZURITE_KEY):
-            assert secret not in text, f"{secret} printed"
-            leaked = [
-                str(p)
-                for p in [*tmp_path.joinpath("out").rglob("*"), *tmp_path.joinpath("cache").rglob("*")]
-                if p.is_file() and secret.encode() in p.read_bytes()
-            ]
-            assert not leaked, f"{secret} written to {leaked}"
         if user == "bob":
             assert run["passes"][0]["cache_hit"], "a different token made a different cache key"
     assert seen[0] == seen[1]
     [entry] = list((tmp_path / "cache").rglob("entry.json"))
     assert json.loads(entry.read_text())["params"]["training_args"]["hub_token"] == "***"
     assert len(list((tmp_path / "cache" / "downloads" / "objects").rglob("tones.jsonl"))) == 1
+
+
+def test_storage_options_credentials_reach_no_output_and_no_cache_key(
+    tiny_phi3, tmp_path, moto, capsys, monkeypatch
+):
+    """Credentials given in the config's storage_options, the AWS_* variables unset: S3 key and secret as
+    `${ENV}` values, an HTTP Authorization header (eval data) written in the config itself. Two users with their
+    own credentials share one cache entry; no credential is printed or written (run.json, report, cache entry,
+    downloads)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"opts-{uuid.uuid4().hex[:8]}"
+    s3_client(moto).create_bucket(Bucket=bucket)
+    rows = "Sentence,Label\n" + "".join(f"{r['phrase']},{r['tone']}\n" for r in ROWS)
+    s3_client(moto).put_object(Bucket=bucket, Key="csv/tones.csv", Body=rows.encode())
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "eval.csv").write_text(rows)
+    config = tmp_path / "config.json"
+    seen = []
+    with http_file_server(site) as server:
+        for user in ("alice", "bob"):
+            key_id, secret, bearer = (
+                f"AKIA{user.upper()}KEYID01",
+                f"{user}-s3-secret-0042",
+                f"{user}BearerLiteral77",
+            )
+            monkeypatch.setenv("USER_AWS_KEY", key_id)
+            monkeypatch.setenv("USER_AWS_SECRET", secret)
+            cfg = emotion_config(tiny_phi3, f"s3://{bucket}/csv/tones.csv", tmp_path)
+            cfg["data_configs"][0]["load_dataset_config"].update(
+                data_name="csv",
+                storage_options={
+                    "key": "${USER_AWS_KEY}",
+                    "secret": "${USER_AWS_SECRET}",
+                    "endpoint_url": moto.url,
+                },
+            )
+            cfg["data_configs"][0]["pre_process_data_config"]["text_template"] = (
+                "### Text: {Sentence}\n### The tone is:\n{Label}"
+            )
+            held_out = json.loads(json.dumps(cfg["data_configs"][0]))
+            held_out["name"] = "held_out"
+            held_out["load_dataset_config"] = {
+                "data_name": "csv",
+                "data_files": f"{server.url}/eval.csv",
+                "storage_options": {"headers": {"Authorization": f"Bearer {bearer}"}},
+            }
+            cfg["data_configs"].append(held_out)
+            cfg["passes"]["lora"]["eval_data_config"] = "held_out"
+            config.write_text(json.dumps(cfg))
+            run = run_keeping_secrets(config, tmp_path, capsys, [key_id, secret, bearer])
+            seen.append(run["passes"][0]["key"])
+    assert seen[0] == seen[1] and run["passes"][0]["cache_hit"], "other credentials made another cache key"
 
 
 @pytest.mark.parametrize("problem", ["refused", "missing", "unknown-host"])
@@ -237,17 +299,21 @@ def test_data_inspect_and_evaluate_read_s3(tiny_phi3, tmp_path, moto, server_env
     assert "3 rows" in text
 
 
-def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto, server_env, capsys):
-    server_env(moto)
-    bucket = f"run-{uuid.uuid4().hex[:8]}"
+def bucket_with_model(moto, model: Path, prefix: str, data_key: str) -> str:
+    """A new bucket holding `model` under models/tiny/ and the ROWS at `data_key`: its name."""
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
     s3 = s3_client(moto)
     s3.create_bucket(Bucket=bucket)
-    for path in tiny_phi3.rglob("*"):
+    for path in model.rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(tiny_phi3)}")
-    s3.put_object(
-        Bucket=bucket, Key="data/tones.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    )
+            s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(model)}")
+    s3.put_object(Bucket=bucket, Key=data_key, Body="".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    return bucket
+
+
+def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto, server_env, capsys):
+    server_env(moto)
+    bucket = bucket_with_model(moto, tiny_phi3, "run", "data/tones.jsonl")
     cfg = emotion_config(tiny_phi3, f"s3://{bucket}/data/*.jsonl", tmp_path)
     cfg["input_model"]["model_path"] = f"s3://{bucket}/models/tiny/"
     config = tmp_path / "config.json"
@@ -257,3 +323,60 @@ def test_a_run_reads_its_model_folder_and_data_from_s3(tiny_phi3, tmp_path, moto
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["passes"][0]["name"] == "lora" and not run["passes"][0]["cache_hit"]
     assert list((tmp_path / "cache" / "downloads" / "folders").glob("*/config.json"))
+
+
+def test_evaluate_and_generate_take_a_model_at_a_url(tiny_phi3, tmp_path, moto, server_env, capsys):
+    """`evaluate --model` and `generate --model` read a model folder in storage as `run` does (docs/cloud.md);
+    a missing folder names its neighbours; a folder over http(s), which cannot be listed, is refused by name."""
+    server_env(moto)
+    bucket = bucket_with_model(moto, tiny_phi3, "cmd", "tones.jsonl")
+    model = f"s3://{bucket}/models/tiny/"
+    template = "### Text: {phrase}\\n### The tone is:\\n{tone}"
+    code, text = cli(
+        ["evaluate", "--model", model, "--data", f"s3://{bucket}/tones.jsonl", "--template", template]
+        + ["--max-rows", "2"],
+        capsys,
+    )
+    assert code == 0 and "2 rows" in text, text
+    code, text = cli(["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "2"], capsys)
+    assert code == 0, text
+    code, text = cli(["generate", "--model", f"s3://{bucket}/models/tiyn/", "--prompt", "hi"], capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"s3://{bucket}/models/tiyn/: not found (404); nearest names in that folder: tiny" in text
+    root = tmp_path / "site"
+    shutil.copytree(tiny_phi3, root / "tiny")
+    with http_file_server(root) as server:
+        code, text = cli(["generate", "--model", f"{server.url}/tiny/", "--prompt", "hi"], capsys)
+    assert code == 2 and f"{server.url}/tiny/: a folder cannot be listed over http(s)" in text, text
+
+
+def test_data_inspect_names_a_scheme_it_does_not_read(capsys):
+    code, text = cli(["data", "inspect", "gs://bucket/tones.csv"], capsys)
+    assert code == 2 and "gs://bucket/tones.csv: gs:// is not read by slimtune" in text, text
+
+
+def test_a_wrong_key_in_storage_options_stops_the_run_named(
+    tiny_phi3, tmp_path, azurite, capsys, monkeypatch
+):
+    """Checked by: bad credentials give exit 2 with the resource and the credential named (never its value),
+    before anything is written."""
+    box = container(azurite)
+    box.upload_blob("tones.jsonl", "".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    wrong_key = "V3JvbmdLZXlGb3JUaGVUZXN0" * 3
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv(
+        "TEAM_STORAGE", azurite.env["AZURE_STORAGE_CONNECTION_STRING"].replace(AZURITE_KEY, wrong_key)
+    )
+    cfg = emotion_config(tiny_phi3, f"az://{box.container_name}/tones.jsonl", tmp_path)
+    cfg["data_configs"][0]["load_dataset_config"]["storage_options"] = {
+        "connection_string": "${TEAM_STORAGE}"
+    }
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    code, text = cli(["run", "--config", str(config)], capsys)
+    assert code == 2, text
+    assert (
+        f"az://{box.container_name}/tones.jsonl: access denied (403) with the connection string from " in text
+    )
+    assert "storage_options" in text and wrong_key not in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -97,6 +97,13 @@ def _source(args: Any) -> tuple[DataConfig, str | None, float | None, DataConfig
         load = LoadDatasetConfig(data_name=builder_for(args.file), data_files=args.file)
         name = Path(args.file.split("?")[0]).stem
         return DataConfig(name=name, load_dataset_config=load), None, None, None
+    if "://" in args.file:  # a URL of a scheme slimtune does not read (gs://, ftp:// ...)
+        from slimtune.storage import REMOTE_SCHEMES
+
+        raise UserError(
+            f"{args.file}: {args.file.split('://')[0]}:// is not read by slimtune; it reads local files and "
+            f"{', '.join(s + '://' for s in REMOTE_SCHEMES)} URLs"
+        )
     path = Path(args.file)
     if not path.exists():
         raise UserError(f"{path}: file not found")

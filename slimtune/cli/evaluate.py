@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="HF folder, adapter folder, ONNX GenAI folder, or GGUF model (.gguf file or folder)",
+        help="HF folder, adapter folder, ONNX GenAI folder, or GGUF model (.gguf file or folder); also at an "
+        "http(s)/s3/az/abfs URL, or a hub model id (org/name[@revision])",
     )
     p.add_argument(
         "--data",

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text from an ONNX GenAI, Hugging Face or GGUF model")
-    p.add_argument("--model", required=True, help="model folder, or a .gguf file")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model folder, or a .gguf file; also at an http(s)/s3/az/abfs URL, or a hub model id "
+        "(org/name[@revision])",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--prompt",

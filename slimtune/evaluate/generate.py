@@ -23,12 +23,12 @@ from typing import Any
 
 from slimtune.errors import ModelError, UserError
 from slimtune.models.kind import model_kind
-from slimtune.models.loading import local_model_folder
+from slimtune.models.loading import command_model, local_model_folder
 from slimtune.models.ref import MODEL_META, ModelMeta, ModelRef
 
 
 def generate_command(args) -> int:
-    folder = Path(args.model)
+    folder = command_model(args.model)  # a storage URL or hub id: downloaded
     if not folder.is_dir() and model_kind(folder) != "gguf":
         raise UserError(f"--model {folder}: no such folder (or .gguf file)")
     if folder.is_dir():

@@ -155,10 +155,28 @@ def check_onnx_model(path: Path) -> None:
         raise ModelError(f"ONNX model folder {path} holds no .onnx file")
 
 
+def command_model(value: str | Path) -> Path:
+    """A command's --model as a local path: a local folder or file as given; a model folder or .gguf file at a
+    storage URL, or a hub model id (org/name[@revision]), downloaded first, as an input model of a config is."""
+    text = os.fspath(value)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    from slimtune.storage import is_remote_url
+
+    if is_remote_url(text) and not text.startswith("azureml://registries/"):
+        from slimtune.storage.download import fetch_model
+
+        return fetch_model(text)
+    if parse_name(text):
+        return resolve_model(text, kind="hf")
+    return path
+
+
 def model_ref(folder: str | Path) -> ModelRef:
     """A ModelRef for a model folder (or a .gguf file, run by llama.cpp), its kind told by the files it holds
-    (an adapter's base found too)."""
-    path = Path(folder)
+    (an adapter's base found too); a storage URL or hub id is downloaded first (`command_model`)."""
+    path = command_model(folder)
     if path.is_file() and model_kind(path) == "gguf":
         return ModelRef(str(path), "gguf")
     if not path.is_dir():

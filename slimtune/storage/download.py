@@ -53,6 +53,8 @@ _SIGNATURE_PARAMS = {
     "sks",
 }
 _SIGNATURE_PARAMS |= {"skv", "sdd", "sip", "si", "rscc", "rscd", "rsce", "rscl", "rsct"}
+# the other query parameters redact.py masks as secrets: who reads, not what is read
+_SIGNATURE_PARAMS |= {"signature", "token", "access_token", "api_key", "apikey", "code"}
 
 _root: Path | None = None
 _checked: dict[str, list[Path]] = {}  # URLs whose version was checked in this run: asked once per run
@@ -204,11 +206,19 @@ def fetch_all(url: str, storage_options: dict | None = None) -> list[Path]:
 def fetch_folder(url: str, storage_options: dict | None = None) -> Path:
     """A local folder with the tree under `url` (a model folder): each object cached once, linked into a folder
     named by the URL and the objects' versions."""
+    if urlsplit(url).scheme.lower() in ("http", "https"):
+        raise StorageError(
+            url,
+            "a folder cannot be listed over http(s): an http(s) URL names one file (a .gguf model); put the "
+            "model folder in S3, Azure Blob/ADLS or an Azure ML datastore, or download it",
+        )
     connection, offline = _connect(url, storage_options)
     if offline is not None:
         return offline[0]
     try:
         fs = filesystem(connection, url)
+        if not fs.exists(connection.path):
+            raise StorageError(url, "not found (404)" + nearest_names(fs, connection.path, connection))
         if not fs.isdir(connection.path):
             raise StorageError(
                 url, "is not a folder (a model folder URL names the folder holding config.json)"
@@ -350,8 +360,8 @@ def _download(fs: Any, remote: Remote, connection: Connection, local: Path) -> N
                 data = fs.cat_file(remote.path, start=offset, end=end)
                 if not data:
                     break
-                if offset and len(data) > end - offset:  # the server ignored the range: it sent everything
-                    data = data[offset:end]
+                if len(data) > end - offset:  # the server ignored the range and sent it all: keep the rest
+                    data = data[offset:]
                 out.write(data)
                 out.flush()
                 md5.update(data)

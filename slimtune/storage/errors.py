@@ -8,6 +8,7 @@ used), 404, anything else with its own message.
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -80,6 +81,16 @@ def storage_error(
         reason = f"connection refused by {host}"
         message = f"{reason}: nothing listens there; check the endpoint and that the store is up{kept}"
         unreachable = True
+    elif any(isinstance(e, ssl.SSLError) for e in errors) or "certificate verify failed" in lowered:
+        reason = f"the TLS handshake with {host} failed"
+        innermost = [e for e in errors if isinstance(e, ssl.SSLError)] or errors
+        message = (
+            f"{reason} ({_short(innermost[-1])}): an "
+            "https:// URL for a server that speaks plain http, or a certificate this machine does not trust "
+            f"(behind a TLS-inspecting proxy, point SSL_CERT_FILE, AWS_CA_BUNDLE or REQUESTS_CA_BUNDLE at its CA "
+            f"bundle){kept}"
+        )
+        unreachable = True
     elif "nocredentialserror" in lowered or "unable to locate credentials" in lowered:
         reason = "no AWS credential found"
         message = (
@@ -102,6 +113,10 @@ def storage_error(
         message = (
             f"{reason} with {connection.credential}; it lacks {lacks}, or the key/token is wrong or expired"
         )
+    elif status is not None and status >= 500:
+        reason = f"server error ({status}) from {host}"
+        message = f"{reason}: the store failed to answer; run again later{kept}"
+        unreachable = True
     elif (
         status == 404
         or isinstance(err, FileNotFoundError)
@@ -172,7 +187,11 @@ def nearest_names(fs: Any, path: str, connection: Connection) -> str:
     import difflib
 
     stem = path.split("*")[0].split("?")[0].split("[")[0]
-    parent, _, name = stem.rstrip("/").rpartition("/")
+    if stem != path:  # a glob: the folder its pattern is matched in, and the pattern
+        cut = max(stem.rfind("/"), 0)
+        parent, name = path[:cut], path[cut + 1 :]
+    else:
+        parent, _, name = stem.rstrip("/").rpartition("/")
     if not parent or connection.protocol == "http":
         return ""
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from slimtune.redact import is_secret_key, remember
+from slimtune.redact import remember, secret_values
 from slimtune.storage.base import REMOTE_SCHEMES, StorageError, is_remote_url, quiet_sdk_logs, scheme_of
 
 __all__ = ["REMOTE_SCHEMES", "StorageError", "is_remote_url", "open_filesystem"]
@@ -82,7 +82,7 @@ def filesystem(connection: Connection, url: str) -> fsspec.AbstractFileSystem:
 def connect(url: str, storage_options: dict | None = None) -> Connection:
     """The filesystem protocol, options and path for `url` (no network)."""
     options = dict(storage_options or {})
-    remember(v for k, v in options.items() if isinstance(v, str) and is_secret_key(k))
+    remember(secret_values(options))  # also the values of credential headers (storage_options.headers)
     scheme = scheme_of(url)
     if scheme in ("http", "https"):
         return _http(url, options)
