@@ -14,7 +14,9 @@ most of the head's work, forward and backward, is skipped; the loss is the same 
 
 The CPU's bf16 units: where the CPU has them (AVX-512 BF16, AMX), the frozen base is loaded in bf16 and
 training runs under bf16 autocast with the adapters and optimizer state in fp32, about twice the fp32
-product rate; elsewhere the CPU trains in fp32.
+product rate; elsewhere the CPU trains in fp32. The adapters' dropout on the CPU draws its masks with numpy
+(cpu_adapters.py), and
+under autocast the adapters' inputs stay in bf16: torch's CPU dropout draws one element at a time, a sixth of a small model's step.
 
 Attention of packed rows on a GPU: the block-diagonal mask is an explicit mask, for which PyTorch's sdpa
 picks cuDNN's attention on Hopper. Measured on an H200 (benchmarks/small_gpu_train.py --profile, the 135M

@@ -278,6 +278,11 @@ def make_trainer(
         # quantize on the GPU the Trainer would move it to (seconds, not minutes on the CPU)
         model.to(args.device)
         plan["fp8_layers"] = convert_frozen_linears(model)
+    if device == "cpu":
+        from slimtune.passes.lora.cpu_adapters import keep_input_dtype, use_fast_dropout
+
+        plan["fast_dropout"] = use_fast_dropout(model) > 0  # torch's draws its mask one element at a time
+        plan["adapter_inputs_bf16"] = plan["bf16_autocast"] and keep_input_dtype(model) > 0
     if plan["compile_layers"]:
         if compiled_dir is not None:
             plan["compiled_cache"] = str(use_compile_cache(compiled_dir))
