@@ -289,6 +289,42 @@ def test_s3_files_globs_folders_and_missing_keys(moto, server_env, cache, monkey
     assert re.search(r"nearest names in that folder: part-[12].jsonl, part-[12].jsonl$", str(info.value))
 
 
+def test_an_s3_version_id_reads_that_version(moto, server_env, cache):
+    """`s3://bucket/key?versionId=ID` reads the version asked for, not the newest (it used to drop the query)."""
+    from slimtune.config.schema import DataConfig
+    from slimtune.data.fingerprint import data_fingerprint
+
+    server_env(moto)
+    bucket = f"versions-{uuid.uuid4().hex[:8]}"
+    s3 = s3_client(moto)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket=bucket, Key="train.jsonl", Body=ROWS.encode())["VersionId"]
+    s3.put_object(Bucket=bucket, Key="train.jsonl", Body=(ROWS * 3).encode())
+    assert rows_of(f"s3://{bucket}/train.jsonl") == 36  # the newest
+    assert rows_of(f"s3://{bucket}/train.jsonl?versionId={first}") == 12
+
+    def key(url):
+        return data_fingerprint(
+            DataConfig(name="d", load_dataset_config={"data_name": "json", "data_files": url})
+        )
+
+    pinned = key(f"s3://{bucket}/train.jsonl?versionId={first}")
+    s3.put_object(
+        Bucket=bucket, Key="train.jsonl", Body=(ROWS * 5).encode()
+    )  # a newer version changes nothing
+    dl.set_download_root(cache.parent)
+    assert key(f"s3://{bucket}/train.jsonl?versionId={first}") == pinned
+
+    for url, words in (
+        (f"s3://{bucket}/train.jsonl?version=1", "takes one query parameter, versionId; version is not read"),
+        (f"s3://{bucket}/*.jsonl?versionId={first}", "names one version of one object"),
+    ):
+        with pytest.raises(StorageError) as info:
+            rows_of(url)
+        assert words in str(info.value)
+
+
 def test_wrong_s3_credentials_say_which_credential_was_refused(cache, monkeypatch):
     """A moto server that checks credentials (the shared `moto` fixture accepts any key): a wrong secret and an
     unknown key id are refused with 403, said with the credential's source and what it lacks, never the secret."""

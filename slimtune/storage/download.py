@@ -273,7 +273,7 @@ def _listing(fs: Any, url: str, connection: Connection) -> list[Remote]:
     if scheme == "http":  # no listing over plain HTTP: the URL names one file (its query is no glob)
         info = fs.info(path)
         return [describe(info, url, path)]
-    if any(ch in path for ch in "*?["):
+    if any(ch in path.split("?versionId=", 1)[0] for ch in "*?["):  # an s3 version's query is no pattern
         found = fs.glob(path, detail=True)
         infos = {p: i for p, i in found.items() if i.get("type") != "directory"}
         if not infos:

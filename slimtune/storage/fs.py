@@ -135,7 +135,28 @@ def _s3(url: str, options: dict) -> Connection:
     else:
         kind = "the default AWS credential chain (profiles, instance role)"
     service = endpoint or "https://s3.amazonaws.com"
-    return Connection("s3", options, f"{parts.netloc}{parts.path}", kind, service)
+    return Connection("s3", options, _s3_path(url, parts, options), kind, service)
+
+
+def _s3_path(url: str, parts: Any, options: dict) -> str:
+    """bucket/key, with `?versionId=ID` kept (s3fs reads that version once the filesystem is version-aware);
+    any other query is refused rather than dropped: a version pin that is not read would read another object."""
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    others = sorted({k for k, _ in query} - {"versionId"})
+    if others:
+        raise StorageError(
+            url, f"an s3 URL takes one query parameter, versionId; {', '.join(others)} is not read"
+        )
+    path = f"{parts.netloc}{parts.path}"
+    version = dict(query).get("versionId")
+    if version is None:
+        return path
+    if not version or path.endswith("/") or any(ch in path for ch in "*?["):
+        raise StorageError(
+            url, "?versionId=ID names one version of one object: give its key, not a folder or pattern"
+        )
+    options["version_aware"] = True
+    return f"{path}?versionId={version}"
 
 
 def _azure(url: str, options: dict) -> Connection:
