@@ -165,6 +165,26 @@ def raylet_children_running(node, task: str) -> bool:
 # ---------------------------------------------------------------- search over the cluster
 
 
+def test_auto_with_no_cluster_running_is_named(tiny, tmp_path):
+    """First in the file, before the module's cluster starts: `address: auto` (join the cluster running on this
+    machine) with none running stops the run, named, in its own process as a user starts it."""
+    from ray._private.services import find_gcs_addresses
+
+    assert not find_gcs_addresses(), "a Ray cluster already runs on this machine: `auto` would join it"
+    path = write(tmp_path, build_alone(tiny, {"type": "Ray", "config": {"address": "auto"}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "systems.here.address: cannot reach the Ray cluster at auto" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
 def test_search_spreads_over_both_nodes_and_survives_losing_one(tiny, cluster, tmp_path):
     # fault-free: LoRA trained once, the export candidates spread over both nodes
     path = write(tmp_path / "whole", search_config(tiny, cluster.address))
