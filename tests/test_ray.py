@@ -172,15 +172,7 @@ def test_auto_with_no_cluster_running_is_named(tiny, tmp_path):
 
     assert not find_gcs_addresses(), "a Ray cluster already runs on this machine: `auto` would join it"
     path = write(tmp_path, build_alone(tiny, {"type": "Ray", "config": {"address": "auto"}}))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(
-        [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run_in_own_process(path, expect=2)
     assert "systems.here.address: cannot reach the Ray cluster at auto" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
@@ -354,8 +346,8 @@ def build_alone(model: Path, system: dict) -> dict:
     }
 
 
-def run_in_own_process(path: Path) -> subprocess.CompletedProcess:
-    """`slimtune run` as a user starts it, without RAY_ADDRESS."""
+def run_in_own_process(path: Path, expect: int = 0) -> subprocess.CompletedProcess:
+    """`slimtune run` as a user starts it, without RAY_ADDRESS; its exit code must be `expect`."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
         [sys.executable, "-m", "slimtune", "run", "--config", str(path)],
@@ -364,7 +356,7 @@ def run_in_own_process(path: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == expect, done.stdout[-2000:] + done.stderr[-2000:]
     return done
 
 

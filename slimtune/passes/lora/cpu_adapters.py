@@ -20,11 +20,13 @@ scale, rounded to bf16 once, either way).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 KEEP_LEVELS = 65536  # the draws are 16-bit
 
 
+@cache  # one class: torch is imported lazily, so the class is made on first use
 def _module_class():
     import numpy as np
     import torch
