@@ -512,6 +512,16 @@ def test_resources_no_node_has_are_named_with_what_the_cluster_has(tiny, cluster
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
+def slimtune_lines(err: str) -> str:
+    """stderr without the lines Ray forwards from its own processes: a raylet that fails to build a runtime
+    environment logs its own traceback, "(raylet) Traceback ...", at a time of Ray's choosing (seen once in
+    four CI runs); those lines are Ray's log, not slimtune's answer to the user."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", err)
+    return "\n".join(
+        line for line in plain.splitlines() if not re.match(r"\s*\((raylet|[\w.]*\s*pid=)[^)]*\)", line)
+    )
+
+
 def test_a_runtime_env_that_does_not_build_is_named(tiny, cluster, tmp_path, capsys):
     cfg = training_config(tiny, cluster.address)
     cfg["systems"]["cluster"]["config"]["num_workers"] = 1
@@ -519,7 +529,7 @@ def test_a_runtime_env_that_does_not_build_is_named(tiny, cluster, tmp_path, cap
     path = write(tmp_path, cfg)
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "systems.cluster.runtime_env" in err and "Traceback" not in err
+    assert "systems.cluster.runtime_env" in err and "Traceback" not in slimtune_lines(err)
     assert not any((tmp_path / "cache" / "entries").glob("*"))
 
 
