@@ -22,10 +22,11 @@ def _spec(
         type_name,
         params,
         "slimtune.passes.lora.run:run",
-        version=7,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py); 4: every assistant
+        version=8,  # 3: micro-batch chosen to fit, padding trimmed per micro-batch (fit.py); 4: every assistant
         # turn learns, the eval loss is token-weighted; 5: the adapter's initial weights drawn from the seed;
         # 6: bf16 base under bf16 autocast on CPUs with bf16 units, the head only at scored positions;
-        # 7: the adapters' dropout masks on the CPU drawn by numpy (cpu_adapters.py)
+        # 7: the adapters' dropout masks on the CPU drawn by numpy (cpu_adapters.py); 8: causal attention on the
+        # CPU in bf16 from batched products (cpu_attention.py)
         summary=summary,
         output_kind="adapter",
         data_fields=("train_data_config", "eval_data_config"),

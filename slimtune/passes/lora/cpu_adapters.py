@@ -6,7 +6,10 @@ SmolLM2-135M with the source document's LoRA (q/k/v/o, dropout 0.1): about a six
 (measured: 4.29 s per 1024-token forward + backward with dropout, 3.60 s without). This module draws the mask
 from numpy's PCG64 as 16-bit integers (1.5 ms for the same activation) and keeps an element where its draw is
 at or above round(p x 65536): the drop probability is p to within 2^-17, the kept values are scaled by the
-inverse of the exact keep probability, so the expectation is unchanged, as with torch's dropout.
+inverse of the exact keep probability, so the expectation is unchanged, as with torch's dropout. The mask is
+applied as a 0/1 tensor in the input's dtype: `torch.where` and products with a bool mask run several times
+slower on the CPU than a bf16 x bf16 product (on the 2-core AMD EPYC: 3.05 ms forward + backward per
+1024 x 576 bf16 activation with `torch.where`, 1.2 ms this way; 3.59 -> 3.46 s per 1024-token step).
 
 The generator is seeded from torch's generator at every call: a run is reproducible from its seed, and a run
 resumed from a checkpoint (whose torch generator state the Trainer restores) draws the masks the uninterrupted
@@ -45,9 +48,12 @@ def _module_class():
             if not self.training or self.p == 0.0 or x.numel() == 0:
                 return x
             seed = int(torch.randint(0, 2**62, (1,)).item())
-            raw = np.random.default_rng(seed).bytes(2 * x.numel())
-            draws = torch.frombuffer(bytearray(raw), dtype=torch.int16).view(x.shape)
-            return torch.where(draws >= self.threshold, x * self.scale, 0.0)
+            words = np.random.default_rng(seed).bit_generator.random_raw(-(-x.numel() // 4))
+            draws = torch.from_numpy(words.view(np.int16)[: x.numel()]).view(x.shape)
+            # a 0/1 mask in x's dtype and two products: bf16 x bf16 products are vectorized, while
+            # torch.where and products with a bool mask take several times longer on the CPU
+            keep = (draws >= self.threshold).view(torch.uint8).to(x.dtype)
+            return x.mul(self.scale).mul_(keep)
 
         def extra_repr(self) -> str:
             return f"p={self.p}"

@@ -283,6 +283,8 @@ def make_trainer(
 
         plan["fast_dropout"] = use_fast_dropout(model) > 0  # torch's draws its mask one element at a time
         plan["adapter_inputs_bf16"] = plan["bf16_autocast"] and keep_input_dtype(model) > 0
+        # causal attention from batched products in place of sdpa's CPU flash kernel (cpu_attention.py)
+        plan["block_attention"] = plan["bf16_autocast"] and model.config._attn_implementation == "sdpa"
     if plan["compile_layers"]:
         if compiled_dir is not None:
             plan["compiled_cache"] = str(use_compile_cache(compiled_dir))
@@ -298,6 +300,10 @@ def make_trainer(
         callbacks=list(callbacks),
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
+    if plan.get("block_attention"):
+        from slimtune.passes.lora.cpu_attention import block_attention
+
+        trainer.add_callback(block_attention())
     plan["cudnn_attention"] = not (device == "cuda" and plan["pack_sequences"])
     if not plan["cudnn_attention"]:
         from slimtune.passes.lora.speed import without_cudnn_attention
