@@ -181,3 +181,33 @@ def test_the_fp8_layer_compiles_without_a_graph_break():
     explained = torch._dynamo.explain(lambda t: layer(t).sum())(x)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_layers_with_fp8_products_share_one_compiled_graph():
+    """Compiled decoder layers whose linear layers are fp8 compile once for all layers: every fp8 layer is of
+    one class (a class made per layer failed Dynamo's type guard at each layer: 32 compilations of Phi-3-mini's
+    layer graph, the fp8 path's 68 s first step on an H200)."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    from slimtune.passes.lora.fp8 import make_fp8_linear
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = make_fp8_linear(torch.nn.Linear(32, 64).requires_grad_(False))
+            self.down = make_fp8_linear(torch.nn.Linear(64, 32).requires_grad_(False))
+
+        def forward(self, x):
+            return x + self.down(torch.nn.functional.silu(self.up(x)))
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    blocks = [Block() for _ in range(4)]
+    for block in blocks:
+        block.compile(backend=counter)
+    x = torch.randn(16, 32)
+    for block in blocks:
+        x = block(x)
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations for 4 layers of one shape"
+    assert type(blocks[0].up) is type(blocks[3].down)

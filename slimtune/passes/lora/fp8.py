@@ -15,6 +15,7 @@ fp32 adapter weights). The adapter is saved and merged against the original bf16
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 E4M3_MAX = 448.0
@@ -90,9 +91,11 @@ class _Fp8Product:
         return cls.fn
 
 
-def make_fp8_linear(linear: Any) -> Any:
-    """An nn.Module doing `linear`'s product in fp8 (frozen, no weight gradient); `linear`'s weight is not
-    kept."""
+@cache  # one class for every layer: torch is imported lazily, so the class is made on first use
+def _layer_class():
+    """The fp8 layer's class, made once. One class matters for compiled layers: Dynamo guards each compiled
+    decoder layer's graph on the types of its modules, so a class made per layer failed the guard at every
+    layer and compiled the graph again for each (32 compilations for Phi-3-mini instead of one)."""
     import torch
 
     class Fp8FrozenLinear(torch.nn.Module):
@@ -119,7 +122,13 @@ def make_fp8_linear(linear: Any) -> Any:
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 (frozen)"
 
-    return Fp8FrozenLinear(linear)
+    return Fp8FrozenLinear
+
+
+def make_fp8_linear(linear: Any) -> Any:
+    """An nn.Module doing `linear`'s product in fp8 (frozen, no weight gradient); `linear`'s weight is not
+    kept."""
+    return _layer_class()(linear)
 
 
 def convert_frozen_linears(model: Any, *, include_head: bool = True) -> int:
