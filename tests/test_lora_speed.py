@@ -7,6 +7,7 @@ import pytest
 from slimtune.passes.lora import LoRAParams
 from slimtune.passes.lora.speed import (
     COMPILE_MIN_WORK,
+    FP8_MIN_HIDDEN,
     PackedCollator,
     pack_rows,
     real_length,
@@ -99,12 +100,24 @@ def test_short_runs_are_not_compiled_and_then_get_no_fp8_base(monkeypatch):
     params = LoRAParams(train_data_config="d")
     short = speed_plan(params, "cuda", work=COMPILE_MIN_WORK / 10)
     assert short == {"pack_sequences": True, "compile_layers": False, "fp8_base": False}
-    long = speed_plan(params, "cuda", work=COMPILE_MIN_WORK)
+    long = speed_plan(params, "cuda", work=COMPILE_MIN_WORK, hidden=FP8_MIN_HIDDEN)
     assert long == {"pack_sequences": True, "compile_layers": True, "fp8_base": True}
     asked = LoRAParams(train_data_config="d", compile_layers=True, fp8_base=True)
-    assert speed_plan(asked, "cuda", work=1.0) == long  # explicit settings win over the run's size
+    assert speed_plan(asked, "cuda", work=1.0, hidden=576) == long  # explicit settings win over size
     dora = LoRAParams(train_data_config="d", use_dora=True)
-    assert speed_plan(dora, "cuda", work=COMPILE_MIN_WORK)["fp8_base"] is False
+    assert speed_plan(dora, "cuda", work=COMPILE_MIN_WORK, hidden=FP8_MIN_HIDDEN)["fp8_base"] is False
+
+
+def test_small_models_get_no_automatic_fp8_base(monkeypatch):
+    """fp8 raised SmolLM2-135M's held-out loss past noise (FP8_MIN_HIDDEN): narrow models keep bf16."""
+    import slimtune.passes.lora.fp8 as fp8
+
+    monkeypatch.setattr(fp8, "fp8_available", lambda device: device == "cuda")
+    params = LoRAParams(train_data_config="d")
+    small = speed_plan(params, "cuda", work=COMPILE_MIN_WORK * 10, hidden=576)
+    assert small == {"pack_sequences": True, "compile_layers": True, "fp8_base": False}
+    assert speed_plan(params, "cuda", work=COMPILE_MIN_WORK, hidden=3072)["fp8_base"] is True
+    assert speed_plan(params, "cuda", work=COMPILE_MIN_WORK)["fp8_base"] is False  # width unknown
 
 
 def test_training_work_counts_parameters_times_real_tokens():

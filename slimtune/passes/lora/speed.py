@@ -251,11 +251,22 @@ def training_work(model: Any, train_set: Any, args: Any, pad_id: int, sample: in
     return float(sum(p.numel() for p in model.parameters())) * mean * rows
 
 
-def speed_plan(params: Any, device: str, work: float | None = None) -> dict[str, bool]:
+# The automatic fp8 base needs a model at least this wide. Measured on one H200 (benchmarks/loss_real_weights.py,
+# 2026-11-29): on SmolLM2-135M's real weights (hidden size 576) the fp8 base's held-out loss was 0.1356 against
+# 0.1131 for the bf16 baseline, 12.6x the seed-to-seed difference, and its first steps' loss was higher from the
+# start. Its speed gain was measured on Phi-3-mini's shape (hidden 3072; random weights, so no loss evidence);
+# a small model's GPU step is bound by host work, which fp8 does not shorten.
+FP8_MIN_HIDDEN = 2048
+
+
+def speed_plan(
+    params: Any, device: str, work: float | None = None, hidden: int | None = None
+) -> dict[str, bool]:
     """Which speed features this run uses. `None` settings: packing on for CUDA; compiled layers on for CUDA
     when the run is long enough to repay the compile (`work` >= COMPILE_MIN_WORK, or `work` unknown) and the
-    base is not 4-bit; the fp8 base where the GPU has fp8 tensor cores and the layers are compiled (the fp8
-    path was measured compiled), for plain LoRA. Off on the CPU."""
+    base is not 4-bit; the fp8 base where the GPU has fp8 tensor cores, the layers are compiled (the fp8
+    path was measured compiled) and the model's `hidden` size is at least FP8_MIN_HIDDEN, for plain LoRA.
+    Off on the CPU."""
     on_gpu = device == "cuda"
     pack = params.pack_sequences if params.pack_sequences is not None else on_gpu
     long_run = work is None or work >= COMPILE_MIN_WORK
@@ -269,7 +280,7 @@ def speed_plan(params: Any, device: str, work: float | None = None) -> dict[str,
     plain = not (params.quantized or params.use_dora or params.quantization_aware)
     fp8 = params.fp8_base
     if fp8 is None:
-        fp8 = plain and compile_ and fp8_available(device)
+        fp8 = plain and compile_ and (hidden or 0) >= FP8_MIN_HIDDEN and fp8_available(device)
     if fp8 and not fp8_available(device):
         from slimtune.errors import UserError
 

@@ -257,7 +257,10 @@ def make_trainer(
     model.config.use_cache = False  # a training forward needs no KV cache (and packing needs none)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     plan = speed_plan(
-        params, device, training_work(model, train_set, args, pad) if device == "cuda" else None
+        params,
+        device,
+        training_work(model, train_set, args, pad) if device == "cuda" else None,
+        hidden=getattr(model.config, "hidden_size", None),
     )
     if plan["pack_sequences"]:
         inner = PackedCollator(pad, row_len)
