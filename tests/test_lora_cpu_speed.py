@@ -141,6 +141,9 @@ def test_bf16_compute_on_the_cpu_keeps_the_loss(tmp_path):
     assert plan16["adapter_dtypes"] == {torch.float32}  # adapters and their optimizer state stay fp32
     assert plan16["scored_positions_only"]
     assert plan16["block_attention"] and not plan32["block_attention"]  # bf16 only (cpu_attention.py)
+    from slimtune.passes.lora.cpu_heap import glibc
+
+    assert plan16["heap_kept"] == plan32["heap_kept"] == (glibc() is not None)  # cpu_heap.py
     assert fp32[-1] < 0.9 * fp32[0]  # it learns
     for a, b in zip(fp32, bf16, strict=True):
         assert b == pytest.approx(a, rel=0.02)

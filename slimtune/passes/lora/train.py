@@ -293,8 +293,9 @@ def make_trainer(
             plan["compiled_cache"] = str(use_compile_cache(compiled_dir))
         compile_layers(model)
     from slimtune.passes.lora.eval_loss import token_weighted_trainer
+    from slimtune.passes.lora.lean_steps import lean_trainer
 
-    trainer = token_weighted_trainer(transformers.Trainer)(
+    trainer = token_weighted_trainer(lean_trainer(transformers.Trainer))(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -307,6 +308,12 @@ def make_trainer(
         from slimtune.passes.lora.cpu_attention import block_attention
 
         trainer.add_callback(block_attention())
+    if device == "cpu":
+        from slimtune.passes.lora.cpu_heap import glibc, heap_kept_while_training
+
+        plan["heap_kept"] = glibc() is not None  # large blocks reused, not mapped afresh (cpu_heap.py)
+        if plan["heap_kept"]:
+            trainer.add_callback(heap_kept_while_training())
     plan["cudnn_attention"] = not (device == "cuda" and plan["pack_sequences"])
     if not plan["cudnn_attention"]:
         from slimtune.passes.lora.speed import without_cudnn_attention
