@@ -40,7 +40,9 @@ def _instrument(record: dict) -> None:
     def counted_step(self, model, inputs, *args, **kwargs):
         mask = inputs.get("attention_mask")
         record["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-        record["positions"] += int(inputs["input_ids"].numel())  # what the step computes over, padding included
+        record["positions"] += int(
+            inputs["input_ids"].numel()
+        )  # what the step computes over, padding included
         record["micro_batches"] += 1
         return training_step(self, model, inputs, *args, **kwargs)
 

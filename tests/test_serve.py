@@ -332,8 +332,13 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new(model):
 
     def in_flight():
         stream = client(started).completions.create(
-            model=NAME, prompt="Wow", max_tokens=8000, temperature=0, logit_bias=bias,
-            stream=True, stream_options={"include_usage": True},
+            model=NAME,
+            prompt="Wow",
+            max_tokens=8000,
+            temperature=0,
+            logit_bias=bias,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         for chunk in stream:
             results["chunks"].append(chunk)
