@@ -109,7 +109,9 @@ def test_qlora_merge_adds_the_adapter_to_the_dequantized_base(tiny, tmp_path):
     assert merged.state_dict()[name].shape == original_w.shape
 
 
-@pytest.mark.parametrize("lora", [{"type": "DoRA"}, {"type": "LoRA", "loftq_iter": 1}])
+@pytest.mark.parametrize(
+    "lora", [{"type": "DoRA"}, pytest.param({"type": "LoRA", "loftq_iter": 1}, marks=needs_bnb)]
+)
 def test_dora_and_loftq_train_on_the_gpu(tiny, tmp_path, lora):
     record = run(write_config(tmp_path, tiny, lora, export=False))
     metrics = record["passes"][0]["metrics"]

@@ -14,6 +14,8 @@ def check(ctx: PassContext, params: LoRAParams) -> None:
         raise UserError(f"LoRA needs a Hugging Face model, got a {ctx.input.kind} model")
     if params.quantized:
         _check_qlora_possible(ctx)
+    if params.loftq_iter or params.init_lora_weights == "loftq":
+        _check_loftq_possible()
     from slimtune.passes.lora.speed import speed_plan
 
     speed_plan(params, ctx.device)
@@ -30,3 +32,15 @@ def _check_qlora_possible(ctx: PassContext) -> None:
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("QLoRA needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def _check_loftq_possible() -> None:
+    """peft's LoftQ initialisation quantizes the base with bitsandbytes: without it peft raises a ValueError
+    mid-run, which reached users as an internal error (seen on an H200 without bitsandbytes, 2026-11-29)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(
+            "LoRA pass: loftq_iter (LoftQ initialisation) needs the bitsandbytes package, which is not "
+            "installed here: pip install bitsandbytes, or leave loftq_iter (and init_lora_weights: loftq) out"
+        )
