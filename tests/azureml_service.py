@@ -119,7 +119,7 @@ class Service:
     secrets: dict[str, str] = field(default_factory=dict)  # the key vault's
     sign_ins: list[tuple[str, str, str]] = field(default_factory=list)  # (tenant, client id, grant)
     hold: bool = False  # jobs keep running
-    interrupt: bool = False  # details polls interrupt the client's main thread (Ctrl-C) until a cancel
+    interrupt: bool = False  # the first poll of a run's details interrupts the client's main thread (Ctrl-C)
     blocks: dict[tuple[str, str], bytes] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     # run each created job for real: (service, job) -> (exit code, log, output files); the job runs until it
@@ -308,7 +308,6 @@ def arm(service: Service, method: str, path: str, query: dict, body: bytes):
     if found and method == "POST" and found.group(1) in service.jobs:  # done at once: no operation to poll
         job = service.jobs[found.group(1)]
         job.status = job.status if job.status in ("Completed", "Failed") else "Canceled"
-        service.interrupt = False  # the simulated user got what the Ctrl-C was for
         return 200, JSON, b""
     found = re.fullmatch(re.escape(ARM) + r"/jobs/([^/]+)", path)
     if found and method == "GET":
@@ -402,9 +401,7 @@ def regional(service: Service, method: str, path: str, query: dict, body: bytes)
     found = re.fullmatch(r"/history/v1\.0" + re.escape(ARM) + r"/runs/([^/]+)/details", path)
     if found and found.group(1) in service.jobs:  # what `jobs.stream` polls: status, log files, error
         if service.interrupt:  # as if the user pressed Ctrl-C while the client streams
-            # at every poll until the job is cancelled: a simulated Ctrl-C that lands while the client's main
-            # thread runs a finalizer (garbage collection) is swallowed there ("Exception ignored in ..."), and
-            # a one-shot interrupt then left the client streaming a held job forever (a fresh-clone CI hung)
+            service.interrupt = False
             import _thread
 
             _thread.interrupt_main()

@@ -26,6 +26,19 @@ CONDA = "name: project_environment\ndependencies:\n  - python=3.11\n  - pip:\n  
 
 
 @pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process while the test runs. A process started as a background job
+    of a non-interactive shell inherits SIGINT ignored, Python then installs no handler for it, and the fake
+    service's `_thread.interrupt_main()` does nothing: the client streamed a held job forever (a fresh-clone
+    `.ci/run` started with `&` hung there)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
 def seed_config(tmp_path):
     """The source document's Azure config, beside the conda.yaml it names."""
     shutil.copy(CONFIGS / "seed_azure.json", tmp_path / "olive-config.json")
@@ -389,7 +402,9 @@ def test_failed_job_exits_non_zero_with_the_remote_error(replayed, azure, tmp_pa
     assert f"{name}: Failed" in capsys.readouterr().out
 
 
-def test_ctrl_c_while_streaming_asks_and_cancels_the_job(replayed, azure, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_while_streaming_asks_and_cancels_the_job(
+    replayed, azure, tmp_path, monkeypatch, capsys, ctrl_c_raises
+):
     from slimtune.systems.azureml import remote
 
     config, _, _ = replayed
@@ -427,6 +442,8 @@ def test_service_principal_sign_in_and_a_real_ctrl_c_in_a_separate_process(repla
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # SIGINT handled in the child even where this process was started with it ignored (a background job)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.time() + 120
         while not any("/runs/" in p and p.endswith("/details") for _, _, p in server.service.requests):
@@ -637,7 +654,9 @@ def test_a_job_output_that_does_not_match_its_manifest_is_not_used(tiny, azure, 
     assert not list((tmp_path / "cache" / "entries").glob("*"))
 
 
-def test_ctrl_c_while_a_pass_job_runs_asks_and_cancels_it(tiny, azure, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_while_a_pass_job_runs_asks_and_cancels_it(
+    tiny, azure, tmp_path, monkeypatch, capsys, ctrl_c_raises
+):
     from slimtune.systems.azureml import remote
 
     azure.hold, azure.interrupt = True, True
