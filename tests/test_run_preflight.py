@@ -70,7 +70,9 @@ def test_remote_inputs_fail_at_once(tmp_path, capsys, monkeypatch, section, valu
     listening.close()
 
 
-def test_qlora_on_cpu_fails_before_loading_weights(tmp_path, capsys, monkeypatch):
+def _run_refused_before_loading(tmp_path, monkeypatch, passes: dict) -> int:
+    """`slimtune run` of a tiny model with `passes`, any weight loading an error: the exit code."""
+    import transformers
     from tiny_models import make_tiny_model
 
     model = make_tiny_model("llama", tmp_path / "tiny")
@@ -81,18 +83,22 @@ def test_qlora_on_cpu_fails_before_loading_weights(tmp_path, capsys, monkeypatch
         "data_configs": [
             {"name": "d", "load_dataset_config": {"data_name": "json", "data_files": str(data)}}
         ],
-        "passes": {"q": {"type": "QLoRA", "train_data_config": "d"}},
+        "passes": passes,
         "cache_dir": str(tmp_path / "cache"),
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    import transformers
 
     def no_loading(*args, **kwargs):
-        raise AssertionError("weights were loaded before the QLoRA check")
+        raise AssertionError("weights were loaded before the pass's checks")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
-    assert main(["run", "--config", str(path)]) == 2
+    return main(["run", "--config", str(path)])
+
+
+def test_qlora_on_cpu_fails_before_loading_weights(tmp_path, capsys, monkeypatch):
+    passes = {"q": {"type": "QLoRA", "train_data_config": "d"}}
+    assert _run_refused_before_loading(tmp_path, monkeypatch, passes) == 2
     err = capsys.readouterr().err
     assert "QLoRA" in err and "CUDA" in err
     assert not list((tmp_path / "cache").glob("entries/*"))
@@ -103,34 +109,14 @@ def test_loftq_without_bitsandbytes_is_named_before_loading_weights(tmp_path, ca
     error from peft mid-run."""
     import importlib.util
 
-    from tiny_models import make_tiny_model
-
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a),
     )
-    model = make_tiny_model("llama", tmp_path / "tiny")
-    data = tmp_path / "train.jsonl"
-    data.write_text('{"text": "hello"}\n')
-    config = {
-        "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [
-            {"name": "d", "load_dataset_config": {"data_name": "json", "data_files": str(data)}}
-        ],
-        "passes": {"lora": {"type": "LoRA", "train_data_config": "d", "loftq_iter": 1}},
-        "cache_dir": str(tmp_path / "cache"),
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    import transformers
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("weights were loaded before the LoftQ check")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
-    assert main(["run", "--config", str(path)]) == 2
+    passes = {"lora": {"type": "LoRA", "train_data_config": "d", "loftq_iter": 1}}
+    assert _run_refused_before_loading(tmp_path, monkeypatch, passes) == 2
     err = capsys.readouterr().err
     assert "loftq_iter" in err and "bitsandbytes" in err and "internal error" not in err
     assert "Traceback" not in err
