@@ -32,7 +32,7 @@ from slimtune.files import write_json_atomic
 from slimtune.redact import redact_url
 from slimtune.storage.base import StorageError
 from slimtune.storage.errors import check_reachable, nearest_names, storage_error
-from slimtune.storage.fs import Connection, connect, filesystem
+from slimtune.storage.fs import Connection, connect, filesystem, is_pattern
 
 CHUNK = 8 << 20  # bytes per ranged read; a killed transfer loses at most this much
 PROGRESS_MIN = 4 << 20  # a progress bar for objects larger than this
@@ -273,7 +273,7 @@ def _listing(fs: Any, url: str, connection: Connection) -> list[Remote]:
     if scheme == "http":  # no listing over plain HTTP: the URL names one file (its query is no glob)
         info = fs.info(path)
         return [describe(info, url, path)]
-    if any(ch in path.split("?versionId=", 1)[0] for ch in "*?["):  # an s3 version's query is no pattern
+    if is_pattern(path):
         found = fs.glob(path, detail=True)
         infos = {p: i for p, i in found.items() if i.get("type") != "directory"}
         if not infos:

@@ -138,6 +138,14 @@ def _s3(url: str, options: dict) -> Connection:
     return Connection("s3", options, _s3_path(url, parts, options), kind, service)
 
 
+VERSION_QUERY = "?versionId="  # an s3 path's version pin (s3fs reads it once the filesystem is version-aware)
+
+
+def is_pattern(path: str) -> bool:
+    """Whether a filesystem path from `connect` is a glob; an s3 version pin's `?` is a query, not a pattern."""
+    return any(ch in path.split(VERSION_QUERY, 1)[0] for ch in "*?[")
+
+
 def _s3_path(url: str, parts: Any, options: dict) -> str:
     """bucket/key, with `?versionId=ID` kept (s3fs reads that version once the filesystem is version-aware);
     any other query is refused rather than dropped: a version pin that is not read would read another object."""
@@ -151,12 +159,12 @@ def _s3_path(url: str, parts: Any, options: dict) -> str:
     version = dict(query).get("versionId")
     if version is None:
         return path
-    if not version or path.endswith("/") or any(ch in path for ch in "*?["):
+    if not version or path.endswith("/") or is_pattern(path):
         raise StorageError(
             url, "?versionId=ID names one version of one object: give its key, not a folder or pattern"
         )
     options["version_aware"] = True
-    return f"{path}?versionId={version}"
+    return f"{path}{VERSION_QUERY}{version}"
 
 
 def _azure(url: str, options: dict) -> Connection:

@@ -53,8 +53,9 @@ def _function():
             groups = b * hk
             per = hq // hk  # query heads that share one key/value head: they share the products too
             qg = q.reshape(groups, per, length, d)
-            keys = k.reshape(groups, length, d)
-            keys32 = keys.float()  # scores from float32 products, as flash attention accumulates them
+            keys32 = k.reshape(
+                groups, length, d
+            ).float()  # float32 scores, as flash attention accumulates them
             values = v.reshape(groups, length, d)
             out = torch.empty(groups, per, length, d, dtype=q.dtype)
             above = torch.ones(BLOCK, BLOCK, dtype=torch.bool).triu_(1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from functools import cache
 from typing import Any
 
 M_TRIM_THRESHOLD = -1
@@ -26,6 +27,7 @@ DEFAULT_MMAP_MAX = 65536
 KEEP_UP_TO = 2**30  # free memory at the heap's top kept for reuse during training
 
 
+@cache
 def glibc() -> Any | None:
     """The C library when it is glibc (whose malloc these settings are for), else None."""
     import platform

@@ -281,13 +281,7 @@ def make_trainer(
         # quantize on the GPU the Trainer would move it to (seconds, not minutes on the CPU)
         model.to(args.device)
         plan["fp8_layers"] = convert_frozen_linears(model)
-    if device == "cpu":
-        from slimtune.passes.lora.cpu_adapters import keep_input_dtype, use_fast_dropout
-
-        plan["fast_dropout"] = use_fast_dropout(model) > 0  # torch's draws its mask one element at a time
-        plan["adapter_inputs_bf16"] = plan["bf16_autocast"] and keep_input_dtype(model) > 0
-        # causal attention from batched products in place of sdpa's CPU flash kernel (cpu_attention.py)
-        plan["block_attention"] = plan["bf16_autocast"] and model.config._attn_implementation == "sdpa"
+    callbacks = list(callbacks) + (_cpu_speed(model, plan) if device == "cpu" else [])
     if plan["compile_layers"]:
         if compiled_dir is not None:
             plan["compiled_cache"] = str(use_compile_cache(compiled_dir))
@@ -301,25 +295,35 @@ def make_trainer(
         train_dataset=train_set,
         eval_dataset=evaluation,
         data_collator=collator,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ProgressCallback reports instead
-    if plan.get("block_attention"):
-        from slimtune.passes.lora.cpu_attention import block_attention
-
-        trainer.add_callback(block_attention())
-    if device == "cpu":
-        from slimtune.passes.lora.cpu_heap import glibc, heap_kept_while_training
-
-        plan["heap_kept"] = glibc() is not None  # large blocks reused, not mapped afresh (cpu_heap.py)
-        if plan["heap_kept"]:
-            trainer.add_callback(heap_kept_while_training())
     plan["cudnn_attention"] = not (device == "cuda" and plan["pack_sequences"])
     if not plan["cudnn_attention"]:
         from slimtune.passes.lora.speed import without_cudnn_attention
 
         trainer.add_callback(without_cudnn_attention())
     return trainer, plan
+
+
+def _cpu_speed(model: Any, plan: dict) -> list[Any]:
+    """The CPU's speed settings, each recorded in `plan`: the adapters' dropout and inputs changed on `model`
+    (cpu_adapters.py); the TrainerCallbacks that hold the rest while training runs: causal attention from batched
+    products in place of sdpa's CPU flash kernel (cpu_attention.py), large blocks kept in the heap (cpu_heap.py)."""
+    from slimtune.passes.lora.cpu_adapters import keep_input_dtype, use_fast_dropout
+    from slimtune.passes.lora.cpu_attention import block_attention
+    from slimtune.passes.lora.cpu_heap import glibc, heap_kept_while_training
+
+    plan["fast_dropout"] = use_fast_dropout(model) > 0  # torch's draws its mask one element at a time
+    plan["adapter_inputs_bf16"] = plan["bf16_autocast"] and keep_input_dtype(model) > 0
+    plan["block_attention"] = plan["bf16_autocast"] and model.config._attn_implementation == "sdpa"
+    plan["heap_kept"] = glibc() is not None
+    callbacks = []
+    if plan["block_attention"]:
+        callbacks.append(block_attention())
+    if plan["heap_kept"]:
+        callbacks.append(heap_kept_while_training())
+    return callbacks
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
